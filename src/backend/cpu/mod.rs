@@ -1,0 +1,326 @@
+//! The CPU reference backend: the oracle every other backend is judged by.
+//!
+//! Two numerics modes over the same checkpoint values:
+//! - `Bf16`: rounds to bf16 exactly where `transformers`' eager Qwen3 does in
+//!   bfloat16 (after every projection, norm, RoPE product, residual add,
+//!   attention probability and MoE combine), accumulating in f32.
+//! - `F64`: the same weights, every operation in f64, nothing rounded: truth.
+//!
+//! Activations are stored as f64 in both modes (in `Bf16` mode every stored
+//! value is bf16-representable, an invariant the ops maintain).
+
+mod math;
+mod ops;
+
+use super::{AttnDims, Backend, DeviceInfo, MoeWeights};
+use crate::error::{Error, Result};
+use crate::model::safetensors::HostTensor;
+use std::collections::BTreeMap;
+
+pub use math::{dot8, dot_warp};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Numerics {
+    Bf16,
+    F64,
+}
+
+impl Numerics {
+    pub fn name(self) -> &'static str {
+        match self {
+            Numerics::Bf16 => "bf16",
+            Numerics::F64 => "f64",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CpuTensor {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f64>,
+}
+
+impl CpuTensor {
+    pub fn new(rows: usize, cols: usize, data: Vec<f64>) -> Self {
+        debug_assert_eq!(rows * cols, data.len());
+        CpuTensor { rows, cols, data }
+    }
+
+    pub fn row(&self, r: usize) -> &[f64] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+}
+
+/// Resident weight. `Bf16` mode keeps bf16 bits; `F64` mode keeps bf16 bits
+/// too when the checkpoint is bf16 (exactly the same values) and f32 otherwise.
+#[derive(Debug, Clone)]
+pub enum WeightData {
+    Bf16(Vec<u16>),
+    F32(Vec<f32>),
+}
+
+#[derive(Debug, Clone)]
+pub struct CpuWeight {
+    pub name: String,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: WeightData,
+}
+
+impl CpuWeight {
+    /// Row `r` widened to f32 into `buf`.
+    #[inline]
+    pub fn row_f32(&self, r: usize, buf: &mut [f32]) {
+        let c = self.cols;
+        match &self.data {
+            WeightData::Bf16(v) => {
+                for (o, &b) in buf.iter_mut().zip(&v[r * c..(r + 1) * c]) {
+                    *o = f32::from_bits((b as u32) << 16);
+                }
+            }
+            WeightData::F32(v) => buf.copy_from_slice(&v[r * c..(r + 1) * c]),
+        }
+    }
+
+    pub fn to_f64(&self) -> Vec<f64> {
+        let mut buf = vec![0f32; self.cols];
+        let mut out = Vec::with_capacity(self.rows * self.cols);
+        for r in 0..self.rows {
+            self.row_f32(r, &mut buf);
+            out.extend(buf.iter().map(|&x| x as f64));
+        }
+        out
+    }
+}
+
+pub struct CpuCache {
+    pub len: usize,
+    pub kv_dim: usize,
+    pub k: Vec<f64>,
+    pub v: Vec<f64>,
+}
+
+/// The reference backend. `Clone` is cheap: it holds only settings.
+#[derive(Debug, Clone)]
+pub struct CpuBackend {
+    pub numerics: Numerics,
+    /// Planted bugs for negative controls; all off in normal use.
+    pub faults: Faults,
+}
+
+/// Deliberate defects that negative-control tests plant to prove a check can fail.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Faults {
+    /// The fused path rotates as if every position were one further on.
+    pub fused_rope_position_offset: usize,
+    /// The fused path normalises k with the q-norm weight.
+    pub fused_k_uses_q_norm: bool,
+    /// The fused path uses this epsilon instead of the model's.
+    pub fused_eps_override: Option<f64>,
+    /// The fused path flips the lowest mantissa bit of element `(call * 7919) % n`
+    /// of q on every call whose counter is odd: a one-ULP, run-dependent change.
+    pub fused_one_ulp_flip: bool,
+}
+
+impl CpuBackend {
+    pub fn new(numerics: Numerics) -> Self {
+        CpuBackend {
+            numerics,
+            faults: Faults::default(),
+        }
+    }
+
+    pub fn with_faults(numerics: Numerics, faults: Faults) -> Self {
+        CpuBackend { numerics, faults }
+    }
+
+    fn bf16(&self) -> bool {
+        self.numerics == Numerics::Bf16
+    }
+}
+
+fn shape_err(op: &'static str, problem: String) -> Error {
+    Error::Shape { op, problem }
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+impl Backend for CpuBackend {
+    type Tensor = CpuTensor;
+    type Weight = CpuWeight;
+    type Cache = CpuCache;
+
+    fn device_info(&self) -> DeviceInfo {
+        let mut details = BTreeMap::new();
+        details.insert("arch".into(), std::env::consts::ARCH.into());
+        details.insert(
+            "reduction".into(),
+            "graph: 8-lane interleaved; fused: 32-lane warp order + butterfly".into(),
+        );
+        if self.faults != Faults::default() {
+            details.insert("faults".into(), format!("{:?}", self.faults));
+        }
+        DeviceInfo {
+            backend: "cpu".into(),
+            device: cpu_name(),
+            numerics: self.numerics.name().into(),
+            details,
+        }
+    }
+
+    fn upload(&self, name: &str, t: &HostTensor) -> Result<CpuWeight> {
+        self.upload_packed(name, &[t])
+    }
+
+    fn upload_packed(&self, name: &str, parts: &[&HostTensor]) -> Result<CpuWeight> {
+        let cols = parts
+            .first()
+            .map(|t| *t.shape.last().unwrap_or(&1))
+            .ok_or_else(|| shape_err("upload", format!("{name}: nothing to upload")))?;
+        let mut rows = 0;
+        for t in parts {
+            let c = *t.shape.last().unwrap_or(&1);
+            if c != cols {
+                return Err(shape_err("upload_packed", format!("{name}: {c} columns, expected {cols}")));
+            }
+            rows += t.numel() / c.max(1);
+        }
+        let all_bf16 = parts.iter().all(|t| t.dtype == crate::model::safetensors::Dtype::BF16);
+        let data = if all_bf16 || self.bf16() {
+            // bf16 mode rounds f16/f32 checkpoints to bf16, as loading them
+            // with dtype=bfloat16 in transformers does.
+            let mut v = Vec::with_capacity(rows * cols);
+            for t in parts {
+                for i in 0..t.numel() {
+                    v.push(crate::util::bf16_bits(t.get_f32(i)));
+                }
+            }
+            WeightData::Bf16(v)
+        } else {
+            WeightData::F32(parts.iter().flat_map(|t| t.to_f32_vec()).collect())
+        };
+        Ok(CpuWeight {
+            name: name.to_string(),
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    fn embed(&self, table: &CpuWeight, ids: &[u32]) -> Result<CpuTensor> {
+        let mut out = Vec::with_capacity(ids.len() * table.cols);
+        let mut buf = vec![0f32; table.cols];
+        for &id in ids {
+            if id as usize >= table.rows {
+                return Err(Error::Prompt(format!(
+                    "token id {id} is outside the vocabulary (size {})",
+                    table.rows
+                )));
+            }
+            table.row_f32(id as usize, &mut buf);
+            out.extend(buf.iter().map(|&x| x as f64));
+        }
+        Ok(CpuTensor::new(ids.len(), table.cols, out))
+    }
+
+    fn rms_norm(&self, x: &CpuTensor, w: &CpuWeight, eps: f64) -> Result<CpuTensor> {
+        ops::rms_norm(self.numerics, x, w, eps)
+    }
+
+    fn linear(&self, x: &CpuTensor, w: &CpuWeight) -> Result<CpuTensor> {
+        ops::linear(self.numerics, x, w)
+    }
+
+    fn rope(&self, x: &CpuTensor, positions: &[usize], head_dim: usize, theta: f64) -> Result<CpuTensor> {
+        ops::rope(self.numerics, x, positions, head_dim, theta)
+    }
+
+    fn fused_qkv(
+        &self,
+        x: &CpuTensor,
+        qkv: &CpuWeight,
+        q_norm: &CpuWeight,
+        k_norm: &CpuWeight,
+        dims: &AttnDims,
+        positions: &[usize],
+    ) -> Result<(CpuTensor, CpuTensor, CpuTensor)> {
+        ops::fused_qkv(self.numerics, &self.faults, x, qkv, q_norm, k_norm, dims, positions)
+    }
+
+    fn new_cache(&self, dims: &AttnDims, capacity: usize) -> Result<CpuCache> {
+        Ok(CpuCache {
+            len: 0,
+            kv_dim: dims.kv_dim(),
+            k: Vec::with_capacity(capacity * dims.kv_dim()),
+            v: Vec::with_capacity(capacity * dims.kv_dim()),
+        })
+    }
+
+    fn cache_append(&self, cache: &mut CpuCache, k: &CpuTensor, v: &CpuTensor) -> Result<()> {
+        if k.cols != cache.kv_dim || v.cols != cache.kv_dim || k.rows != v.rows {
+            return Err(shape_err(
+                "cache_append",
+                format!("k {}x{}, v {}x{}, cache rows of {}", k.rows, k.cols, v.rows, v.cols, cache.kv_dim),
+            ));
+        }
+        cache.k.extend_from_slice(&k.data);
+        cache.v.extend_from_slice(&v.data);
+        cache.len += k.rows;
+        Ok(())
+    }
+
+    fn attention(&self, q: &CpuTensor, cache: &CpuCache, dims: &AttnDims, positions: &[usize]) -> Result<CpuTensor> {
+        ops::attention(self.numerics, q, cache, dims, positions)
+    }
+
+    fn add(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
+        if (a.rows, a.cols) != (b.rows, b.cols) {
+            return Err(shape_err("add", format!("{}x{} + {}x{}", a.rows, a.cols, b.rows, b.cols)));
+        }
+        let data = a
+            .data
+            .iter()
+            .zip(&b.data)
+            .map(|(&x, &y)| match self.numerics {
+                Numerics::Bf16 => crate::util::round_bf16(x as f32 + y as f32) as f64,
+                Numerics::F64 => x + y,
+            })
+            .collect();
+        Ok(CpuTensor::new(a.rows, a.cols, data))
+    }
+
+    fn swiglu(&self, gate: &CpuTensor, up: &CpuTensor) -> Result<CpuTensor> {
+        ops::swiglu(self.numerics, gate, up)
+    }
+
+    fn moe(&self, x: &CpuTensor, w: &MoeWeights<CpuWeight>) -> Result<CpuTensor> {
+        ops::moe(self, x, w)
+    }
+
+    fn rows(&self, x: &CpuTensor, start: usize, n: usize) -> Result<CpuTensor> {
+        if start + n > x.rows {
+            return Err(shape_err("rows", format!("rows {start}..{} of {}", start + n, x.rows)));
+        }
+        Ok(CpuTensor::new(n, x.cols, x.data[start * x.cols..(start + n) * x.cols].to_vec()))
+    }
+
+    fn to_host(&self, x: &CpuTensor) -> Result<(Vec<f64>, [usize; 2])> {
+        Ok((x.data.clone(), [x.rows, x.cols]))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,149 @@
+//! The backend abstraction the engine is written against, and the backends.
+//!
+//! Ops take explicit dimensions and return `Result`. Tensors are 2-D
+//! (rows x cols, row-major); a per-head op sees `[tokens, heads * head_dim]`.
+//! Backend-specific code stays in its module; the engine never asks which
+//! device it runs on.
+
+pub mod cpu;
+pub mod cuda;
+pub mod mlx;
+
+use crate::error::Result;
+use crate::model::safetensors::HostTensor;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// How q, k and v reach attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AttnPath {
+    /// q/k/v projections, per-head RMSNorm of q and k, RoPE: each its own op.
+    Graph,
+    /// One op: packed-QKV projection + q/k RMSNorm + RoPE.
+    Fused,
+}
+
+impl AttnPath {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttnPath::Graph => "graph",
+            AttnPath::Fused => "fused",
+        }
+    }
+}
+
+/// Attention geometry of one model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttnDims {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub eps: f64,
+    pub rope_theta: f64,
+}
+
+impl AttnDims {
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+}
+
+/// Describes where and how a backend computes; goes into every fingerprint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// `cpu`, `cuda`, `mlx`.
+    pub backend: String,
+    /// Human-readable device name (CPU model, GPU name).
+    pub device: String,
+    /// Arithmetic the backend performs: `bf16` (bf16 storage, f32 accumulation)
+    /// or `f64` (truth).
+    pub numerics: String,
+    /// Versions and settings that change results (driver, library versions,
+    /// deterministic mode, ...), sorted by key.
+    pub details: BTreeMap<String, String>,
+}
+
+/// Weights of one sparse-MoE block.
+pub struct MoeWeights<W> {
+    pub router: W,
+    pub experts: Vec<ExpertWeights<W>>,
+    pub top_k: usize,
+    pub norm_topk_prob: bool,
+}
+
+pub struct ExpertWeights<W> {
+    pub gate: W,
+    pub up: W,
+    pub down: W,
+}
+
+pub trait Backend {
+    type Tensor;
+    type Weight;
+    /// One layer's key/value cache; row `p` holds position `p`.
+    type Cache;
+
+    fn device_info(&self) -> DeviceInfo;
+
+    /// Makes a checkpoint tensor resident (converting to the backend's storage).
+    fn upload(&self, name: &str, t: &HostTensor) -> Result<Self::Weight>;
+
+    /// Stacks the rows of several `[rows_i, cols]` tensors into one weight
+    /// (the packed QKV weight of the fused path).
+    fn upload_packed(&self, name: &str, parts: &[&HostTensor]) -> Result<Self::Weight>;
+
+    /// `[ids.len(), hidden]` rows of the embedding table.
+    fn embed(&self, table: &Self::Weight, ids: &[u32]) -> Result<Self::Tensor>;
+
+    /// RMSNorm over consecutive groups of `w.len()` elements of each row.
+    fn rms_norm(&self, x: &Self::Tensor, w: &Self::Weight, eps: f64) -> Result<Self::Tensor>;
+
+    /// `x [n, in] @ w[out, in]^T -> [n, out]`.
+    fn linear(&self, x: &Self::Tensor, w: &Self::Weight) -> Result<Self::Tensor>;
+
+    /// NeoX-style rotary embedding of each `head_dim` group; row `r` is at `positions[r]`.
+    fn rope(&self, x: &Self::Tensor, positions: &[usize], head_dim: usize, theta: f64) -> Result<Self::Tensor>;
+
+    /// The fused path: q, k, v from the packed weight, q and k normalised per
+    /// head and rotated, in one op with its own accumulation order.
+    fn fused_qkv(
+        &self,
+        x: &Self::Tensor,
+        qkv: &Self::Weight,
+        q_norm: &Self::Weight,
+        k_norm: &Self::Weight,
+        dims: &AttnDims,
+        positions: &[usize],
+    ) -> Result<(Self::Tensor, Self::Tensor, Self::Tensor)>;
+
+    fn new_cache(&self, dims: &AttnDims, capacity: usize) -> Result<Self::Cache>;
+
+    /// Appends `k, v [n, kv_dim]` at the end of the cache.
+    fn cache_append(&self, cache: &mut Self::Cache, k: &Self::Tensor, v: &Self::Tensor) -> Result<()>;
+
+    /// Causal GQA attention of `q [n, q_dim]` (row `r` at `positions[r]`)
+    /// over cache rows `0..=positions[r]`.
+    fn attention(&self, q: &Self::Tensor, cache: &Self::Cache, dims: &AttnDims, positions: &[usize]) -> Result<Self::Tensor>;
+
+    fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+
+    /// `silu(gate) * up`.
+    fn swiglu(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Result<Self::Tensor>;
+
+    /// Softmax router, top-k (renormalised if asked), expert SwiGLU MLPs,
+    /// weighted sum in ascending expert order.
+    fn moe(&self, x: &Self::Tensor, w: &MoeWeights<Self::Weight>) -> Result<Self::Tensor>;
+
+    /// Rows `start..start + n`.
+    fn rows(&self, x: &Self::Tensor, start: usize, n: usize) -> Result<Self::Tensor>;
+
+    /// Values widened to f64 (exact for every storage type) and the shape.
+    fn to_host(&self, x: &Self::Tensor) -> Result<(Vec<f64>, [usize; 2])>;
+
+    /// Waits for queued work (MLX evaluates lazily here; CUDA synchronises).
+    fn synchronize(&self) -> Result<()>;
+}

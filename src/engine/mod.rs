@@ -1,0 +1,281 @@
+//! The Qwen3 forward pass, written once against `Backend`.
+//!
+//! Weights are scoped by their checkpoint keys; the forward has numbered
+//! steps with shapes. The engine produces recorded runs (see `record`), the
+//! only thing the verification layer consumes.
+
+pub mod generate;
+pub mod record;
+
+use crate::backend::{AttnDims, AttnPath, Backend, ExpertWeights, MoeWeights};
+use crate::error::{Error, Result};
+use crate::model::{Model, ModelHasher, Qwen3Config};
+
+enum Mlp<W> {
+    Dense { gate: W, up: W, down: W },
+    Moe(MoeWeights<W>),
+}
+
+struct Layer<W> {
+    input_norm: W,
+    post_norm: W,
+    q: W,
+    k: W,
+    v: W,
+    /// Rows of q, k and v stacked: the fused path's single weight.
+    qkv: W,
+    o: W,
+    q_norm: W,
+    k_norm: W,
+    mlp: Mlp<W>,
+}
+
+/// A model resident on a backend.
+pub struct Engine<B: Backend> {
+    pub backend: B,
+    pub config: Qwen3Config,
+    pub dims: AttnDims,
+    pub model_origin: String,
+    pub model_hash: String,
+    embed: B::Weight,
+    /// `None` when tied to the embedding.
+    lm_head: Option<B::Weight>,
+    final_norm: B::Weight,
+    layers: Vec<Layer<B::Weight>>,
+}
+
+/// Fetches tensors from the model, hashes them, reports progress, uploads.
+struct Loader<'a, B: Backend> {
+    model: &'a Model,
+    backend: &'a B,
+    hasher: ModelHasher,
+    done: usize,
+    total: usize,
+    progress: &'a mut dyn FnMut(usize, usize),
+}
+
+impl<'a, B: Backend> Loader<'a, B> {
+    fn fetch(&mut self, name: &str) -> Result<crate::model::safetensors::HostTensor<'a>> {
+        let t = self.model.tensor(name)?;
+        self.hasher.add(name, &t);
+        self.done += 1;
+        (self.progress)(self.done, self.total);
+        Ok(t)
+    }
+
+    fn up(&mut self, name: &str) -> Result<B::Weight> {
+        let t = self.fetch(name)?;
+        self.backend.upload(name, &t)
+    }
+}
+
+/// Per-sequence state: one KV cache per layer and the next position.
+pub struct Session<C> {
+    caches: Vec<C>,
+    pub pos: usize,
+}
+
+/// What a forward pass should hand back besides logits (host copies).
+#[derive(Debug, Default)]
+pub struct Capture {
+    /// Each decoder layer's output, `[tokens, hidden]` per layer.
+    pub layers: Option<Vec<Vec<f64>>>,
+    /// Each layer's attention inputs after norm and RoPE: (q, k, v).
+    pub qkv: Option<Vec<[Vec<f64>; 3]>>,
+}
+
+impl Capture {
+    pub fn all() -> Self {
+        Capture {
+            layers: Some(Vec::new()),
+            qkv: Some(Vec::new()),
+        }
+    }
+}
+
+impl<B: Backend> Engine<B> {
+    /// Uploads every tensor of `model` to `backend`, hashing the bytes loaded.
+    pub fn load(model: &Model, backend: B) -> Result<Self> {
+        Self::load_with_progress(model, backend, &mut |_, _| {})
+    }
+
+    pub fn load_with_progress(model: &Model, backend: B, progress: &mut dyn FnMut(usize, usize)) -> Result<Self> {
+        let cfg = model.config.clone();
+        let mut ld = Loader {
+            model,
+            backend: &backend,
+            hasher: ModelHasher::default(),
+            done: 0,
+            total: model.expected_tensors().len(),
+            progress,
+        };
+        let embed = ld.up("model.embed_tokens.weight")?;
+        let final_norm = ld.up("model.norm.weight")?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(ld.up("lm_head.weight")?)
+        };
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let mlp = if cfg.layer_is_moe(l) {
+                let m = cfg.moe.as_ref().expect("moe layer has moe config");
+                let router = ld.up(&format!("{p}.mlp.gate.weight"))?;
+                let experts = (0..m.num_experts)
+                    .map(|e| {
+                        let ep = format!("{p}.mlp.experts.{e}");
+                        Ok(ExpertWeights {
+                            gate: ld.up(&format!("{ep}.gate_proj.weight"))?,
+                            up: ld.up(&format!("{ep}.up_proj.weight"))?,
+                            down: ld.up(&format!("{ep}.down_proj.weight"))?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Mlp::Moe(MoeWeights {
+                    router,
+                    experts,
+                    top_k: m.num_experts_per_tok,
+                    norm_topk_prob: m.norm_topk_prob,
+                })
+            } else {
+                Mlp::Dense {
+                    gate: ld.up(&format!("{p}.mlp.gate_proj.weight"))?,
+                    up: ld.up(&format!("{p}.mlp.up_proj.weight"))?,
+                    down: ld.up(&format!("{p}.mlp.down_proj.weight"))?,
+                }
+            };
+            let names = ["q_proj", "k_proj", "v_proj"].map(|n| format!("{p}.self_attn.{n}.weight"));
+            let [tq, tk, tv] = [0, 1, 2].map(|i| ld.fetch(&names[i]));
+            let (tq, tk, tv) = (tq?, tk?, tv?);
+            layers.push(Layer {
+                input_norm: ld.up(&format!("{p}.input_layernorm.weight"))?,
+                post_norm: ld.up(&format!("{p}.post_attention_layernorm.weight"))?,
+                q: backend.upload(&names[0], &tq)?,
+                k: backend.upload(&names[1], &tk)?,
+                v: backend.upload(&names[2], &tv)?,
+                qkv: backend.upload_packed(&format!("{p}.self_attn.qkv_packed"), &[&tq, &tk, &tv])?,
+                o: ld.up(&format!("{p}.self_attn.o_proj.weight"))?,
+                q_norm: ld.up(&format!("{p}.self_attn.q_norm.weight"))?,
+                k_norm: ld.up(&format!("{p}.self_attn.k_norm.weight"))?,
+                mlp,
+            });
+        }
+        let model_hash = ld.hasher.finish(&cfg);
+        let dims = AttnDims {
+            n_heads: cfg.num_attention_heads,
+            n_kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+            eps: cfg.rms_norm_eps,
+            rope_theta: cfg.rope_theta,
+        };
+        Ok(Engine {
+            model_hash,
+            model_origin: model.origin.clone(),
+            backend,
+            dims,
+            config: cfg,
+            embed,
+            lm_head,
+            final_norm,
+            layers,
+        })
+    }
+
+    pub fn new_session(&self, capacity: usize) -> Result<Session<B::Cache>> {
+        let caches = (0..self.layers.len())
+            .map(|_| self.backend.new_cache(&self.dims, capacity))
+            .collect::<Result<_>>()?;
+        Ok(Session { caches, pos: 0 })
+    }
+
+    /// q, k, v for attention: `[n, q_dim]`, `[n, kv_dim]`, `[n, kv_dim]`,
+    /// normalised and rotated, by the chosen path.
+    pub fn attention_inputs(
+        &self,
+        layer: usize,
+        h: &B::Tensor,
+        positions: &[usize],
+        path: AttnPath,
+    ) -> Result<(B::Tensor, B::Tensor, B::Tensor)> {
+        let be = &self.backend;
+        let lw = &self.layers[layer];
+        let d = &self.dims;
+        match path {
+            AttnPath::Graph => {
+                // q [n, q_dim], k/v [n, kv_dim]; norm per head_dim group; rotate.
+                let q = be.linear(h, &lw.q)?;
+                let k = be.linear(h, &lw.k)?;
+                let v = be.linear(h, &lw.v)?;
+                let q = be.rope(&be.rms_norm(&q, &lw.q_norm, d.eps)?, positions, d.head_dim, d.rope_theta)?;
+                let k = be.rope(&be.rms_norm(&k, &lw.k_norm, d.eps)?, positions, d.head_dim, d.rope_theta)?;
+                Ok((q, k, v))
+            }
+            AttnPath::Fused => be.fused_qkv(h, &lw.qkv, &lw.q_norm, &lw.k_norm, d, positions),
+        }
+    }
+
+    /// Input of layer `layer`'s attention: RMSNorm of the residual stream.
+    pub fn attention_norm(&self, layer: usize, x: &B::Tensor) -> Result<B::Tensor> {
+        self.backend.rms_norm(x, &self.layers[layer].input_norm, self.dims.eps)
+    }
+
+    /// Embeds `ids` at positions `session.pos..`, runs every layer, appends to
+    /// the caches and returns logits of the last row (or of every row).
+    pub fn forward(
+        &self,
+        session: &mut Session<B::Cache>,
+        ids: &[u32],
+        path: AttnPath,
+        all_logits: bool,
+        capture: &mut Capture,
+    ) -> Result<B::Tensor> {
+        let be = &self.backend;
+        let n = ids.len();
+        if n == 0 {
+            return Err(Error::Prompt("empty input".into()));
+        }
+        let end = session.pos + n;
+        if end > self.config.max_position_embeddings {
+            return Err(Error::Prompt(format!(
+                "positions up to {} exceed max_position_embeddings {}",
+                end - 1,
+                self.config.max_position_embeddings
+            )));
+        }
+        let positions: Vec<usize> = (session.pos..end).collect();
+        // 1. x [n, hidden] = embedding rows.
+        let mut x = be.embed(&self.embed, ids)?;
+        for (l, lw) in self.layers.iter().enumerate() {
+            // 2. h = RMSNorm(x); q/k/v by the chosen path; cache append.
+            let h = self.attention_norm(l, &x)?;
+            let (q, k, v) = self.attention_inputs(l, &h, &positions, path)?;
+            if let Some(c) = capture.qkv.as_mut() {
+                c.push([be.to_host(&q)?.0, be.to_host(&k)?.0, be.to_host(&v)?.0]);
+            }
+            be.cache_append(&mut session.caches[l], &k, &v)?;
+            // 3. attention [n, q_dim] -> o_proj [n, hidden]; residual add.
+            let a = be.attention(&q, &session.caches[l], &self.dims, &positions)?;
+            x = be.add(&x, &be.linear(&a, &lw.o)?)?;
+            // 4. MLP on RMSNorm(x); residual add.
+            let h2 = be.rms_norm(&x, &lw.post_norm, self.dims.eps)?;
+            let m = match &lw.mlp {
+                Mlp::Dense { gate, up, down } => {
+                    let g = be.linear(&h2, gate)?;
+                    let u = be.linear(&h2, up)?;
+                    be.linear(&be.swiglu(&g, &u)?, down)?
+                }
+                Mlp::Moe(w) => be.moe(&h2, w)?,
+            };
+            x = be.add(&x, &m)?;
+            if let Some(c) = capture.layers.as_mut() {
+                c.push(be.to_host(&x)?.0);
+            }
+        }
+        session.pos = end;
+        // 5. final norm on the rows whose logits are wanted; lm_head [rows, vocab].
+        let x = if all_logits { x } else { be.rows(&x, n - 1, 1)? };
+        let x = be.rms_norm(&x, &self.final_norm, self.dims.eps)?;
+        be.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed))
+    }
+}

@@ -1,0 +1,102 @@
+//! Recorded runs: what the engine hands to verification, as serde types.
+//!
+//! Logits are stored as f32. Backends computing in bf16 produce bf16 values
+//! (exact in f32); the f64 truth is rounded to f32 on recording, a relative
+//! change below 6e-8, far inside every tolerance in the registry.
+
+use crate::backend::{AttnPath, DeviceInfo};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Everything that can change a run's numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    pub lockstep_version: String,
+    pub backend: String,
+    pub device: String,
+    pub numerics: String,
+    pub path: AttnPath,
+    /// Backend versions and flags, sorted by key.
+    pub details: BTreeMap<String, String>,
+    pub model_origin: String,
+    pub model_hash: String,
+}
+
+impl Fingerprint {
+    pub fn new(info: DeviceInfo, path: AttnPath, model_origin: &str, model_hash: &str) -> Self {
+        Fingerprint {
+            lockstep_version: env!("CARGO_PKG_VERSION").to_string(),
+            backend: info.backend,
+            device: info.device,
+            numerics: info.numerics,
+            path,
+            details: info.details,
+            model_origin: model_origin.to_string(),
+            model_hash: model_hash.to_string(),
+        }
+    }
+
+    /// `cpu/bf16/graph`-style label.
+    pub fn label(&self) -> String {
+        format!("{}/{}/{}", self.backend, self.numerics, self.path.name())
+    }
+}
+
+/// One greedy step: the logits that chose `token`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub token: u32,
+    /// Highest logits first: (token id, logit); ties by lower id.
+    pub top: Vec<(u32, f32)>,
+    /// top-1 minus top-2 logit.
+    pub margin: f32,
+    /// The full logit vector, when the run was asked to keep it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logits: Option<Vec<f32>>,
+}
+
+impl StepRecord {
+    pub fn from_logits(logits: &[f64], top_k: usize, keep: bool) -> Self {
+        let top = top_k_of(logits, top_k.max(2));
+        let margin = (top[0].1 as f64 - top.get(1).map_or(f64::NEG_INFINITY, |t| t.1 as f64)) as f32;
+        StepRecord {
+            token: top[0].0,
+            top: top.into_iter().take(top_k.max(1)).collect(),
+            margin,
+            logits: keep.then(|| logits.iter().map(|&v| v as f32).collect()),
+        }
+    }
+}
+
+/// The `k` largest values with their indices; ties go to the lower index
+/// (torch.argmax's choice). Values compared as stored (f32).
+pub fn top_k_of(v: &[f64], k: usize) -> Vec<(u32, f32)> {
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    for (i, &x) in v.iter().enumerate() {
+        let x = x as f32;
+        if best.len() == k && !(x > best[k - 1].1) {
+            continue;
+        }
+        let at = best.iter().position(|&(_, b)| x > b).unwrap_or(best.len());
+        best.insert(at, (i as u32, x));
+        best.truncate(k);
+    }
+    best
+}
+
+/// A greedy generation, optionally with teacher-forced per-layer activations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedRun {
+    pub fingerprint: Fingerprint,
+    pub prompt: Vec<u32>,
+    /// Generated tokens (one per step).
+    pub tokens: Vec<u32>,
+    pub steps: Vec<StepRecord>,
+}
+
+impl RecordedRun {
+    /// Per-step full logits, if every step kept them.
+    pub fn logits(&self) -> Option<Vec<&[f32]>> {
+        self.steps.iter().map(|s| s.logits.as_deref()).collect()
+    }
+}

@@ -1,0 +1,14 @@
+//! lockstep: a deterministic-parity verification suite for LLM inference.
+//!
+//! Data flows one way: `model` (files, presets) -> `engine` (Qwen3 forward on
+//! a `backend`, with a path) -> recorded run -> `verify` -> `report`.
+
+pub mod backend;
+pub mod engine;
+pub mod error;
+pub mod model;
+pub mod progress;
+pub mod util;
+pub mod verify;
+
+pub use error::{Error, Result};

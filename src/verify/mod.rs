@@ -1,0 +1,6 @@
+//! Verification over recorded runs: metrics, the tolerance registry, and
+//! comparison against external references. Never reaches into a backend.
+
+pub mod metrics;
+pub mod reference;
+pub mod tolerances;
