@@ -75,6 +75,16 @@ pub struct Session<C> {
     pub pos: usize,
 }
 
+/// q, k, v of one layer computed by each path from the same input.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LayerQkv {
+    pub layer: usize,
+    /// The normalised input both paths saw, `[tokens, hidden]`.
+    pub input: Vec<f64>,
+    /// One entry per requested path, in request order: [q, k, v].
+    pub by_path: Vec<(AttnPath, [Vec<f64>; 3])>,
+}
+
 /// What a forward pass should hand back besides logits (host copies).
 #[derive(Debug, Default)]
 pub struct Capture {
@@ -213,6 +223,56 @@ impl<B: Backend> Engine<B> {
             }
             AttnPath::Fused => be.fused_qkv(h, &lw.qkv, &lw.q_norm, &lw.k_norm, d, positions),
         }
+    }
+
+    /// Op-level record: for every layer, q/k/v by each of `paths` from the
+    /// same normalised input (the graph path's residual stream on `tokens`).
+    /// Separating the op from the run keeps earlier layers' differences out.
+    pub fn record_attention_inputs(&self, tokens: &[u32], paths: &[AttnPath]) -> Result<Vec<LayerQkv>> {
+        let mut cap = Capture {
+            layers: Some(Vec::new()),
+            qkv: None,
+        };
+        let mut session = self.new_session(tokens.len())?;
+        self.forward(&mut session, tokens, AttnPath::Graph, false, &mut cap)?;
+        let outs = cap.layers.expect("requested");
+        let positions: Vec<usize> = (0..tokens.len()).collect();
+        let be = &self.backend;
+        let mut x = be.embed(&self.embed, tokens)?;
+        let mut rec = Vec::with_capacity(self.layers.len());
+        for (l, out) in outs.iter().enumerate() {
+            let h = self.attention_norm(l, &x)?;
+            let by_path = paths
+                .iter()
+                .map(|&p| {
+                    let (q, k, v) = self.attention_inputs(l, &h, &positions, p)?;
+                    Ok((p, [be.to_host(&q)?.0, be.to_host(&k)?.0, be.to_host(&v)?.0]))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            rec.push(LayerQkv {
+                layer: l,
+                input: be.to_host(&h)?.0,
+                by_path,
+            });
+            x = be.from_host(out, tokens.len(), self.config.hidden_size)?;
+        }
+        Ok(rec)
+    }
+
+    /// q/k/v of layer `layer` by `path` from a given normalised input (host
+    /// values, rounded to this backend's storage): used to compute truth for
+    /// another backend's op on exactly the input that backend saw.
+    pub fn attention_inputs_from_host(
+        &self,
+        layer: usize,
+        input: &[f64],
+        positions: &[usize],
+        path: AttnPath,
+    ) -> Result<[Vec<f64>; 3]> {
+        let be = &self.backend;
+        let h = be.from_host(input, positions.len(), self.config.hidden_size)?;
+        let (q, k, v) = self.attention_inputs(layer, &h, positions, path)?;
+        Ok([be.to_host(&q)?.0, be.to_host(&k)?.0, be.to_host(&v)?.0])
     }
 
     /// Input of layer `layer`'s attention: RMSNorm of the residual stream.

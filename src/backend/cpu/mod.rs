@@ -316,6 +316,17 @@ impl Backend for CpuBackend {
         Ok(CpuTensor::new(n, x.cols, x.data[start * x.cols..(start + n) * x.cols].to_vec()))
     }
 
+    fn from_host(&self, data: &[f64], rows: usize, cols: usize) -> Result<CpuTensor> {
+        if data.len() != rows * cols {
+            return Err(shape_err("from_host", format!("{} values for {rows}x{cols}", data.len())));
+        }
+        let data = match self.numerics {
+            Numerics::Bf16 => data.iter().map(|&v| crate::util::round_bf16(v as f32) as f64).collect(),
+            Numerics::F64 => data.to_vec(),
+        };
+        Ok(CpuTensor::new(rows, cols, data))
+    }
+
     fn to_host(&self, x: &CpuTensor) -> Result<(Vec<f64>, [usize; 2])> {
         Ok((x.data.clone(), [x.rows, x.cols]))
     }

@@ -1,0 +1,194 @@
+//! Bad model folders end in errors that name the file, tensor or field.
+
+mod common;
+use common::{scratch, synth_folder};
+use lockstep::model::Model;
+use std::path::Path;
+
+fn open_err(dir: &Path) -> String {
+    match Model::open_dir(dir) {
+        Ok(_) => panic!("{} opened without error", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+    let p = dir.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    f(v.as_object_mut().unwrap());
+    std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
+}
+
+/// Rewrites model.safetensors with its header transformed by `f` (data kept).
+fn edit_header(dir: &Path, f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+    let p = dir.join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut h: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    f(h.as_object_mut().unwrap());
+    let mut text = serde_json::to_string(&h).unwrap();
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(&p, out).unwrap();
+}
+
+#[test]
+fn a_truncated_safetensors_file_is_refused_naming_the_file_and_tensor() {
+    let dir = synth_folder("err-truncated", "tiny", 0);
+    let p = dir.join("model.safetensors");
+    let len = std::fs::metadata(&p).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.set_len(len - 100).unwrap();
+    let e = open_err(&dir);
+    assert!(e.contains("model.safetensors") && e.contains("truncated"), "{e}");
+    assert!(e.contains("model.norm.weight") || e.contains("tensor `"), "{e}");
+}
+
+#[test]
+fn a_header_length_past_the_end_of_the_file_is_refused() {
+    let dir = synth_folder("err-header-len", "tiny", 0);
+    let p = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&p).unwrap();
+    let claimed = bytes.len() as u64 * 2;
+    bytes[..8].copy_from_slice(&claimed.to_le_bytes());
+    std::fs::write(&p, bytes).unwrap();
+    let e = open_err(&dir);
+    assert!(e.contains("model.safetensors") && e.contains("runs past the end"), "{e}");
+}
+
+#[test]
+fn a_missing_tensor_is_named() {
+    let dir = synth_folder("err-missing", "tiny", 0);
+    edit_header(&dir, |h| {
+        h.remove("model.layers.2.self_attn.k_norm.weight");
+    });
+    let e = open_err(&dir);
+    assert!(e.contains("model.layers.2.self_attn.k_norm.weight") && e.contains("missing"), "{e}");
+}
+
+#[test]
+fn a_tensor_of_the_wrong_shape_is_named_with_both_shapes() {
+    let dir = synth_folder("err-shape", "tiny", 0);
+    // Same byte count, transposed shape: only the shape check can catch it.
+    edit_header(&dir, |h| {
+        h["model.layers.1.mlp.up_proj.weight"]["shape"] = serde_json::json!([64, 160]);
+    });
+    let e = open_err(&dir);
+    assert!(
+        e.contains("model.layers.1.mlp.up_proj.weight") && e.contains("[64, 160]") && e.contains("[160, 64]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_tensor_of_an_unsupported_dtype_is_named() {
+    let dir = synth_folder("err-dtype", "tiny", 0);
+    edit_header(&dir, |h| {
+        h["model.norm.weight"]["dtype"] = serde_json::json!("I16");
+    });
+    let e = open_err(&dir);
+    assert!(e.contains("model.norm.weight") && e.contains("I16") && e.contains("BF16"), "{e}");
+}
+
+#[test]
+fn overlapping_tensor_offsets_are_refused() {
+    let dir = synth_folder("err-overlap", "tiny", 0);
+    edit_header(&dir, |h| {
+        let first = h["model.embed_tokens.weight"]["data_offsets"].clone();
+        let w = h.get_mut("model.layers.0.input_layernorm.weight").unwrap();
+        // 128 bytes (64 x bf16) inside the embedding's span.
+        let start = first[0].as_u64().unwrap();
+        w["data_offsets"] = serde_json::json!([start, start + 128]);
+    });
+    let e = open_err(&dir);
+    assert!(e.contains("overlap"), "{e}");
+}
+
+#[test]
+fn a_config_missing_a_required_field_names_it() {
+    let dir = synth_folder("err-config-field", "tiny", 0);
+    edit_config(&dir, |c| {
+        c.remove("num_key_value_heads");
+    });
+    let e = open_err(&dir);
+    assert!(e.contains("config.json") && e.contains("`num_key_value_heads`") && e.contains("missing"), "{e}");
+}
+
+#[test]
+fn a_config_field_of_the_wrong_type_names_it() {
+    let dir = synth_folder("err-config-type", "tiny", 0);
+    edit_config(&dir, |c| {
+        c.insert("hidden_size".into(), serde_json::json!("sixty-four"));
+    });
+    let e = open_err(&dir);
+    assert!(e.contains("`hidden_size`") && e.contains("integer"), "{e}");
+}
+
+#[test]
+fn an_unsupported_architecture_is_refused_by_name() {
+    let dir = synth_folder("err-arch", "tiny", 0);
+    edit_config(&dir, |c| {
+        c.insert("architectures".into(), serde_json::json!(["LlamaForCausalLM"]));
+    });
+    let e = open_err(&dir);
+    assert!(e.contains("LlamaForCausalLM") && e.contains("unsupported architecture"), "{e}");
+}
+
+#[test]
+fn unknown_config_fields_are_tolerated_and_rope_parameters_are_read() {
+    let dir = synth_folder("ok-config-v5", "tiny", 0);
+    edit_config(&dir, |c| {
+        c.insert("some_future_field".into(), serde_json::json!({"x": 1}));
+        c.remove("rope_theta");
+        c.insert(
+            "rope_parameters".into(),
+            serde_json::json!({"rope_type": "default", "rope_theta": 5e5}),
+        );
+    });
+    let m = Model::open_dir(&dir).unwrap();
+    assert_eq!(m.config.rope_theta, 5e5);
+}
+
+#[test]
+fn a_scaled_rope_is_refused_rather_than_ignored() {
+    let dir = synth_folder("err-rope-yarn", "tiny", 0);
+    edit_config(&dir, |c| {
+        c.insert("rope_scaling".into(), serde_json::json!({"rope_type": "yarn", "factor": 4.0}));
+    });
+    let e = open_err(&dir);
+    assert!(e.contains("`rope_scaling`") && e.contains("yarn"), "{e}");
+}
+
+#[test]
+fn non_finite_weights_are_refused_naming_tensor_and_index() {
+    let dir = synth_folder("err-nan", "tiny", 0);
+    let p = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&p).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let h: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let start = h["model.norm.weight"]["data_offsets"][0].as_u64().unwrap() as usize;
+    let at = 8 + n + start + 2 * 5; // element 5
+    bytes[at..at + 2].copy_from_slice(&0x7fc0u16.to_le_bytes()); // bf16 NaN
+    std::fs::write(&p, bytes).unwrap();
+    let m = Model::open_dir(&dir).unwrap();
+    let e = m.tensor("model.norm.weight").unwrap_err().to_string();
+    assert!(e.contains("model.norm.weight") && e.contains("index 5"), "{e}");
+}
+
+#[test]
+fn a_folder_without_weights_names_the_file_it_looked_for() {
+    let dir = synth_folder("err-no-weights", "tiny", 0);
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let e = open_err(&dir);
+    assert!(e.contains("model.safetensors"), "{e}");
+}
+
+#[test]
+fn a_missing_folder_is_reported_as_such() {
+    let e = open_err(&scratch("err-nothing").join("absent"));
+    assert!(e.contains("not a folder"), "{e}");
+}
