@@ -18,6 +18,7 @@ for preset in $presets; do
   esac
   dir=/tmp/models/$preset
   $BIN synth --preset "$preset" --seed 0 --out "$dir" | tee -a "$log"
+  sha256sum "$dir"/*.safetensors | head -2 | tee -a "$log"
   hash=$($BIN info --model "$dir" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["model_hash"])')
   echo "$preset hash $hash" | tee -a "$log"
   for dtype in float32 bfloat16; do

@@ -52,7 +52,9 @@ pub enum Error {
         index: usize,
         value: f32,
     },
-    #[error("unknown preset `{0}`; known presets: tiny, tiny-moe, qwen3-0.6b, qwen3-8b, qwen3-30b-a3b")]
+    #[error(
+        "unknown preset `{0}`; known presets: tiny, tiny-moe, qwen3-0.6b, qwen3-8b, qwen3-30b-a3b"
+    )]
     UnknownPreset(String),
     #[error("bad model spec `{spec}`: {problem}")]
     ModelSpec { spec: String, problem: String },
@@ -60,7 +62,9 @@ pub enum Error {
     Prompt(String),
     #[error("tokenizer {path}: {problem}")]
     Tokenizer { path: PathBuf, problem: String },
-    #[error("backend `{backend}` is not compiled into this build (enable the `{backend}` feature)")]
+    #[error(
+        "backend `{backend}` is not compiled into this build (enable the `{backend}` feature)"
+    )]
     BackendNotCompiled { backend: &'static str },
     #[error("backend `{backend}`: {problem}")]
     Backend {

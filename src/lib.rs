@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod engine;
 pub mod error;
+pub mod jobs;
 pub mod model;
 pub mod progress;
 pub mod util;

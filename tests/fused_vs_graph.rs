@@ -22,7 +22,14 @@ fn op_tolerance(n: Numerics) -> (f64, &'static str) {
 fn sequence(spec: &str) -> Vec<u32> {
     let e = cpu_engine(spec, Numerics::Bf16);
     let run = e
-        .generate(&PROMPT, &GenerateOptions { max_tokens: 24, ..Default::default() }, &mut |_| {})
+        .generate(
+            &PROMPT,
+            &GenerateOptions {
+                max_tokens: 24,
+                ..Default::default()
+            },
+            &mut |_| {},
+        )
         .unwrap();
     [PROMPT.to_vec(), run.tokens].concat()
 }
@@ -31,14 +38,18 @@ fn op_level(spec: &str, numerics: Numerics) {
     let e = cpu_engine(spec, numerics);
     let (limit, name) = op_tolerance(numerics);
     let seq = sequence(spec);
-    let rec = e.record_attention_inputs(&seq, &[AttnPath::Graph, AttnPath::Fused]).unwrap();
+    let rec = e
+        .record_attention_inputs(&seq, &[AttnPath::Graph, AttnPath::Fused])
+        .unwrap();
     let truth = cpu_engine(spec, Numerics::F64);
     let positions: Vec<usize> = (0..seq.len()).collect();
     println!("{spec} cpu/{} op level, fused vs graph RMS ({name} = {limit:e}); graph and fused vs f64 truth", numerics.name());
     println!("layer  q          k          v          | q graph-truth  q fused-truth  k graph-truth  k fused-truth");
     for l in &rec {
         let (g, f) = (&l.by_path[0].1, &l.by_path[1].1);
-        let t = truth.attention_inputs_from_host(l.layer, &l.input, &positions, AttnPath::Graph).unwrap();
+        let t = truth
+            .attention_inputs_from_host(l.layer, &l.input, &positions, AttnPath::Graph)
+            .unwrap();
         let d: Vec<_> = (0..3).map(|i| diff(&f[i], &g[i])).collect();
         println!(
             "{:>5}  {:.3e}  {:.3e}  {:.3e}  | {:.3e}      {:.3e}      {:.3e}      {:.3e}",
@@ -52,7 +63,12 @@ fn op_level(spec: &str, numerics: Numerics) {
             diff(&f[1], &t[1]).rms
         );
         for (i, t) in ["q", "k", "v"].iter().enumerate() {
-            assert!(d[i].finite_ok(), "{spec} layer {} {t}: non-finite at {:?}", l.layer, d[i].first_non_finite);
+            assert!(
+                d[i].finite_ok(),
+                "{spec} layer {} {t}: non-finite at {:?}",
+                l.layer,
+                d[i].first_non_finite
+            );
             assert!(
                 d[i].rms < limit,
                 "{spec} layer {} {t}: RMS {:.3e} >= {name} {limit:e} (max abs {:.3e} at {})",
@@ -64,7 +80,11 @@ fn op_level(spec: &str, numerics: Numerics) {
         }
         // The paths must not be identical: the fused op has its own order.
         if numerics == Numerics::Bf16 {
-            assert!(d[0].rms > 0.0, "{spec} layer {}: fused q equals graph q bit for bit", l.layer);
+            assert!(
+                d[0].rms > 0.0,
+                "{spec} layer {}: fused q equals graph q bit for bit",
+                l.layer
+            );
         }
     }
 }
@@ -78,7 +98,10 @@ fn layer_and_logits_level(spec: &str, numerics: Numerics) {
     let e = cpu_engine(spec, numerics);
     let seq = sequence(spec);
     let run = |e: &lockstep::engine::Engine<lockstep::backend::cpu::CpuBackend>, p| {
-        let mut c = Capture { layers: Some(Vec::new()), qkv: None };
+        let mut c = Capture {
+            layers: Some(Vec::new()),
+            qkv: None,
+        };
         let logits = e.teacher_forced(&seq, p, &mut c).unwrap();
         let mut all = c.layers.unwrap();
         all.push(logits.concat());
@@ -88,18 +111,36 @@ fn layer_and_logits_level(spec: &str, numerics: Numerics) {
     let f = run(&e, AttnPath::Fused);
     let t = run(&cpu_engine(spec, Numerics::F64), AttnPath::Graph);
     let factor = tol("truth_relative_factor");
-    println!("{spec} cpu/{} layer level (teacher-forced, {} tokens)", numerics.name(), seq.len());
+    println!(
+        "{spec} cpu/{} layer level (teacher-forced, {} tokens)",
+        numerics.name(),
+        seq.len()
+    );
     println!("level    fused-graph  graph-truth  fused-truth");
     let levels = g.len();
     for (l, ((g, f), t)) in g.iter().zip(&f).zip(&t).enumerate() {
-        let level = if l + 1 == levels { "logits".to_string() } else { format!("layer {l}") };
+        let level = if l + 1 == levels {
+            "logits".to_string()
+        } else {
+            format!("layer {l}")
+        };
         let (fg, gt, ft) = (diff(f, g), diff(g, t), diff(f, t));
-        println!("{level:<8} {:.3e}    {:.3e}    {:.3e}", fg.rms, gt.rms, ft.rms);
-        assert!(fg.finite_ok() && gt.finite_ok() && ft.finite_ok(), "{spec} {level}: non-finite values");
+        println!(
+            "{level:<8} {:.3e}    {:.3e}    {:.3e}",
+            fg.rms, gt.rms, ft.rms
+        );
+        assert!(
+            fg.finite_ok() && gt.finite_ok() && ft.finite_ok(),
+            "{spec} {level}: non-finite values"
+        );
         match numerics {
             Numerics::F64 => {
                 let limit = tol("fused_vs_graph_f64_rms");
-                assert!(fg.rms < limit, "{spec} {level}: f64 fused vs graph RMS {:.3e} >= {limit:e}", fg.rms);
+                assert!(
+                    fg.rms < limit,
+                    "{spec} {level}: f64 fused vs graph RMS {:.3e} >= {limit:e}",
+                    fg.rms
+                );
             }
             Numerics::Bf16 => assert!(
                 ft.rms <= factor * gt.rms,

@@ -14,7 +14,8 @@ fn open_err(dir: &Path) -> String {
 
 fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
     let p = dir.join("config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     f(v.as_object_mut().unwrap());
     std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
 }
@@ -44,8 +45,14 @@ fn a_truncated_safetensors_file_is_refused_naming_the_file_and_tensor() {
     let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
     f.set_len(len - 100).unwrap();
     let e = open_err(&dir);
-    assert!(e.contains("model.safetensors") && e.contains("truncated"), "{e}");
-    assert!(e.contains("model.norm.weight") || e.contains("tensor `"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("truncated"),
+        "{e}"
+    );
+    assert!(
+        e.contains("model.norm.weight") || e.contains("tensor `"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -57,7 +64,10 @@ fn a_header_length_past_the_end_of_the_file_is_refused() {
     bytes[..8].copy_from_slice(&claimed.to_le_bytes());
     std::fs::write(&p, bytes).unwrap();
     let e = open_err(&dir);
-    assert!(e.contains("model.safetensors") && e.contains("runs past the end"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("runs past the end"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -67,7 +77,10 @@ fn a_missing_tensor_is_named() {
         h.remove("model.layers.2.self_attn.k_norm.weight");
     });
     let e = open_err(&dir);
-    assert!(e.contains("model.layers.2.self_attn.k_norm.weight") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("model.layers.2.self_attn.k_norm.weight") && e.contains("missing"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -79,7 +92,9 @@ fn a_tensor_of_the_wrong_shape_is_named_with_both_shapes() {
     });
     let e = open_err(&dir);
     assert!(
-        e.contains("model.layers.1.mlp.up_proj.weight") && e.contains("[64, 160]") && e.contains("[160, 64]"),
+        e.contains("model.layers.1.mlp.up_proj.weight")
+            && e.contains("[64, 160]")
+            && e.contains("[160, 64]"),
         "{e}"
     );
 }
@@ -91,7 +106,10 @@ fn a_tensor_of_an_unsupported_dtype_is_named() {
         h["model.norm.weight"]["dtype"] = serde_json::json!("I16");
     });
     let e = open_err(&dir);
-    assert!(e.contains("model.norm.weight") && e.contains("I16") && e.contains("BF16"), "{e}");
+    assert!(
+        e.contains("model.norm.weight") && e.contains("I16") && e.contains("BF16"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -115,7 +133,10 @@ fn a_config_missing_a_required_field_names_it() {
         c.remove("num_key_value_heads");
     });
     let e = open_err(&dir);
-    assert!(e.contains("config.json") && e.contains("`num_key_value_heads`") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("`num_key_value_heads`") && e.contains("missing"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -132,10 +153,16 @@ fn a_config_field_of_the_wrong_type_names_it() {
 fn an_unsupported_architecture_is_refused_by_name() {
     let dir = synth_folder("err-arch", "tiny", 0);
     edit_config(&dir, |c| {
-        c.insert("architectures".into(), serde_json::json!(["LlamaForCausalLM"]));
+        c.insert(
+            "architectures".into(),
+            serde_json::json!(["LlamaForCausalLM"]),
+        );
     });
     let e = open_err(&dir);
-    assert!(e.contains("LlamaForCausalLM") && e.contains("unsupported architecture"), "{e}");
+    assert!(
+        e.contains("LlamaForCausalLM") && e.contains("unsupported architecture"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -157,7 +184,10 @@ fn unknown_config_fields_are_tolerated_and_rope_parameters_are_read() {
 fn a_scaled_rope_is_refused_rather_than_ignored() {
     let dir = synth_folder("err-rope-yarn", "tiny", 0);
     edit_config(&dir, |c| {
-        c.insert("rope_scaling".into(), serde_json::json!({"rope_type": "yarn", "factor": 4.0}));
+        c.insert(
+            "rope_scaling".into(),
+            serde_json::json!({"rope_type": "yarn", "factor": 4.0}),
+        );
     });
     let e = open_err(&dir);
     assert!(e.contains("`rope_scaling`") && e.contains("yarn"), "{e}");
@@ -176,7 +206,10 @@ fn non_finite_weights_are_refused_naming_tensor_and_index() {
     std::fs::write(&p, bytes).unwrap();
     let m = Model::open_dir(&dir).unwrap();
     let e = m.tensor("model.norm.weight").unwrap_err().to_string();
-    assert!(e.contains("model.norm.weight") && e.contains("index 5"), "{e}");
+    assert!(
+        e.contains("model.norm.weight") && e.contains("index 5"),
+        "{e}"
+    );
 }
 
 #[test]

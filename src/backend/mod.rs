@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// How q, k and v reach attention.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AttnPath {
     /// q/k/v projections, per-head RMSNorm of q and k, RoPE: each its own op.
@@ -106,7 +108,13 @@ pub trait Backend {
     fn linear(&self, x: &Self::Tensor, w: &Self::Weight) -> Result<Self::Tensor>;
 
     /// NeoX-style rotary embedding of each `head_dim` group; row `r` is at `positions[r]`.
-    fn rope(&self, x: &Self::Tensor, positions: &[usize], head_dim: usize, theta: f64) -> Result<Self::Tensor>;
+    fn rope(
+        &self,
+        x: &Self::Tensor,
+        positions: &[usize],
+        head_dim: usize,
+        theta: f64,
+    ) -> Result<Self::Tensor>;
 
     /// The fused path: q, k, v from the packed weight, q and k normalised per
     /// head and rotated, in one op with its own accumulation order.
@@ -123,11 +131,22 @@ pub trait Backend {
     fn new_cache(&self, dims: &AttnDims, capacity: usize) -> Result<Self::Cache>;
 
     /// Appends `k, v [n, kv_dim]` at the end of the cache.
-    fn cache_append(&self, cache: &mut Self::Cache, k: &Self::Tensor, v: &Self::Tensor) -> Result<()>;
+    fn cache_append(
+        &self,
+        cache: &mut Self::Cache,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+    ) -> Result<()>;
 
     /// Causal GQA attention of `q [n, q_dim]` (row `r` at `positions[r]`)
     /// over cache rows `0..=positions[r]`.
-    fn attention(&self, q: &Self::Tensor, cache: &Self::Cache, dims: &AttnDims, positions: &[usize]) -> Result<Self::Tensor>;
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        cache: &Self::Cache,
+        dims: &AttnDims,
+        positions: &[usize],
+    ) -> Result<Self::Tensor>;
 
     fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
 

@@ -28,14 +28,22 @@ impl Default for GenerateOptions {
 
 impl<B: Backend> Engine<B> {
     pub fn fingerprint(&self, path: AttnPath) -> Fingerprint {
-        Fingerprint::new(self.backend.device_info(), path, &self.model_origin, &self.model_hash)
+        Fingerprint::new(
+            self.backend.device_info(),
+            path,
+            &self.model_origin,
+            &self.model_hash,
+        )
     }
 
     fn check_prompt(&self, prompt: &[u32], extra: usize) -> Result<()> {
         if prompt.is_empty() {
             return Err(Error::Prompt("the prompt holds no tokens".into()));
         }
-        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+        if let Some(&bad) = prompt
+            .iter()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
             return Err(Error::Prompt(format!(
                 "token id {bad} is not below vocab_size {}",
                 self.config.vocab_size
@@ -53,13 +61,24 @@ impl<B: Backend> Engine<B> {
 
     /// Greedy decoding: prefill the prompt, then one token per step.
     /// `on_step(i)` is called after each step (progress reporting).
-    pub fn generate(&self, prompt: &[u32], opts: &GenerateOptions, on_step: &mut dyn FnMut(usize)) -> Result<RecordedRun> {
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        on_step: &mut dyn FnMut(usize),
+    ) -> Result<RecordedRun> {
         self.check_prompt(prompt, opts.max_tokens)?;
         let mut session = self.new_session(prompt.len() + opts.max_tokens)?;
         let mut steps = Vec::with_capacity(opts.max_tokens);
         let mut input: Vec<u32> = prompt.to_vec();
         for i in 0..opts.max_tokens {
-            let logits = self.forward(&mut session, &input, opts.path, false, &mut Capture::default())?;
+            let logits = self.forward(
+                &mut session,
+                &input,
+                opts.path,
+                false,
+                &mut Capture::default(),
+            )?;
             let (v, _) = self.backend.to_host(&logits)?;
             let step = StepRecord::from_logits(&v, opts.top_k, opts.keep_logits);
             input = vec![step.token];
@@ -77,11 +96,18 @@ impl<B: Backend> Engine<B> {
     /// One prefill over `tokens` returning every row's logits and, as asked,
     /// per-layer outputs and q/k/v: the teacher-forced view used for layer-
     /// and op-level comparisons.
-    pub fn teacher_forced(&self, tokens: &[u32], path: AttnPath, capture: &mut Capture) -> Result<Vec<Vec<f64>>> {
+    pub fn teacher_forced(
+        &self,
+        tokens: &[u32],
+        path: AttnPath,
+        capture: &mut Capture,
+    ) -> Result<Vec<Vec<f64>>> {
         self.check_prompt(tokens, 0)?;
         let mut session = self.new_session(tokens.len())?;
         let logits = self.forward(&mut session, tokens, path, true, capture)?;
         let (v, [rows, cols]) = self.backend.to_host(&logits)?;
-        Ok((0..rows).map(|r| v[r * cols..(r + 1) * cols].to_vec()).collect())
+        Ok((0..rows)
+            .map(|r| v[r * cols..(r + 1) * cols].to_vec())
+            .collect())
     }
 }

@@ -109,7 +109,11 @@ impl<B: Backend> Engine<B> {
         Self::load_with_progress(model, backend, &mut |_, _| {})
     }
 
-    pub fn load_with_progress(model: &Model, backend: B, progress: &mut dyn FnMut(usize, usize)) -> Result<Self> {
+    pub fn load_with_progress(
+        model: &Model,
+        backend: B,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
         let cfg = model.config.clone();
         let mut ld = Loader {
             model,
@@ -164,7 +168,8 @@ impl<B: Backend> Engine<B> {
                 q: backend.upload(&names[0], &tq)?,
                 k: backend.upload(&names[1], &tk)?,
                 v: backend.upload(&names[2], &tv)?,
-                qkv: backend.upload_packed(&format!("{p}.self_attn.qkv_packed"), &[&tq, &tk, &tv])?,
+                qkv: backend
+                    .upload_packed(&format!("{p}.self_attn.qkv_packed"), &[&tq, &tk, &tv])?,
                 o: ld.up(&format!("{p}.self_attn.o_proj.weight"))?,
                 q_norm: ld.up(&format!("{p}.self_attn.q_norm.weight"))?,
                 k_norm: ld.up(&format!("{p}.self_attn.k_norm.weight"))?,
@@ -217,8 +222,18 @@ impl<B: Backend> Engine<B> {
                 let q = be.linear(h, &lw.q)?;
                 let k = be.linear(h, &lw.k)?;
                 let v = be.linear(h, &lw.v)?;
-                let q = be.rope(&be.rms_norm(&q, &lw.q_norm, d.eps)?, positions, d.head_dim, d.rope_theta)?;
-                let k = be.rope(&be.rms_norm(&k, &lw.k_norm, d.eps)?, positions, d.head_dim, d.rope_theta)?;
+                let q = be.rope(
+                    &be.rms_norm(&q, &lw.q_norm, d.eps)?,
+                    positions,
+                    d.head_dim,
+                    d.rope_theta,
+                )?;
+                let k = be.rope(
+                    &be.rms_norm(&k, &lw.k_norm, d.eps)?,
+                    positions,
+                    d.head_dim,
+                    d.rope_theta,
+                )?;
                 Ok((q, k, v))
             }
             AttnPath::Fused => be.fused_qkv(h, &lw.qkv, &lw.q_norm, &lw.k_norm, d, positions),
@@ -228,7 +243,11 @@ impl<B: Backend> Engine<B> {
     /// Op-level record: for every layer, q/k/v by each of `paths` from the
     /// same normalised input (the graph path's residual stream on `tokens`).
     /// Separating the op from the run keeps earlier layers' differences out.
-    pub fn record_attention_inputs(&self, tokens: &[u32], paths: &[AttnPath]) -> Result<Vec<LayerQkv>> {
+    pub fn record_attention_inputs(
+        &self,
+        tokens: &[u32],
+        paths: &[AttnPath],
+    ) -> Result<Vec<LayerQkv>> {
         let mut cap = Capture {
             layers: Some(Vec::new()),
             qkv: None,
@@ -277,7 +296,8 @@ impl<B: Backend> Engine<B> {
 
     /// Input of layer `layer`'s attention: RMSNorm of the residual stream.
     pub fn attention_norm(&self, layer: usize, x: &B::Tensor) -> Result<B::Tensor> {
-        self.backend.rms_norm(x, &self.layers[layer].input_norm, self.dims.eps)
+        self.backend
+            .rms_norm(x, &self.layers[layer].input_norm, self.dims.eps)
     }
 
     /// Embeds `ids` at positions `session.pos..`, runs every layer, appends to
@@ -334,7 +354,11 @@ impl<B: Backend> Engine<B> {
         }
         session.pos = end;
         // 5. final norm on the rows whose logits are wanted; lm_head [rows, vocab].
-        let x = if all_logits { x } else { be.rows(&x, n - 1, 1)? };
+        let x = if all_logits {
+            x
+        } else {
+            be.rows(&x, n - 1, 1)?
+        };
         let x = be.rms_norm(&x, &self.final_norm, self.dims.eps)?;
         be.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed))
     }

@@ -58,7 +58,8 @@ pub struct StepRecord {
 impl StepRecord {
     pub fn from_logits(logits: &[f64], top_k: usize, keep: bool) -> Self {
         let top = top_k_of(logits, top_k.max(2));
-        let margin = (top[0].1 as f64 - top.get(1).map_or(f64::NEG_INFINITY, |t| t.1 as f64)) as f32;
+        let margin =
+            (top[0].1 as f64 - top.get(1).map_or(f64::NEG_INFINITY, |t| t.1 as f64)) as f32;
         StepRecord {
             token: top[0].0,
             top: top.into_iter().take(top_k.max(1)).collect(),

@@ -138,11 +138,17 @@ impl Qwen3Config {
 
         if let Some(act) = f.str("hidden_act")? {
             if act != "silu" {
-                return Err(f.err("hidden_act", format!("only \"silu\" is supported, got {act:?}")));
+                return Err(f.err(
+                    "hidden_act",
+                    format!("only \"silu\" is supported, got {act:?}"),
+                ));
             }
         }
         if f.bool_or("attention_bias", false)? {
-            return Err(f.err("attention_bias", "Qwen3 has no attention bias; true is not supported"));
+            return Err(f.err(
+                "attention_bias",
+                "Qwen3 has no attention bias; true is not supported",
+            ));
         }
         let rope_theta = parse_rope_theta(&f)?;
 
@@ -161,11 +167,16 @@ impl Qwen3Config {
                         .iter()
                         .map(|x| {
                             x.as_u64().map(|x| x as usize).ok_or_else(|| {
-                                f.err("mlp_only_layers", format!("expected layer indices, got {x}"))
+                                f.err(
+                                    "mlp_only_layers",
+                                    format!("expected layer indices, got {x}"),
+                                )
                             })
                         })
                         .collect::<Result<_>>()?,
-                    Some(v) => return Err(f.err("mlp_only_layers", format!("expected a list, got {v}"))),
+                    Some(v) => {
+                        return Err(f.err("mlp_only_layers", format!("expected a list, got {v}")))
+                    }
                 },
             }),
         };
@@ -222,26 +233,47 @@ impl Qwen3Config {
             ));
         }
         if self.head_dim % 2 != 0 {
-            return Err(bad("head_dim", format!("RoPE needs an even head_dim, got {}", self.head_dim)));
+            return Err(bad(
+                "head_dim",
+                format!("RoPE needs an even head_dim, got {}", self.head_dim),
+            ));
         }
         if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite()) {
-            return Err(bad("rms_norm_eps", format!("must be positive, got {}", self.rms_norm_eps)));
+            return Err(bad(
+                "rms_norm_eps",
+                format!("must be positive, got {}", self.rms_norm_eps),
+            ));
         }
         if !(self.rope_theta > 1.0 && self.rope_theta.is_finite()) {
-            return Err(bad("rope_theta", format!("must be > 1, got {}", self.rope_theta)));
+            return Err(bad(
+                "rope_theta",
+                format!("must be > 1, got {}", self.rope_theta),
+            ));
         }
         if let Some(m) = &self.moe {
-            if m.num_experts == 0 || m.num_experts_per_tok == 0 || m.num_experts_per_tok > m.num_experts {
+            if m.num_experts == 0
+                || m.num_experts_per_tok == 0
+                || m.num_experts_per_tok > m.num_experts
+            {
                 return Err(bad(
                     "num_experts_per_tok",
-                    format!("{} of {} experts per token", m.num_experts_per_tok, m.num_experts),
+                    format!(
+                        "{} of {} experts per token",
+                        m.num_experts_per_tok, m.num_experts
+                    ),
                 ));
             }
             if m.decoder_sparse_step == 0 {
                 return Err(bad("decoder_sparse_step", "must be positive".into()));
             }
-            if self.num_hidden_layers > 0 && (0..self.num_hidden_layers).any(|l| !self.layer_is_moe(l)) && self.intermediate_size == 0 {
-                return Err(bad("intermediate_size", "dense layers exist but intermediate_size is missing".into()));
+            if self.num_hidden_layers > 0
+                && (0..self.num_hidden_layers).any(|l| !self.layer_is_moe(l))
+                && self.intermediate_size == 0
+            {
+                return Err(bad(
+                    "intermediate_size",
+                    "dense layers exist but intermediate_size is missing".into(),
+                ));
             }
         }
         Ok(())
@@ -293,7 +325,10 @@ impl Qwen3Config {
         put("hidden_size", Value::from(self.hidden_size));
         put("initializer_range", Value::from(0.02));
         put("intermediate_size", Value::from(self.intermediate_size));
-        put("max_position_embeddings", Value::from(self.max_position_embeddings));
+        put(
+            "max_position_embeddings",
+            Value::from(self.max_position_embeddings),
+        );
         put("max_window_layers", Value::from(self.num_hidden_layers));
         put("num_attention_heads", Value::from(self.num_attention_heads));
         put("num_hidden_layers", Value::from(self.num_hidden_layers));
@@ -310,7 +345,10 @@ impl Qwen3Config {
         if let Some(moe) = &self.moe {
             put("num_experts", Value::from(moe.num_experts));
             put("num_experts_per_tok", Value::from(moe.num_experts_per_tok));
-            put("moe_intermediate_size", Value::from(moe.moe_intermediate_size));
+            put(
+                "moe_intermediate_size",
+                Value::from(moe.moe_intermediate_size),
+            );
             put("norm_topk_prob", Value::from(moe.norm_topk_prob));
             put("decoder_sparse_step", Value::from(moe.decoder_sparse_step));
             put("mlp_only_layers", Value::from(moe.mlp_only_layers.clone()));
@@ -325,17 +363,36 @@ fn parse_architecture(f: &Fields) -> Result<Architecture> {
     let names: Vec<String> = match f.get("architectures") {
         Some(Value::Array(items)) => items
             .iter()
-            .map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string()))
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| x.to_string())
+            })
             .collect(),
-        Some(v) => return Err(f.err("architectures", format!("expected a list of names, got {v}"))),
+        Some(v) => {
+            return Err(f.err(
+                "architectures",
+                format!("expected a list of names, got {v}"),
+            ))
+        }
         None => match f.str("model_type")? {
             Some("qwen3") => vec!["Qwen3ForCausalLM".into()],
             Some("qwen3_moe") => vec!["Qwen3MoeForCausalLM".into()],
             Some(other) => vec![format!("model_type={other}")],
-            None => return Err(f.err("architectures", "required field is missing (and no model_type)")),
+            None => {
+                return Err(f.err(
+                    "architectures",
+                    "required field is missing (and no model_type)",
+                ))
+            }
         },
     };
-    match names.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match names
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["Qwen3ForCausalLM"] => Ok(Architecture::Qwen3ForCausalLM),
         ["Qwen3MoeForCausalLM"] => Ok(Architecture::Qwen3MoeForCausalLM),
         _ => Err(Error::UnsupportedArchitecture {
@@ -360,7 +417,10 @@ fn parse_rope_theta(f: &Fields) -> Result<f64> {
                     .and_then(Value::as_str)
                     .unwrap_or("default");
                 if kind != "default" {
-                    return Err(f.err(key, format!("RoPE type {kind:?} is not supported (only \"default\")")));
+                    return Err(f.err(
+                        key,
+                        format!("RoPE type {kind:?} is not supported (only \"default\")"),
+                    ));
                 }
                 if let Some(t) = f.f64_in(p, "rope_theta").transpose()? {
                     theta = Some(t);

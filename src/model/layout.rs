@@ -19,8 +19,14 @@ pub fn expected_tensors(cfg: &Qwen3Config) -> Vec<TensorSpec> {
         v.push((format!("{p}.input_layernorm.weight"), vec![h]));
         v.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
         v.push((format!("{p}.self_attn.q_proj.weight"), vec![cfg.q_dim(), h]));
-        v.push((format!("{p}.self_attn.k_proj.weight"), vec![cfg.kv_dim(), h]));
-        v.push((format!("{p}.self_attn.v_proj.weight"), vec![cfg.kv_dim(), h]));
+        v.push((
+            format!("{p}.self_attn.k_proj.weight"),
+            vec![cfg.kv_dim(), h],
+        ));
+        v.push((
+            format!("{p}.self_attn.v_proj.weight"),
+            vec![cfg.kv_dim(), h],
+        ));
         v.push((format!("{p}.self_attn.o_proj.weight"), vec![h, cfg.q_dim()]));
         v.push((format!("{p}.self_attn.q_norm.weight"), vec![cfg.head_dim]));
         v.push((format!("{p}.self_attn.k_norm.weight"), vec![cfg.head_dim]));

@@ -95,8 +95,13 @@ impl Model {
                 });
             }
         }
-        let known: std::collections::BTreeSet<&str> = expected.iter().map(|s| s.name.as_str()).collect();
-        let unexpected: Vec<String> = files.names().filter(|n| !known.contains(n.as_str())).cloned().collect();
+        let known: std::collections::BTreeSet<&str> =
+            expected.iter().map(|s| s.name.as_str()).collect();
+        let unexpected: Vec<String> = files
+            .names()
+            .filter(|n| !known.contains(n.as_str()))
+            .cloned()
+            .collect();
         let m = Model {
             config,
             origin: dir.display().to_string(),
@@ -162,7 +167,10 @@ impl Model {
     }
 
     pub fn tokenizer_path(&self) -> Option<PathBuf> {
-        self.dir.as_ref().map(|d| d.join("tokenizer.json")).filter(|p| p.exists())
+        self.dir
+            .as_ref()
+            .map(|d| d.join("tokenizer.json"))
+            .filter(|p| p.exists())
     }
 }
 
@@ -212,7 +220,10 @@ pub fn write_synth_folder(s: &Synth, out: &Path, shard_bytes: Option<usize>) -> 
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     meta.insert("lockstep.synth".to_string(), s.spec());
-    meta.insert("lockstep.generator".to_string(), synth::GENERATOR_VERSION.to_string());
+    meta.insert(
+        "lockstep.generator".to_string(),
+        synth::GENERATOR_VERSION.to_string(),
+    );
     let mut shards: Vec<Vec<TensorSpec>> = vec![Vec::new()];
     let mut size = 0usize;
     for t in specs {
@@ -228,7 +239,10 @@ pub fn write_synth_folder(s: &Synth, out: &Path, shard_bytes: Option<usize>) -> 
     }
     let gen = |t: &TensorSpec| Ok(s.generate(&t.name, &t.shape));
     // Clear leftovers of an earlier write of the other layout.
-    for old in std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.flatten() {
+    for old in std::fs::read_dir(out)
+        .map_err(|e| Error::io(out, e))?
+        .flatten()
+    {
         let n = old.file_name().to_string_lossy().into_owned();
         if n.starts_with("model") && (n.ends_with(".safetensors") || n.ends_with(".index.json")) {
             let _ = std::fs::remove_file(old.path());
@@ -254,7 +268,10 @@ pub fn write_synth_folder(s: &Synth, out: &Path, shard_bytes: Option<usize>) -> 
         )?;
     }
     if s.config.vocab_size >= 256 {
-        crate::util::write_json_atomically(&out.join("tokenizer.json"), &tokenizer::byte_level_tokenizer_json())?;
+        crate::util::write_json_atomically(
+            &out.join("tokenizer.json"),
+            &tokenizer::byte_level_tokenizer_json(),
+        )?;
     }
     Ok(())
 }

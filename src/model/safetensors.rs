@@ -63,8 +63,12 @@ impl HostTensor<'_> {
     pub fn get_f32(&self, i: usize) -> f32 {
         let b = &self.bytes;
         match self.dtype {
-            Dtype::BF16 => f32::from_bits((u16::from_le_bytes([b[2 * i], b[2 * i + 1]]) as u32) << 16),
-            Dtype::F16 => half::f16::from_bits(u16::from_le_bytes([b[2 * i], b[2 * i + 1]])).to_f32(),
+            Dtype::BF16 => {
+                f32::from_bits((u16::from_le_bytes([b[2 * i], b[2 * i + 1]]) as u32) << 16)
+            }
+            Dtype::F16 => {
+                half::f16::from_bits(u16::from_le_bytes([b[2 * i], b[2 * i + 1]])).to_f32()
+            }
             Dtype::F32 => f32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]),
         }
     }
@@ -75,7 +79,9 @@ impl HostTensor<'_> {
 
     /// The first non-finite value, if any: weights with NaN/Inf are refused.
     pub fn first_non_finite(&self) -> Option<(usize, f32)> {
-        (0..self.numel()).map(|i| (i, self.get_f32(i))).find(|(_, v)| !v.is_finite())
+        (0..self.numel())
+            .map(|i| (i, self.get_f32(i)))
+            .find(|(_, v)| !v.is_finite())
     }
 }
 
@@ -142,14 +148,23 @@ pub type Header = (usize, BTreeMap<String, Entry>, BTreeMap<String, String>);
 /// Validates a whole safetensors image: header and every offset.
 pub fn parse_header(bytes: &[u8], path: &Path) -> Result<Header> {
     if bytes.len() < 8 {
-        return Err(bad(path, format!("file is {} bytes, too short for the 8-byte header length", bytes.len())));
+        return Err(bad(
+            path,
+            format!(
+                "file is {} bytes, too short for the 8-byte header length",
+                bytes.len()
+            ),
+        ));
     }
     let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
     let avail = (bytes.len() - 8) as u64;
     if n > avail {
         return Err(bad(
             path,
-            format!("header length {n} runs past the end of the file ({} bytes after the length field)", avail),
+            format!(
+                "header length {n} runs past the end of the file ({} bytes after the length field)",
+                avail
+            ),
         ));
     }
     let n = n as usize;
@@ -192,9 +207,12 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<Header> {
 }
 
 fn parse_entry(name: &str, v: &Value, data_len: usize, path: &Path) -> Result<Entry> {
-    let o = v
-        .as_object()
-        .ok_or_else(|| bad(path, format!("tensor `{name}`: header entry is not an object")))?;
+    let o = v.as_object().ok_or_else(|| {
+        bad(
+            path,
+            format!("tensor `{name}`: header entry is not an object"),
+        )
+    })?;
     let dtype_s = o
         .get("dtype")
         .and_then(Value::as_str)
@@ -209,16 +227,29 @@ fn parse_entry(name: &str, v: &Value, data_len: usize, path: &Path) -> Result<En
         .get("shape")
         .and_then(Value::as_array)
         .and_then(|a| a.iter().map(|x| x.as_u64().map(|x| x as usize)).collect())
-        .ok_or_else(|| bad(path, format!("tensor `{name}`: shape is not a list of integers")))?;
+        .ok_or_else(|| {
+            bad(
+                path,
+                format!("tensor `{name}`: shape is not a list of integers"),
+            )
+        })?;
     let offs: Vec<u64> = o
         .get("data_offsets")
         .and_then(Value::as_array)
         .and_then(|a| a.iter().map(Value::as_u64).collect())
         .filter(|v: &Vec<u64>| v.len() == 2)
-        .ok_or_else(|| bad(path, format!("tensor `{name}`: data_offsets is not a pair of integers")))?;
+        .ok_or_else(|| {
+            bad(
+                path,
+                format!("tensor `{name}`: data_offsets is not a pair of integers"),
+            )
+        })?;
     let (start, end) = (offs[0], offs[1]);
     if start > end {
-        return Err(bad(path, format!("tensor `{name}`: data_offsets [{start}, {end}) run backwards")));
+        return Err(bad(
+            path,
+            format!("tensor `{name}`: data_offsets [{start}, {end}) run backwards"),
+        ));
     }
     if end > data_len as u64 {
         return Err(bad(
@@ -286,11 +317,17 @@ impl SafeTensors {
         let mut shard_names: Vec<String> = Vec::new();
         let mut wanted: BTreeMap<String, String> = BTreeMap::new();
         for (tensor, file) in map {
-            let file = file
-                .as_str()
-                .ok_or_else(|| bad(index_path, format!("weight_map[`{tensor}`] is not a file name")))?;
+            let file = file.as_str().ok_or_else(|| {
+                bad(
+                    index_path,
+                    format!("weight_map[`{tensor}`] is not a file name"),
+                )
+            })?;
             if file.contains('/') || file.contains('\\') || file.starts_with('.') {
-                return Err(bad(index_path, format!("weight_map[`{tensor}`] = {file:?} is not a plain file name")));
+                return Err(bad(
+                    index_path,
+                    format!("weight_map[`{tensor}`] = {file:?} is not a plain file name"),
+                ));
             }
             if !shard_names.iter().any(|s| s == file) {
                 shard_names.push(file.to_string());
@@ -353,7 +390,12 @@ pub fn write_file(
     if !metadata.is_empty() {
         header.insert(
             "__metadata__".into(),
-            Value::Object(metadata.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))).collect()),
+            Value::Object(
+                metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+                    .collect(),
+            ),
         );
     }
     let mut offset = 0usize;
@@ -362,7 +404,10 @@ pub fn write_file(
         let mut e = Map::new();
         e.insert("dtype".into(), Value::from(t.dtype.name()));
         e.insert("shape".into(), Value::from(t.shape.clone()));
-        e.insert("data_offsets".into(), Value::from(vec![offset, offset + len]));
+        e.insert(
+            "data_offsets".into(),
+            Value::from(vec![offset, offset + len]),
+        );
         header.insert(t.name.clone(), Value::Object(e));
         offset += len;
     }

@@ -13,7 +13,13 @@ use crate::util::bf16_bits;
 /// Bump when the generator changes: it is part of every synthetic model's identity.
 pub const GENERATOR_VERSION: u32 = 1;
 
-pub const PRESETS: [&str; 5] = ["tiny", "tiny-moe", "qwen3-0.6b", "qwen3-8b", "qwen3-30b-a3b"];
+pub const PRESETS: [&str; 5] = [
+    "tiny",
+    "tiny-moe",
+    "qwen3-0.6b",
+    "qwen3-8b",
+    "qwen3-30b-a3b",
+];
 
 pub fn preset_config(name: &str) -> Result<Qwen3Config> {
     let base = |vocab, hidden, inter, layers, heads, kv, head_dim, tied| Qwen3Config {

@@ -60,11 +60,27 @@ pub fn diff(a: &[f64], b: &[f64]) -> Diff {
     Diff {
         n: a.len(),
         rms,
-        rel_rms: if ref_rms > 0.0 { rms / ref_rms } else if rms == 0.0 { 0.0 } else { f64::INFINITY },
-        nmse: if ref_sq > 0.0 { sq / ref_sq } else if sq == 0.0 { 0.0 } else { f64::INFINITY },
+        rel_rms: if ref_rms > 0.0 {
+            rms / ref_rms
+        } else if rms == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        },
+        nmse: if ref_sq > 0.0 {
+            sq / ref_sq
+        } else if sq == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        },
         max_abs,
         max_abs_index: max_i,
-        cosine: if a_sq > 0.0 && ref_sq > 0.0 { dot / (a_sq.sqrt() * ref_sq.sqrt()) } else { f64::NAN },
+        cosine: if a_sq > 0.0 && ref_sq > 0.0 {
+            dot / (a_sq.sqrt() * ref_sq.sqrt())
+        } else {
+            f64::NAN
+        },
         first_non_finite: bad,
     }
 }
@@ -95,9 +111,18 @@ mod tests {
 
     #[test]
     fn nan_never_passes_and_infinities_must_match() {
-        assert_eq!(diff(&[1.0, f64::NAN], &[1.0, f64::NAN]).first_non_finite, Some(1));
-        assert_eq!(diff(&[f64::INFINITY], &[f64::INFINITY]).first_non_finite, None);
-        assert_eq!(diff(&[f64::INFINITY], &[f64::NEG_INFINITY]).first_non_finite, Some(0));
+        assert_eq!(
+            diff(&[1.0, f64::NAN], &[1.0, f64::NAN]).first_non_finite,
+            Some(1)
+        );
+        assert_eq!(
+            diff(&[f64::INFINITY], &[f64::INFINITY]).first_non_finite,
+            None
+        );
+        assert_eq!(
+            diff(&[f64::INFINITY], &[f64::NEG_INFINITY]).first_non_finite,
+            Some(0)
+        );
         assert_eq!(diff(&[1.0], &[f64::INFINITY]).first_non_finite, Some(0));
     }
 }

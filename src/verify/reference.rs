@@ -6,8 +6,10 @@
 //! small vocabularies), the top-k, and statistics of the full vector. Relative
 //! RMS is computed over the stored indices: a uniform sample of the vector.
 
+use crate::engine::record::RecordedRun;
 use crate::error::{Error, Result};
 use crate::verify::metrics::{diff, Diff};
+use crate::verify::tolerances::tol;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -57,7 +59,10 @@ impl Reference {
             source,
         })?;
         if r.steps.len() != r.tokens.len() || r.stride == 0 {
-            return Err(Error::invalid(path.display().to_string(), "steps and tokens disagree, or stride is 0"));
+            return Err(Error::invalid(
+                path.display().to_string(),
+                "steps and tokens disagree, or stride is 0",
+            ));
         }
         Ok(r)
     }
@@ -86,7 +91,11 @@ pub fn compare_steps(reference: &Reference, ours: &[Vec<f64>]) -> Result<Vec<Ste
     if ours.len() < reference.steps.len() {
         return Err(Error::invalid(
             "reference comparison",
-            format!("{} steps of logits for {} reference steps", ours.len(), reference.steps.len()),
+            format!(
+                "{} steps of logits for {} reference steps",
+                ours.len(),
+                reference.steps.len()
+            ),
         ));
     }
     reference
@@ -99,11 +108,16 @@ pub fn compare_steps(reference: &Reference, ours: &[Vec<f64>]) -> Result<Vec<Ste
             if ours_s.len() != rs.sample.len() {
                 return Err(Error::invalid(
                     "reference comparison",
-                    format!("step {i}: {} sampled logits vs {} in the reference", ours_s.len(), rs.sample.len()),
+                    format!(
+                        "step {i}: {} sampled logits vs {} in the reference",
+                        ours_s.len(),
+                        rs.sample.len()
+                    ),
                 ));
             }
             let theirs: Vec<f64> = rs.sample.iter().map(|&v| v as f64).collect();
-            let margin = rs.top.first().map_or(0.0, |a| a.1) - rs.top.get(1).map_or(f32::NEG_INFINITY, |b| b.1);
+            let margin = rs.top.first().map_or(0.0, |a| a.1)
+                - rs.top.get(1).map_or(f32::NEG_INFINITY, |b| b.1);
             Ok(StepComparison {
                 step: i,
                 diff: diff(&ours_s, &theirs),
@@ -130,4 +144,132 @@ pub fn first_divergence(ours: &[u32], theirs: &[u32]) -> Option<FirstDivergence>
             ours: ours[step],
             theirs: theirs[step],
         })
+}
+
+/// The verdict on one reference comparison, with everything needed to read it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReferenceReport {
+    pub preset: String,
+    pub dtype: String,
+    pub reference_device: String,
+    pub ours: String,
+    pub steps: Vec<StepComparison>,
+    pub worst_rel_rms: f64,
+    pub rel_rms_tolerance: (String, f64),
+    pub first_divergence: Option<FirstDivergence>,
+    /// The smaller of the two sides' top-1/top-2 margins at the divergence.
+    pub divergence_margin: Option<f32>,
+    pub near_tie_tolerance: (String, f64),
+    pub pass: bool,
+}
+
+/// Which CPU arithmetic a reference is compared with, and its tolerances.
+pub fn tolerance_names(reference: &Reference) -> (&'static str, &'static str) {
+    if reference.dtype == "float32" {
+        (
+            "truth_vs_transformers_f32_logits_rel_rms",
+            "near_tie_margin_f32",
+        )
+    } else {
+        (
+            "cpu_bf16_vs_transformers_bf16_logits_rel_rms",
+            "near_tie_margin_bf16",
+        )
+    }
+}
+
+/// Judges our teacher-forced logits (one row per reference step, same
+/// context) and our own greedy run against the reference. Greedy tokens may
+/// differ only at a near-tie: a step where either side's top-1/top-2 margin
+/// is below the near-tie tolerance.
+pub fn judge(
+    reference: &Reference,
+    teacher_logits: &[Vec<f64>],
+    ours: &RecordedRun,
+) -> Result<ReferenceReport> {
+    if ours.prompt != reference.prompt {
+        return Err(Error::invalid(
+            "reference comparison",
+            "our run used a different prompt",
+        ));
+    }
+    if ours.fingerprint.model_hash != reference.model_hash {
+        return Err(Error::invalid(
+            "reference comparison",
+            format!(
+                "reference is for model {} but our run is of {}",
+                reference.model_hash, ours.fingerprint.model_hash
+            ),
+        ));
+    }
+    let steps = compare_steps(reference, teacher_logits)?;
+    let (rel_name, tie_name) = tolerance_names(reference);
+    let (rel_tol, tie_tol) = (tol(rel_name), tol(tie_name));
+    let worst = steps.iter().map(|s| s.diff.rel_rms).fold(0.0, f64::max);
+    let div = first_divergence(&ours.tokens, &reference.tokens);
+    let margin = div.as_ref().map(|d| {
+        let theirs = &reference.steps[d.step].top;
+        ours.steps[d.step].margin.min(theirs[0].1 - theirs[1].1)
+    });
+    let tokens_ok =
+        margin.is_none_or(|m| (m as f64) < tie_tol) && ours.tokens.len() == reference.tokens.len();
+    Ok(ReferenceReport {
+        preset: reference.preset.clone(),
+        dtype: reference.dtype.clone(),
+        reference_device: reference.device.clone(),
+        ours: ours.fingerprint.label(),
+        pass: worst <= rel_tol && tokens_ok && steps.iter().all(|s| s.diff.finite_ok()),
+        steps,
+        worst_rel_rms: worst,
+        rel_rms_tolerance: (rel_name.into(), rel_tol),
+        first_divergence: div,
+        divergence_margin: margin,
+        near_tie_tolerance: (tie_name.into(), tie_tol),
+    })
+}
+
+impl ReferenceReport {
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{} vs transformers {} ({}): {}",
+            self.ours,
+            self.dtype,
+            self.reference_device,
+            if self.pass { "PASS" } else { "FAIL" }
+        );
+        let _ = writeln!(s, "step  rel_rms     max_abs     ref_margin");
+        for st in &self.steps {
+            let _ = writeln!(
+                s,
+                "{:>4}  {:.3e}   {:.3e}   {:.4}",
+                st.step, st.diff.rel_rms, st.diff.max_abs, st.ref_margin
+            );
+        }
+        let _ = writeln!(
+            s,
+            "worst rel_rms {:.3e} ({} = {:e})",
+            self.worst_rel_rms, self.rel_rms_tolerance.0, self.rel_rms_tolerance.1
+        );
+        match (&self.first_divergence, self.divergence_margin) {
+            (Some(d), Some(m)) => {
+                let _ = writeln!(
+                    s,
+                    "greedy tokens first differ at step {} (ours {}, theirs {}); margin {m:.5}: {} {} = {}",
+                    d.step,
+                    d.ours,
+                    d.theirs,
+                    if (m as f64) < self.near_tie_tolerance.1 { "near-tie, below" } else { "REGRESSION, not below" },
+                    self.near_tie_tolerance.0,
+                    self.near_tie_tolerance.1
+                );
+            }
+            _ => {
+                let _ = writeln!(s, "greedy tokens agree for all {} steps", self.steps.len());
+            }
+        }
+        s
+    }
 }

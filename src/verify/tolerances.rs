@@ -24,17 +24,24 @@ const EMBEDDED: &str = include_str!("../../tolerances.json");
 
 impl Registry {
     pub fn parse(text: &str) -> Result<Self> {
-        let r: Registry = serde_json::from_str(text).map_err(|e| Error::invalid("tolerances.json", e.to_string()))?;
+        let r: Registry = serde_json::from_str(text)
+            .map_err(|e| Error::invalid("tolerances.json", e.to_string()))?;
         let mut names: Vec<&str> = r.tolerances.iter().map(|t| t.name.as_str()).collect();
         names.sort_unstable();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-            return Err(Error::invalid("tolerances.json", format!("`{}` is defined twice", w[0])));
+            return Err(Error::invalid(
+                "tolerances.json",
+                format!("`{}` is defined twice", w[0]),
+            ));
         }
         for t in &r.tolerances {
             if !(t.value.is_finite() && t.value >= 0.0) || t.reason.trim().is_empty() {
                 return Err(Error::invalid(
                     "tolerances.json",
-                    format!("`{}` needs a finite non-negative value and a reason", t.name),
+                    format!(
+                        "`{}` needs a finite non-negative value and a reason",
+                        t.name
+                    ),
                 ));
             }
         }

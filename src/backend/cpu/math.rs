@@ -3,7 +3,10 @@
 
 /// Graph-path dot product: 8 interleaved partial sums (element i goes to
 /// lane i % 8), combined pairwise. This is how a vectorised CPU GEMV sums.
-pub trait Real: Copy + Default + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self> {}
+pub trait Real:
+    Copy + Default + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self>
+{
+}
 impl Real for f32 {}
 impl Real for f64 {}
 
@@ -70,13 +73,21 @@ pub fn threads_for(work: usize) -> usize {
     if work < (1 << 20) {
         1
     } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get()).min(16)
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(16)
     }
 }
 
 /// Runs `f(start, end, out_chunk)` over `0..n` split into contiguous ranges,
 /// one per thread; `out` has `per_item` values per item.
-pub fn par_ranges<T: Send>(n: usize, per_item: usize, threads: usize, out: &mut [T], f: impl Fn(usize, usize, &mut [T]) + Sync) {
+pub fn par_ranges<T: Send>(
+    n: usize,
+    per_item: usize,
+    threads: usize,
+    out: &mut [T],
+    f: impl Fn(usize, usize, &mut [T]) + Sync,
+) {
     let threads = threads.clamp(1, n.max(1));
     if threads == 1 {
         f(0, n, out);

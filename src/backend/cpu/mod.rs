@@ -19,7 +19,9 @@ use std::collections::BTreeMap;
 
 pub use math::{dot8, dot_warp};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Numerics {
     Bf16,
@@ -193,11 +195,16 @@ impl Backend for CpuBackend {
         for t in parts {
             let c = *t.shape.last().unwrap_or(&1);
             if c != cols {
-                return Err(shape_err("upload_packed", format!("{name}: {c} columns, expected {cols}")));
+                return Err(shape_err(
+                    "upload_packed",
+                    format!("{name}: {c} columns, expected {cols}"),
+                ));
             }
             rows += t.numel() / c.max(1);
         }
-        let all_bf16 = parts.iter().all(|t| t.dtype == crate::model::safetensors::Dtype::BF16);
+        let all_bf16 = parts
+            .iter()
+            .all(|t| t.dtype == crate::model::safetensors::Dtype::BF16);
         let data = if all_bf16 || self.bf16() {
             // bf16 mode rounds f16/f32 checkpoints to bf16, as loading them
             // with dtype=bfloat16 in transformers does.
@@ -243,7 +250,13 @@ impl Backend for CpuBackend {
         ops::linear(self.numerics, x, w)
     }
 
-    fn rope(&self, x: &CpuTensor, positions: &[usize], head_dim: usize, theta: f64) -> Result<CpuTensor> {
+    fn rope(
+        &self,
+        x: &CpuTensor,
+        positions: &[usize],
+        head_dim: usize,
+        theta: f64,
+    ) -> Result<CpuTensor> {
         ops::rope(self.numerics, x, positions, head_dim, theta)
     }
 
@@ -256,7 +269,16 @@ impl Backend for CpuBackend {
         dims: &AttnDims,
         positions: &[usize],
     ) -> Result<(CpuTensor, CpuTensor, CpuTensor)> {
-        ops::fused_qkv(self.numerics, &self.faults, x, qkv, q_norm, k_norm, dims, positions)
+        ops::fused_qkv(
+            self.numerics,
+            &self.faults,
+            x,
+            qkv,
+            q_norm,
+            k_norm,
+            dims,
+            positions,
+        )
     }
 
     fn new_cache(&self, dims: &AttnDims, capacity: usize) -> Result<CpuCache> {
@@ -272,7 +294,10 @@ impl Backend for CpuBackend {
         if k.cols != cache.kv_dim || v.cols != cache.kv_dim || k.rows != v.rows {
             return Err(shape_err(
                 "cache_append",
-                format!("k {}x{}, v {}x{}, cache rows of {}", k.rows, k.cols, v.rows, v.cols, cache.kv_dim),
+                format!(
+                    "k {}x{}, v {}x{}, cache rows of {}",
+                    k.rows, k.cols, v.rows, v.cols, cache.kv_dim
+                ),
             ));
         }
         cache.k.extend_from_slice(&k.data);
@@ -281,13 +306,22 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn attention(&self, q: &CpuTensor, cache: &CpuCache, dims: &AttnDims, positions: &[usize]) -> Result<CpuTensor> {
+    fn attention(
+        &self,
+        q: &CpuTensor,
+        cache: &CpuCache,
+        dims: &AttnDims,
+        positions: &[usize],
+    ) -> Result<CpuTensor> {
         ops::attention(self.numerics, q, cache, dims, positions)
     }
 
     fn add(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
         if (a.rows, a.cols) != (b.rows, b.cols) {
-            return Err(shape_err("add", format!("{}x{} + {}x{}", a.rows, a.cols, b.rows, b.cols)));
+            return Err(shape_err(
+                "add",
+                format!("{}x{} + {}x{}", a.rows, a.cols, b.rows, b.cols),
+            ));
         }
         let data = a
             .data
@@ -311,17 +345,30 @@ impl Backend for CpuBackend {
 
     fn rows(&self, x: &CpuTensor, start: usize, n: usize) -> Result<CpuTensor> {
         if start + n > x.rows {
-            return Err(shape_err("rows", format!("rows {start}..{} of {}", start + n, x.rows)));
+            return Err(shape_err(
+                "rows",
+                format!("rows {start}..{} of {}", start + n, x.rows),
+            ));
         }
-        Ok(CpuTensor::new(n, x.cols, x.data[start * x.cols..(start + n) * x.cols].to_vec()))
+        Ok(CpuTensor::new(
+            n,
+            x.cols,
+            x.data[start * x.cols..(start + n) * x.cols].to_vec(),
+        ))
     }
 
     fn from_host(&self, data: &[f64], rows: usize, cols: usize) -> Result<CpuTensor> {
         if data.len() != rows * cols {
-            return Err(shape_err("from_host", format!("{} values for {rows}x{cols}", data.len())));
+            return Err(shape_err(
+                "from_host",
+                format!("{} values for {rows}x{cols}", data.len()),
+            ));
         }
         let data = match self.numerics {
-            Numerics::Bf16 => data.iter().map(|&v| crate::util::round_bf16(v as f32) as f64).collect(),
+            Numerics::Bf16 => data
+                .iter()
+                .map(|&v| crate::util::round_bf16(v as f32) as f64)
+                .collect(),
             Numerics::F64 => data.to_vec(),
         };
         Ok(CpuTensor::new(rows, cols, data))

@@ -22,7 +22,10 @@ fn shape(op: &'static str, problem: String) -> Error {
 pub fn rms_norm(num: Numerics, x: &CpuTensor, w: &CpuWeight, eps: f64) -> Result<CpuTensor> {
     let g = w.cols * w.rows;
     if g == 0 || x.cols % g != 0 {
-        return Err(shape("rms_norm", format!("row width {} is not a multiple of norm width {g}", x.cols)));
+        return Err(shape(
+            "rms_norm",
+            format!("row width {} is not a multiple of norm width {g}", x.cols),
+        ));
     }
     let wv = w.to_f64();
     let mut out = Vec::with_capacity(x.data.len());
@@ -36,7 +39,11 @@ pub fn rms_norm(num: Numerics, x: &CpuTensor, w: &CpuWeight, eps: f64) -> Result
                 }
                 let ms = sum_sq8(&buf) / g as f32;
                 let r = 1.0 / (ms + eps as f32).sqrt();
-                out.extend(buf.iter().zip(&w32).map(|(&v, &wi)| r16(wi * r16(v * r)) as f64));
+                out.extend(
+                    buf.iter()
+                        .zip(&w32)
+                        .map(|(&v, &wi)| r16(wi * r16(v * r)) as f64),
+                );
             }
         }
         Numerics::F64 => {
@@ -55,7 +62,10 @@ pub fn linear(num: Numerics, x: &CpuTensor, w: &CpuWeight) -> Result<CpuTensor> 
     if x.cols != w.cols {
         return Err(shape(
             "linear",
-            format!("input has {} columns, weight `{}` has {}", x.cols, w.name, w.cols),
+            format!(
+                "input has {} columns, weight `{}` has {}",
+                x.cols, w.name, w.cols
+            ),
         ));
     }
     let (n, k, m) = (x.rows, x.cols, w.rows);
@@ -104,7 +114,13 @@ pub fn linear(num: Numerics, x: &CpuTensor, w: &CpuWeight) -> Result<CpuTensor> 
 /// cos/sin tables of one position, `half` entries each.
 /// bf16: f32 inverse frequencies as transformers computes them, f32 angle,
 /// cos/sin rounded to bf16 (its `.to(x.dtype)`). f64: exact.
-fn rope_table(num: Numerics, pos: usize, half: usize, theta: f64, round: bool) -> (Vec<f64>, Vec<f64>) {
+fn rope_table(
+    num: Numerics,
+    pos: usize,
+    half: usize,
+    theta: f64,
+    round: bool,
+) -> (Vec<f64>, Vec<f64>) {
     let dim = 2 * half;
     let mut c = Vec::with_capacity(half);
     let mut s = Vec::with_capacity(half);
@@ -113,7 +129,11 @@ fn rope_table(num: Numerics, pos: usize, half: usize, theta: f64, round: bool) -
             Numerics::Bf16 => {
                 let inv = 1.0f32 / (theta as f32).powf((2 * i) as f32 / dim as f32);
                 let a = inv * pos as f32;
-                let (cv, sv) = if round { (r16(a.cos()), r16(a.sin())) } else { (a.cos(), a.sin()) };
+                let (cv, sv) = if round {
+                    (r16(a.cos()), r16(a.sin()))
+                } else {
+                    (a.cos(), a.sin())
+                };
                 c.push(cv as f64);
                 s.push(sv as f64);
             }
@@ -154,11 +174,22 @@ fn rotate(num: Numerics, head: &mut [f64], c: &[f64], s: &[f64], round_each: boo
     }
 }
 
-pub fn rope(num: Numerics, x: &CpuTensor, positions: &[usize], head_dim: usize, theta: f64) -> Result<CpuTensor> {
+pub fn rope(
+    num: Numerics,
+    x: &CpuTensor,
+    positions: &[usize],
+    head_dim: usize,
+    theta: f64,
+) -> Result<CpuTensor> {
     if positions.len() != x.rows || x.cols % head_dim != 0 {
         return Err(shape(
             "rope",
-            format!("{} rows, {} positions, width {} vs head_dim {head_dim}", x.rows, positions.len(), x.cols),
+            format!(
+                "{} rows, {} positions, width {} vs head_dim {head_dim}",
+                x.rows,
+                positions.len(),
+                x.cols
+            ),
         ));
     }
     let mut out = x.data.clone();
@@ -207,12 +238,26 @@ pub fn fused_qkv(
     let proj = linear_unrounded(num, x, qkv)?;
     let eps = faults.fused_eps_override.unwrap_or(dims.eps);
     let qn = q_norm.to_f64();
-    let kn = if faults.fused_k_uses_q_norm { qn.clone() } else { k_norm.to_f64() };
+    let kn = if faults.fused_k_uses_q_norm {
+        qn.clone()
+    } else {
+        k_norm.to_f64()
+    };
     let n = x.rows;
-    let (mut q, mut k, mut v) = (Vec::with_capacity(n * qd), Vec::with_capacity(n * kd), Vec::with_capacity(n * kd));
+    let (mut q, mut k, mut v) = (
+        Vec::with_capacity(n * qd),
+        Vec::with_capacity(n * kd),
+        Vec::with_capacity(n * kd),
+    );
     for (r, &pos) in positions.iter().enumerate() {
         let row = &proj[r * (qd + 2 * kd)..(r + 1) * (qd + 2 * kd)];
-        let (c, s) = rope_table(num, pos + faults.fused_rope_position_offset, hd / 2, dims.rope_theta, false);
+        let (c, s) = rope_table(
+            num,
+            pos + faults.fused_rope_position_offset,
+            hd / 2,
+            dims.rope_theta,
+            false,
+        );
         for (dst, src, w) in [(&mut q, &row[..qd], &qn), (&mut k, &row[qd..qd + kd], &kn)] {
             for head in src.chunks_exact(hd) {
                 let mut h = norm_head(num, head, w, eps);
@@ -229,7 +274,11 @@ pub fn fused_qkv(
             q[i] = one_ulp_up(num, q[i]);
         }
     }
-    Ok((CpuTensor::new(n, qd, q), CpuTensor::new(n, kd, k), CpuTensor::new(n, kd, v)))
+    Ok((
+        CpuTensor::new(n, qd, q),
+        CpuTensor::new(n, kd, k),
+        CpuTensor::new(n, kd, v),
+    ))
 }
 
 fn finish(num: Numerics, v: f64) -> f64 {
@@ -260,7 +309,10 @@ fn norm_head(num: Numerics, head: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
             }
             let ms = super::math::butterfly(acc) / h32.len() as f32;
             let r = 1.0 / (ms + eps as f32).sqrt();
-            h32.iter().zip(w).map(|(&v, &wi)| (v * r * wi as f32) as f64).collect()
+            h32.iter()
+                .zip(w)
+                .map(|(&v, &wi)| (v * r * wi as f32) as f64)
+                .collect()
         }
         Numerics::F64 => {
             let mut acc = [0f64; 32];
@@ -279,24 +331,30 @@ fn linear_unrounded(num: Numerics, x: &CpuTensor, w: &CpuWeight) -> Result<Vec<f
     let (n, k, m) = (x.rows, x.cols, w.rows);
     let mut yt = vec![0f64; m * n];
     let x32: Vec<f32> = x.data.iter().map(|&v| v as f32).collect();
-    par_ranges(m, n, threads_for(n * k * m), &mut yt, |start, end, chunk| {
-        let mut w32 = vec![0f32; k];
-        let mut w64 = vec![0f64; k];
-        for o in start..end {
-            w.row_f32(o, &mut w32);
-            if num == Numerics::F64 {
-                for (d, &s) in w64.iter_mut().zip(&w32) {
-                    *d = s as f64;
+    par_ranges(
+        m,
+        n,
+        threads_for(n * k * m),
+        &mut yt,
+        |start, end, chunk| {
+            let mut w32 = vec![0f32; k];
+            let mut w64 = vec![0f64; k];
+            for o in start..end {
+                w.row_f32(o, &mut w32);
+                if num == Numerics::F64 {
+                    for (d, &s) in w64.iter_mut().zip(&w32) {
+                        *d = s as f64;
+                    }
+                }
+                for r in 0..n {
+                    chunk[(o - start) * n + r] = match num {
+                        Numerics::Bf16 => dot_warp(&x32[r * k..(r + 1) * k], &w32) as f64,
+                        Numerics::F64 => dot_warp(&x.data[r * k..(r + 1) * k], &w64),
+                    };
                 }
             }
-            for r in 0..n {
-                chunk[(o - start) * n + r] = match num {
-                    Numerics::Bf16 => dot_warp(&x32[r * k..(r + 1) * k], &w32) as f64,
-                    Numerics::F64 => dot_warp(&x.data[r * k..(r + 1) * k], &w64),
-                };
-            }
-        }
-    });
+        },
+    );
     let mut y = vec![0f64; n * m];
     for o in 0..m {
         for r in 0..n {
@@ -308,15 +366,27 @@ fn linear_unrounded(num: Numerics, x: &CpuTensor, w: &CpuWeight) -> Result<Vec<f
 
 /// Eager attention. bf16: scores = bf16(bf16(q.k) * scale), softmax in f32,
 /// probabilities rounded to bf16, output accumulated in f32 and rounded.
-pub fn attention(num: Numerics, q: &CpuTensor, cache: &CpuCache, dims: &AttnDims, positions: &[usize]) -> Result<CpuTensor> {
+pub fn attention(
+    num: Numerics,
+    q: &CpuTensor,
+    cache: &CpuCache,
+    dims: &AttnDims,
+    positions: &[usize],
+) -> Result<CpuTensor> {
     let (hd, nh, nkv) = (dims.head_dim, dims.n_heads, dims.n_kv_heads);
     let kvd = dims.kv_dim();
     if q.cols != dims.q_dim() || positions.len() != q.rows {
-        return Err(shape("attention", format!("q {}x{} for {} heads of {hd}", q.rows, q.cols, nh)));
+        return Err(shape(
+            "attention",
+            format!("q {}x{} for {} heads of {hd}", q.rows, q.cols, nh),
+        ));
     }
     if let Some(&p) = positions.iter().max() {
         if p >= cache.len {
-            return Err(shape("attention", format!("position {p} but the cache holds {} rows", cache.len)));
+            return Err(shape(
+                "attention",
+                format!("position {p} but the cache holds {} rows", cache.len),
+            ));
         }
     }
     let group = nh / nkv;
@@ -381,7 +451,13 @@ fn silu32(x: f32) -> f32 {
 
 pub fn swiglu(num: Numerics, gate: &CpuTensor, up: &CpuTensor) -> Result<CpuTensor> {
     if (gate.rows, gate.cols) != (up.rows, up.cols) {
-        return Err(shape("swiglu", format!("gate {}x{}, up {}x{}", gate.rows, gate.cols, up.rows, up.cols)));
+        return Err(shape(
+            "swiglu",
+            format!(
+                "gate {}x{}, up {}x{}",
+                gate.rows, gate.cols, up.rows, up.cols
+            ),
+        ));
     }
     let data = gate
         .data
@@ -401,7 +477,10 @@ fn route(num: Numerics, logits: &[f64], top_k: usize, renorm: bool) -> Vec<(usiz
     let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let probs: Vec<f64> = match num {
         Numerics::Bf16 => {
-            let e: Vec<f32> = logits.iter().map(|&l| (l as f32 - m as f32).exp()).collect();
+            let e: Vec<f32> = logits
+                .iter()
+                .map(|&l| (l as f32 - m as f32).exp())
+                .collect();
             let s: f32 = e.iter().sum();
             e.iter().map(|&x| (x / s) as f64).collect()
         }

@@ -1,0 +1,77 @@
+//! The CPU reference against Hugging Face transformers (golden/reference/,
+//! written on a GPU by ci/oracle.py): f64 truth vs float32 and the
+//! bf16-faithful mode vs bfloat16, teacher-forced per step and greedy.
+
+use lockstep::jobs::compare_with_reference;
+use lockstep::model::Model;
+use lockstep::verify::reference::Reference;
+use std::path::Path;
+
+fn check(file: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("golden/reference")
+        .join(file);
+    let r = Reference::load(&path).unwrap();
+    assert!(
+        r.loading_info["keys"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|v| v.as_array().unwrap().is_empty()),
+        "transformers reported missing/unexpected weights for {file}: {}",
+        r.loading_info
+    );
+    let model = Model::open(&format!("synth:{}:{}", r.preset, r.seed)).unwrap();
+    let report = compare_with_reference(&r, &model).unwrap();
+    println!("{file}\n{}", report.to_text());
+    assert!(report.pass, "{file}:\n{}", report.to_text());
+}
+
+#[test]
+fn cpu_f64_matches_transformers_float32_on_tiny() {
+    check("tiny-float32.json");
+}
+
+#[test]
+fn cpu_bf16_matches_transformers_bfloat16_on_tiny() {
+    check("tiny-bfloat16.json");
+}
+
+#[test]
+fn cpu_f64_matches_transformers_float32_on_tiny_moe() {
+    check("tiny-moe-float32.json");
+}
+
+#[test]
+fn cpu_bf16_matches_transformers_bfloat16_on_tiny_moe() {
+    check("tiny-moe-bfloat16.json");
+}
+
+#[test]
+fn cpu_f64_matches_transformers_float32_on_qwen3_0_6b() {
+    check("qwen3-0.6b-float32.json");
+}
+
+#[test]
+fn cpu_bf16_matches_transformers_bfloat16_on_qwen3_0_6b() {
+    check("qwen3-0.6b-bfloat16.json");
+}
+
+/// The comparison must be able to fail: a reference of another model is
+/// refused, and a reference whose logits were edited fails the tolerance.
+#[test]
+fn a_reference_of_another_model_or_edited_logits_is_refused() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/reference/tiny-float32.json");
+    let r = Reference::load(&path).unwrap();
+    let other = Model::open("synth:tiny:1").unwrap();
+    let e = compare_with_reference(&r, &other).unwrap_err().to_string();
+    assert!(e.contains("reference is for model"), "{e}");
+
+    let mut edited = r.clone();
+    for v in edited.steps[5].sample.iter_mut().step_by(7) {
+        *v += 0.01;
+    }
+    let model = Model::open("synth:tiny:0").unwrap();
+    let report = compare_with_reference(&edited, &model).unwrap();
+    assert!(!report.pass, "edited logits passed:\n{}", report.to_text());
+}
