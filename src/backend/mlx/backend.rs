@@ -1,0 +1,657 @@
+//! `MlxBackend`: the `Backend` trait over MLX arrays on `Device::cpu()`.
+//!
+//! This file holds the types, shape checks, host transfers and evaluation;
+//! `ops.rs` holds the MLX graphs of the ops and `fused.rs` the compiled
+//! fused path. Shapes are checked here, before any MLX call, so a mismatch
+//! is an `Error::Shape` naming the op rather than an MLX exception.
+
+use super::fused::{FusedKey, FusedQkv};
+use super::ops::{self, RowRouting};
+use crate::backend::{AttnDims, Backend, DeviceInfo, MoeWeights};
+use crate::error::{Error, Result};
+use crate::model::safetensors::HostTensor;
+use half::bf16;
+use mlx_rs::error::Exception;
+use mlx_rs::ops::indexing::TryIndexOp;
+use mlx_rs::{Array, Dtype, Stream};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+/// An activation: a bf16 array of shape `[rows, cols]`.
+#[derive(Clone)]
+pub struct MlxTensor {
+    pub(super) array: Array,
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+}
+
+impl MlxTensor {
+    pub fn array(&self) -> &Array {
+        &self.array
+    }
+
+    pub fn shape(&self) -> [usize; 2] {
+        [self.rows, self.cols]
+    }
+}
+
+/// A resident weight: bf16, `[rows, cols]` (a 1-D checkpoint tensor is one row).
+pub struct MlxWeight {
+    pub name: String,
+    pub(super) array: Array,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl MlxWeight {
+    /// The weight as a 1-D array (norm weights).
+    fn flat(&self) -> std::result::Result<Array, Exception> {
+        self.array.reshape(&[(self.rows * self.cols) as i32])
+    }
+}
+
+/// One layer's key/value cache: `[len, kv_dim]` each, grown by concatenation.
+pub struct MlxCache {
+    pub len: usize,
+    pub kv_dim: usize,
+    k: Option<Array>,
+    v: Option<Array>,
+}
+
+/// Deliberate defects for negative controls (tests prove a check can fail);
+/// all off in normal use.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MlxFaults {
+    /// The fused path rotates as if every position were this much further on.
+    pub fused_rope_position_offset: usize,
+}
+
+/// The MLX backend. Not `Send`: MLX streams and compiled functions belong to
+/// the thread that made them; make one backend per thread.
+pub struct MlxBackend {
+    stream: Stream,
+    faults: MlxFaults,
+    /// One compiled fused function per attention geometry.
+    fused: RefCell<BTreeMap<FusedKey, FusedQkv>>,
+    /// Arrays produced since the last `to_host` / `synchronize`.
+    pending: RefCell<Vec<Array>>,
+    /// Routing of every `moe` call, when recording (diagnostics).
+    routing_log: RefCell<Option<Vec<Vec<RowRouting>>>>,
+    mlx_version: String,
+}
+
+/// Maps MLX's exceptions into the crate's error, naming the op.
+pub(super) trait OrBackendError<T> {
+    fn or_err(self, op: &str) -> Result<T>;
+}
+
+impl<T> OrBackendError<T> for std::result::Result<T, Exception> {
+    fn or_err(self, op: &str) -> Result<T> {
+        self.map_err(|e| Error::Backend {
+            backend: "mlx",
+            problem: format!("{op}: {}", e.what()),
+        })
+    }
+}
+
+fn shape_err(op: &'static str, problem: String) -> Error {
+    Error::Shape { op, problem }
+}
+
+fn to_i32(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::Backend {
+        backend: "mlx",
+        problem: format!("{what} {v} does not fit MLX's 32-bit shapes and indices"),
+    })
+}
+
+/// The version string of the libmlx this process loaded.
+fn loaded_mlx_version() -> String {
+    // SAFETY: `mlx_string_new` returns an empty string handle that
+    // `mlx_version` fills; `mlx_string_data` points into that handle and is
+    // copied before `mlx_string_free` releases it.
+    unsafe {
+        let mut s = mlx_sys::mlx_string_new();
+        let v = if mlx_sys::mlx_version(&mut s) == 0 {
+            std::ffi::CStr::from_ptr(mlx_sys::mlx_string_data(s))
+                .to_string_lossy()
+                .into_owned()
+        } else {
+            "unknown".to_string()
+        };
+        mlx_sys::mlx_string_free(s);
+        v
+    }
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// MLX fuses the elementwise parts of a compiled function on the CPU only
+/// when it can run `g++` (it JIT-compiles the fused kernels); otherwise it
+/// runs them unfused. Part of the fingerprint since it could change results.
+fn cpu_jit_available() -> bool {
+    std::process::Command::new("g++")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+impl MlxBackend {
+    /// A backend on MLX's default CPU stream.
+    pub fn new() -> Result<Self> {
+        Self::with_faults(MlxFaults::default())
+    }
+
+    /// A backend with planted defects (negative controls only).
+    pub fn with_faults(faults: MlxFaults) -> Result<Self> {
+        Ok(MlxBackend {
+            stream: Stream::cpu(),
+            faults,
+            fused: RefCell::new(BTreeMap::new()),
+            pending: RefCell::new(Vec::new()),
+            routing_log: RefCell::new(None),
+            mlx_version: loaded_mlx_version(),
+        })
+    }
+
+    /// The MLX version reported by the loaded library.
+    pub fn mlx_version(&self) -> &str {
+        &self.mlx_version
+    }
+
+    /// Starts (or stops) recording the routing of every `moe` call: per
+    /// call, per row, the chosen experts and how near the choice was to a
+    /// tie. MoE parity tests use it to tell a routing near-tie from a bug.
+    pub fn record_routing(&self, on: bool) {
+        *self.routing_log.borrow_mut() = on.then(Vec::new);
+    }
+
+    /// The routing recorded since recording started or the last take, one
+    /// entry per `moe` call in call order (a forward pass calls it once per
+    /// MoE layer, in layer order).
+    pub fn take_routing_log(&self) -> Vec<Vec<RowRouting>> {
+        self.routing_log
+            .borrow_mut()
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Runs `f` with this backend's stream as the default for new ops.
+    fn on<T>(&self, op: &str, f: impl FnOnce() -> std::result::Result<T, Exception>) -> Result<T> {
+        mlx_rs::with_stream(&self.stream, f).or_err(op)
+    }
+
+    /// Wraps an op's output, remembering it for the next evaluation.
+    fn out(&self, array: Array, rows: usize, cols: usize) -> MlxTensor {
+        self.pending.borrow_mut().push(array.clone());
+        MlxTensor { array, rows, cols }
+    }
+
+    /// Evaluates every pending array together with `extra`.
+    fn flush(&self, extra: Option<&Array>) -> Result<()> {
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        self.on("eval", || {
+            mlx_rs::transforms::eval(pending.iter().chain(extra))
+        })
+    }
+
+    fn bf16_array(&self, values: Vec<bf16>, rows: usize, cols: usize) -> Result<Array> {
+        Ok(Array::from_slice(
+            &values,
+            &[to_i32(rows, "rows")?, to_i32(cols, "columns")?],
+        ))
+    }
+
+    fn positions(&self, positions: &[usize], shift: usize) -> Result<Array> {
+        let p = positions
+            .iter()
+            .map(|&p| to_i32(p + shift, "position"))
+            .collect::<Result<Vec<i32>>>()?;
+        Ok(Array::from_slice(&p, &[p.len() as i32]))
+    }
+
+    fn check_norm(op: &'static str, x: &MlxTensor, w: &MlxWeight) -> Result<()> {
+        let g = w.rows * w.cols;
+        if g == 0 || x.cols % g != 0 {
+            return Err(shape_err(
+                op,
+                format!("row width {} is not a multiple of norm width {g}", x.cols),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_rope(x: &MlxTensor, positions: &[usize], head_dim: usize) -> Result<()> {
+        if positions.len() != x.rows || head_dim == 0 || head_dim % 2 != 0 || x.cols % head_dim != 0
+        {
+            return Err(shape_err(
+                "rope",
+                format!(
+                    "{} rows, {} positions, width {} vs head_dim {head_dim}",
+                    x.rows,
+                    positions.len(),
+                    x.cols
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Backend for MlxBackend {
+    type Tensor = MlxTensor;
+    type Weight = MlxWeight;
+    type Cache = MlxCache;
+
+    fn device_info(&self) -> DeviceInfo {
+        let mut details = BTreeMap::new();
+        details.insert("arch".into(), std::env::consts::ARCH.into());
+        details.insert("mlx".into(), self.mlx_version.clone());
+        details.insert("mlx-c".into(), "0.7.0".into());
+        details.insert("mlx-rs".into(), "0.33.0".into());
+        details.insert("mlx_device".into(), "cpu".into());
+        details.insert(
+            "matmul".into(),
+            "MLX CPU simd_gemm: bf16 inputs, f32 accumulation in 16-wide k blocks, one rounding"
+                .into(),
+        );
+        details.insert(
+            "fused".into(),
+            "transforms::compile(packed matmul + fast::rms_norm + fast::rope)".into(),
+        );
+        details.insert(
+            "compile_cpu_jit".into(),
+            if cpu_jit_available() {
+                "g++ (elementwise fusion on)".into()
+            } else {
+                "none (elementwise fusion off)".into()
+            },
+        );
+        if self.faults != MlxFaults::default() {
+            details.insert("faults".into(), format!("{:?}", self.faults));
+        }
+        DeviceInfo {
+            backend: "mlx".into(),
+            device: format!("MLX cpu: {}", cpu_name()),
+            numerics: "bf16".into(),
+            details,
+        }
+    }
+
+    fn upload(&self, name: &str, t: &HostTensor) -> Result<MlxWeight> {
+        self.upload_packed(name, &[t])
+    }
+
+    fn upload_packed(&self, name: &str, parts: &[&HostTensor]) -> Result<MlxWeight> {
+        let cols = parts
+            .first()
+            .map(|t| *t.shape.last().unwrap_or(&1))
+            .ok_or_else(|| shape_err("upload", format!("{name}: nothing to upload")))?;
+        let mut rows = 0;
+        for t in parts {
+            let c = *t.shape.last().unwrap_or(&1);
+            if c != cols {
+                return Err(shape_err(
+                    "upload_packed",
+                    format!("{name}: {c} columns, expected {cols}"),
+                ));
+            }
+            rows += t.numel() / c.max(1);
+        }
+        // bf16 storage; f16/f32 checkpoints are rounded to bf16 as the CPU
+        // reference's bf16 mode (and transformers with dtype=bfloat16) does.
+        let mut values = Vec::with_capacity(rows * cols);
+        for t in parts {
+            values.extend(
+                (0..t.numel()).map(|i| bf16::from_bits(crate::util::bf16_bits(t.get_f32(i)))),
+            );
+        }
+        Ok(MlxWeight {
+            name: name.to_string(),
+            array: self.bf16_array(values, rows, cols)?,
+            rows,
+            cols,
+        })
+    }
+
+    fn embed(&self, table: &MlxWeight, ids: &[u32]) -> Result<MlxTensor> {
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= table.rows) {
+            return Err(Error::Prompt(format!(
+                "token id {id} is outside the vocabulary (size {})",
+                table.rows
+            )));
+        }
+        let idx: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+        let idx = Array::from_slice(&idx, &[idx.len() as i32]);
+        let a = self.on("embed", || table.array.take_axis(&idx, 0))?;
+        Ok(self.out(a, ids.len(), table.cols))
+    }
+
+    fn rms_norm(&self, x: &MlxTensor, w: &MlxWeight, eps: f64) -> Result<MlxTensor> {
+        Self::check_norm("rms_norm", x, w)?;
+        let a = self.on("rms_norm", || {
+            ops::rms_norm_groups(&x.array, &w.flat()?, eps as f32)
+        })?;
+        Ok(self.out(a, x.rows, x.cols))
+    }
+
+    fn linear(&self, x: &MlxTensor, w: &MlxWeight) -> Result<MlxTensor> {
+        if x.cols != w.cols {
+            return Err(shape_err(
+                "linear",
+                format!(
+                    "input has {} columns, weight `{}` has {}",
+                    x.cols, w.name, w.cols
+                ),
+            ));
+        }
+        let a = self.on("linear", || ops::linear(&x.array, &w.array))?;
+        Ok(self.out(a, x.rows, w.rows))
+    }
+
+    fn rope(
+        &self,
+        x: &MlxTensor,
+        positions: &[usize],
+        head_dim: usize,
+        theta: f64,
+    ) -> Result<MlxTensor> {
+        Self::check_rope(x, positions, head_dim)?;
+        let pos = self.positions(positions, 0)?;
+        let a = self.on("rope", || {
+            ops::rope(&x.array, &pos, head_dim as i32, theta as f32)
+        })?;
+        Ok(self.out(a, x.rows, x.cols))
+    }
+
+    fn fused_qkv(
+        &self,
+        x: &MlxTensor,
+        qkv: &MlxWeight,
+        q_norm: &MlxWeight,
+        k_norm: &MlxWeight,
+        dims: &AttnDims,
+        positions: &[usize],
+    ) -> Result<(MlxTensor, MlxTensor, MlxTensor)> {
+        let (qd, kd, hd) = (dims.q_dim(), dims.kv_dim(), dims.head_dim);
+        if qkv.rows != qd + 2 * kd
+            || qkv.cols != x.cols
+            || positions.len() != x.rows
+            || q_norm.rows * q_norm.cols != hd
+            || k_norm.rows * k_norm.cols != hd
+            || hd % 2 != 0
+        {
+            return Err(shape_err(
+                "fused_qkv",
+                format!(
+                    "packed weight {}x{} (expected {}x{}), {} rows with {} positions, \
+                     norm widths {} and {} for head_dim {hd}",
+                    qkv.rows,
+                    qkv.cols,
+                    qd + 2 * kd,
+                    x.cols,
+                    x.rows,
+                    positions.len(),
+                    q_norm.rows * q_norm.cols,
+                    k_norm.rows * k_norm.cols
+                ),
+            ));
+        }
+        let pos = self.positions(positions, self.faults.fused_rope_position_offset)?;
+        let key = FusedKey::new(dims);
+        let mut cache = self.fused.borrow_mut();
+        let outs = self.on("fused_qkv", || {
+            let f = match cache.entry(key) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert(FusedQkv::new(dims)),
+            };
+            f.call(&[
+                x.array.clone(),
+                qkv.array.clone(),
+                q_norm.flat()?,
+                k_norm.flat()?,
+                pos,
+            ])
+        })?;
+        let [q, k, v]: [Array; 3] = outs.try_into().map_err(|o: Vec<Array>| Error::Backend {
+            backend: "mlx",
+            problem: format!(
+                "fused_qkv: compiled function returned {} arrays, not 3",
+                o.len()
+            ),
+        })?;
+        Ok((
+            self.out(q, x.rows, qd),
+            self.out(k, x.rows, kd),
+            self.out(v, x.rows, kd),
+        ))
+    }
+
+    fn new_cache(&self, dims: &AttnDims, _capacity: usize) -> Result<MlxCache> {
+        Ok(MlxCache {
+            len: 0,
+            kv_dim: dims.kv_dim(),
+            k: None,
+            v: None,
+        })
+    }
+
+    fn cache_append(&self, cache: &mut MlxCache, k: &MlxTensor, v: &MlxTensor) -> Result<()> {
+        if k.cols != cache.kv_dim || v.cols != cache.kv_dim || k.rows != v.rows {
+            return Err(shape_err(
+                "cache_append",
+                format!(
+                    "k {}x{}, v {}x{}, cache rows of {}",
+                    k.rows, k.cols, v.rows, v.cols, cache.kv_dim
+                ),
+            ));
+        }
+        let grow = |old: &Option<Array>, new: &Array| match old {
+            None => Ok(new.clone()),
+            Some(old) => mlx_rs::ops::concatenate(&[old, new], 0),
+        };
+        let (nk, nv) = self.on("cache_append", || {
+            Ok((grow(&cache.k, &k.array)?, grow(&cache.v, &v.array)?))
+        })?;
+        self.pending.borrow_mut().extend([nk.clone(), nv.clone()]);
+        cache.k = Some(nk);
+        cache.v = Some(nv);
+        cache.len += k.rows;
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &MlxTensor,
+        cache: &MlxCache,
+        dims: &AttnDims,
+        positions: &[usize],
+    ) -> Result<MlxTensor> {
+        if q.cols != dims.q_dim()
+            || positions.len() != q.rows
+            || dims.n_kv_heads == 0
+            || dims.n_heads % dims.n_kv_heads != 0
+        {
+            return Err(shape_err(
+                "attention",
+                format!(
+                    "q {}x{} for {} heads ({} kv heads) of {}",
+                    q.rows, q.cols, dims.n_heads, dims.n_kv_heads, dims.head_dim
+                ),
+            ));
+        }
+        let (Some(k), Some(v)) = (&cache.k, &cache.v) else {
+            return Err(shape_err("attention", "the cache is empty".into()));
+        };
+        let Some(&last) = positions.iter().max() else {
+            return Ok(self.out(q.array.clone(), 0, q.cols));
+        };
+        if last >= cache.len {
+            return Err(shape_err(
+                "attention",
+                format!("position {last} but the cache holds {} rows", cache.len),
+            ));
+        }
+        // Keys 0..=last; row r sees keys 0..=positions[r].
+        let keys = last + 1;
+        let contiguous_tail = positions
+            .iter()
+            .enumerate()
+            .all(|(r, &p)| p + positions.len() == keys + r);
+        let mask = if contiguous_tail && q.rows == 1 {
+            ops::AttnMask::None
+        } else if contiguous_tail {
+            // MLX's causal mode puts the queries at the last rows of the keys.
+            ops::AttnMask::Causal
+        } else {
+            let m: Vec<bool> = positions
+                .iter()
+                .flat_map(|&p| (0..keys).map(move |j| j <= p))
+                .collect();
+            ops::AttnMask::Explicit(Array::from_slice(
+                &m,
+                &[to_i32(q.rows, "rows")?, to_i32(keys, "keys")?],
+            ))
+        };
+        let a = self.on("attention", || {
+            let (k, v) = if keys == cache.len {
+                (k.clone(), v.clone())
+            } else {
+                (k.try_index(0..keys as i32)?, v.try_index(0..keys as i32)?)
+            };
+            ops::attention(&q.array, &k, &v, dims, &mask)
+        })?;
+        Ok(self.out(a, q.rows, q.cols))
+    }
+
+    fn add(&self, a: &MlxTensor, b: &MlxTensor) -> Result<MlxTensor> {
+        if a.shape() != b.shape() {
+            return Err(shape_err(
+                "add",
+                format!("{}x{} + {}x{}", a.rows, a.cols, b.rows, b.cols),
+            ));
+        }
+        let s = self.on("add", || a.array.add(&b.array))?;
+        Ok(self.out(s, a.rows, a.cols))
+    }
+
+    fn swiglu(&self, gate: &MlxTensor, up: &MlxTensor) -> Result<MlxTensor> {
+        if gate.shape() != up.shape() {
+            return Err(shape_err(
+                "swiglu",
+                format!(
+                    "gate {}x{}, up {}x{}",
+                    gate.rows, gate.cols, up.rows, up.cols
+                ),
+            ));
+        }
+        let s = self.on("swiglu", || ops::swiglu(&gate.array, &up.array))?;
+        Ok(self.out(s, gate.rows, gate.cols))
+    }
+
+    fn moe(&self, x: &MlxTensor, w: &MoeWeights<MlxWeight>) -> Result<MlxTensor> {
+        if w.router.cols != x.cols || w.top_k == 0 || w.top_k > w.experts.len() {
+            return Err(shape_err(
+                "moe",
+                format!(
+                    "router {}x{} for input width {}, top_k {} of {} experts",
+                    w.router.rows,
+                    w.router.cols,
+                    x.cols,
+                    w.top_k,
+                    w.experts.len()
+                ),
+            ));
+        }
+        // 1. Router logits and probabilities on MLX (softmax in f32 over the
+        //    bf16 logits).
+        let (logits, probs) = self.on("moe router", || ops::router(&x.array, &w.router.array))?;
+        let probs = self.host_f32(&probs, "moe router")?;
+        if let Some(log) = self.routing_log.borrow_mut().as_mut() {
+            let logits = self.host_f32(&logits, "moe router")?;
+            log.push(ops::routing_record(&logits, w.router.rows, w.top_k));
+        }
+        // 2. Top-k on the host: the discrete choice with the reference's tie rule.
+        let routes = ops::route(&probs, w.router.rows, w.top_k, w.norm_topk_prob);
+        // 3. Experts in ascending order, each on the rows that chose it.
+        let acc = self.on("moe experts", || ops::combine_experts(&x.array, w, &routes))?;
+        Ok(self.out(acc, x.rows, x.cols))
+    }
+
+    fn rows(&self, x: &MlxTensor, start: usize, n: usize) -> Result<MlxTensor> {
+        if start + n > x.rows {
+            return Err(shape_err(
+                "rows",
+                format!("rows {start}..{} of {}", start + n, x.rows),
+            ));
+        }
+        let (s, e) = (to_i32(start, "row")?, to_i32(start + n, "row")?);
+        let a = self.on("rows", || x.array.try_index(s..e))?;
+        Ok(self.out(a, n, x.cols))
+    }
+
+    fn from_host(&self, data: &[f64], rows: usize, cols: usize) -> Result<MlxTensor> {
+        if data.len() != rows * cols {
+            return Err(shape_err(
+                "from_host",
+                format!("{} values for {rows}x{cols}", data.len()),
+            ));
+        }
+        let values = data
+            .iter()
+            .map(|&v| bf16::from_bits(crate::util::bf16_bits(v as f32)))
+            .collect();
+        let a = self.bf16_array(values, rows, cols)?;
+        Ok(MlxTensor {
+            array: a,
+            rows,
+            cols,
+        })
+    }
+
+    fn to_host(&self, x: &MlxTensor) -> Result<(Vec<f64>, [usize; 2])> {
+        self.flush(Some(&x.array))?;
+        let v = self.host_f32(&x.array, "to_host")?;
+        Ok((v.into_iter().map(f64::from).collect(), x.shape()))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.flush(None)?;
+        // SAFETY: the stream handle is valid for the backend's lifetime;
+        // mlx_synchronize only waits on it.
+        let rc = unsafe { mlx_sys::mlx_synchronize(self.stream.as_ptr()) };
+        if rc != 0 {
+            return Err(Error::Backend {
+                backend: "mlx",
+                problem: "synchronize: mlx_synchronize failed".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl MlxBackend {
+    /// Evaluates `a` and copies it out as f32 (exact for bf16 values).
+    fn host_f32(&self, a: &Array, op: &str) -> Result<Vec<f32>> {
+        if a.size() == 0 {
+            return Ok(Vec::new());
+        }
+        let wide = self.on(op, || a.as_dtype(Dtype::Float32)?.contiguous())?;
+        let slice = wide.try_as_slice::<f32>().map_err(|e| Error::Backend {
+            backend: "mlx",
+            problem: format!("{op}: {e}"),
+        })?;
+        Ok(slice.to_vec())
+    }
+}

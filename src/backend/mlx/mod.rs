@@ -1,0 +1,50 @@
+//! MLX backend (through `mlx-rs`), compiled in with the `mlx` feature.
+//!
+//! Without the feature `MlxBackend::new()` still exists and reports
+//! `Error::BackendNotCompiled { backend: "mlx" }`. With it, every op is built
+//! from MLX operations on `Device::cpu()` (Linux CI; macOS would reach Metal
+//! through the same code, untested): bf16 weights and activations, 2-D
+//! row-major tensors `[rows, cols]` as the `Backend` trait defines them.
+//!
+//! Invariants:
+//! - Every tensor this backend hands out is a bf16 `mlx_rs::Array` of rank 2.
+//! - MLX is lazy: ops only record a graph. `to_host` and `synchronize`
+//!   evaluate every array produced since the last of them (so no work is left
+//!   queued and the set of evaluated arrays does not depend on which one the
+//!   caller reads first).
+//! - The fused path (`fused_qkv`) is one function compiled by
+//!   `mlx_rs::transforms::compile`, one per attention geometry.
+//!
+//! docs/mlx.md describes the build, MLX's precision for bf16 inputs and the
+//! measured parity and determinism figures.
+
+#[cfg(feature = "mlx")]
+mod backend;
+#[cfg(feature = "mlx")]
+mod fused;
+#[cfg(feature = "mlx")]
+mod ops;
+
+#[cfg(feature = "mlx")]
+pub use backend::{MlxBackend, MlxCache, MlxFaults, MlxTensor, MlxWeight};
+#[cfg(feature = "mlx")]
+pub use ops::RowRouting;
+
+#[cfg(not(feature = "mlx"))]
+mod stub {
+    use crate::error::{Error, Result};
+
+    /// Placeholder: this build has no MLX.
+    pub struct MlxBackend {
+        _private: (),
+    }
+
+    impl MlxBackend {
+        pub fn new() -> Result<Self> {
+            Err(Error::BackendNotCompiled { backend: "mlx" })
+        }
+    }
+}
+
+#[cfg(not(feature = "mlx"))]
+pub use stub::MlxBackend;

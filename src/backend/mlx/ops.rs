@@ -1,0 +1,207 @@
+//! The MLX graphs of the ops, on bf16 arrays. Shapes are checked by the
+//! caller (`backend.rs`); these functions only build graphs, so the fused
+//! path can reuse them inside a compiled function.
+//!
+//! Where each op rounds to bf16 (MLX 0.32.2 on the CPU; docs/mlx.md):
+//! - `linear`: one rounding of an f32 accumulation (MLX's bf16 simd_gemm).
+//! - `rms_norm_groups`: `fast::rms_norm`, whose CPU path normalises in f32,
+//!   rounds, then multiplies by the weight in bf16 (transformers' order).
+//! - `rope`: `fast::rope`, whose CPU path rounds cos/sin to bf16 and then
+//!   rounds each product and the sum (as transformers' `q*cos + rot(q)*sin`).
+//! - `attention`: `fast::scaled_dot_product_attention`; on the CPU, q is
+//!   scaled in bf16 first, scores and output are bf16 matmuls, the softmax
+//!   runs in f32 (precise) and is rounded to bf16.
+//! - `swiglu`: silu in f32, rounded once, then the bf16 product with `up`
+//!   (torch's silu on bf16 also rounds once).
+
+use super::backend::MlxWeight;
+use crate::backend::{AttnDims, MoeWeights};
+use half::bf16;
+use mlx_rs::error::Exception;
+use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
+use mlx_rs::{Array, Dtype};
+
+type R<T> = std::result::Result<T, Exception>;
+
+/// RMSNorm over consecutive groups of `w.len()` elements of each row of
+/// `x [rows, cols]`.
+pub fn rms_norm_groups(x: &Array, w: &Array, eps: f32) -> R<Array> {
+    let (rows, cols, g) = (x.dim(0), x.dim(1), w.dim(0));
+    let grouped = x.reshape(&[rows, cols / g, g])?;
+    fast::rms_norm(&grouped, Some(w), eps)?.reshape(&[rows, cols])
+}
+
+/// `x [n, in] @ w[out, in]^T -> [n, out]`.
+pub fn linear(x: &Array, w: &Array) -> R<Array> {
+    x.matmul(w.transpose()?)
+}
+
+/// NeoX-style RoPE (halves of each head rotated) of `x [n, heads * head_dim]`;
+/// row `r` at position `positions[r]` (int32 `[n]`). Each row is its own
+/// "batch" of `fast::rope` with a per-batch offset, so positions need not be
+/// contiguous.
+pub fn rope(x: &Array, positions: &Array, head_dim: i32, theta: f32) -> R<Array> {
+    let (n, cols) = (x.dim(0), x.dim(1));
+    let per_row = x.reshape(&[n, cols / head_dim, 1, head_dim])?;
+    fast::rope_dynamic(&per_row, head_dim, false, theta, 1.0, positions, None)?.reshape(&[n, cols])
+}
+
+/// Which keys each query row may see.
+pub enum AttnMask {
+    /// Every row sees every key (one query at the end of the cache).
+    None,
+    /// Row `r` of `n` sees keys `0..=keys - n + r` (MLX's causal mode).
+    Causal,
+    /// `[n, keys]` booleans.
+    Explicit(Array),
+}
+
+/// GQA attention of `q [n, q_dim]` over `k, v [keys, kv_dim]`.
+pub fn attention(q: &Array, k: &Array, v: &Array, dims: &AttnDims, mask: &AttnMask) -> R<Array> {
+    let (hd, nh, nkv) = (
+        dims.head_dim as i32,
+        dims.n_heads as i32,
+        dims.n_kv_heads as i32,
+    );
+    let (n, keys) = (q.dim(0), k.dim(0));
+    // [rows, heads * hd] -> [1, heads, rows, hd]
+    let heads_first = |a: &Array, rows: i32, heads: i32| -> R<Array> {
+        a.reshape(&[rows, heads, hd])?
+            .swap_axes(0, 1)?
+            .reshape(&[1, heads, rows, hd])
+    };
+    let q4 = heads_first(q, n, nh)?;
+    let k4 = heads_first(k, keys, nkv)?;
+    let v4 = heads_first(v, keys, nkv)?;
+    let scale = (dims.head_dim as f64).powf(-0.5) as f32;
+    let out = match mask {
+        AttnMask::None => fast::scaled_dot_product_attention(&q4, &k4, &v4, scale, None, None)?,
+        AttnMask::Causal => fast::scaled_dot_product_attention(
+            &q4,
+            &k4,
+            &v4,
+            scale,
+            ScaledDotProductAttentionMask::Causal,
+            None,
+        )?,
+        AttnMask::Explicit(m) => fast::scaled_dot_product_attention(&q4, &k4, &v4, scale, m, None)?,
+    };
+    // [1, heads, n, hd] -> [n, heads * hd]
+    out.reshape(&[nh, n, hd])?
+        .swap_axes(0, 1)?
+        .reshape(&[n, nh * hd])
+}
+
+/// `silu(gate) * up`: silu in f32, rounded to bf16 once, then the bf16 product.
+pub fn swiglu(gate: &Array, up: &Array) -> R<Array> {
+    let g = gate.as_dtype(Dtype::Float32)?;
+    let silu = g.multiply(mlx_rs::ops::sigmoid(&g)?)?;
+    silu.as_dtype(Dtype::Bfloat16)?.multiply(up)
+}
+
+/// Router logits (bf16, as the reference rounds them) and probabilities
+/// `[n, experts]` in f32: softmax of the bf16 logits.
+pub fn router(x: &Array, router: &Array) -> R<(Array, Array)> {
+    let logits = linear(x, router)?;
+    let probs = mlx_rs::ops::softmax_axis(logits.as_dtype(Dtype::Float32)?, -1, true)?;
+    Ok((logits, probs))
+}
+
+/// One token's choice: (expert, weight) pairs in ascending expert order,
+/// weights rounded to bf16 (the precision the combine multiplies in).
+pub type Route = Vec<(usize, bf16)>;
+
+/// Top-k per token: highest probability first, ties to the lower expert
+/// index; renormalised in f32 over the chosen k when asked. The same rule as
+/// the CPU reference, applied to MLX's probabilities.
+pub fn route(probs: &[f32], experts: usize, top_k: usize, renorm: bool) -> Vec<Route> {
+    probs
+        .chunks_exact(experts)
+        .map(|p| {
+            let idx = ranked(p, top_k);
+            let sum: f32 = idx.iter().map(|&e| p[e]).sum();
+            let mut sel: Route = idx
+                .iter()
+                .map(|&e| {
+                    let w = if renorm { p[e] / sum } else { p[e] };
+                    (e, bf16::from_bits(crate::util::bf16_bits(w)))
+                })
+                .collect();
+            sel.sort_by_key(|&(e, _)| e);
+            sel
+        })
+        .collect()
+}
+
+/// The first `k` indices of `v` by descending value, ties to the lower index.
+fn ranked(v: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+/// One token's routing as recorded for diagnostics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowRouting {
+    /// The chosen experts, ascending.
+    pub experts: Vec<usize>,
+    /// How far the decision was from a tie: the router-logit gap between the
+    /// k-th and (k+1)-th ranked experts, divided by the row's largest
+    /// |logit| (infinite when every expert is chosen).
+    pub boundary_gap: f32,
+}
+
+/// The routing record of one `moe` call from its bf16 logits (as f32).
+pub fn routing_record(logits: &[f32], experts: usize, top_k: usize) -> Vec<RowRouting> {
+    logits
+        .chunks_exact(experts)
+        .map(|l| {
+            let order = ranked(l, experts);
+            let mut chosen = order[..top_k].to_vec();
+            chosen.sort_unstable();
+            let scale = l.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let boundary_gap = match order.get(top_k) {
+                Some(&next) if scale > 0.0 => (l[order[top_k - 1]] - l[next]) / scale,
+                Some(_) => 0.0,
+                None => f32::INFINITY,
+            };
+            RowRouting {
+                experts: chosen,
+                boundary_gap,
+            }
+        })
+        .collect()
+}
+
+/// The MoE output: for each expert in ascending order, its SwiGLU MLP on the
+/// rows that chose it, scaled by their weights (bf16 product) and added to
+/// those rows' running sums (bf16 add), as the reference accumulates.
+pub fn combine_experts(x: &Array, w: &MoeWeights<MlxWeight>, routes: &[Route]) -> R<Array> {
+    let (n, hidden) = (x.dim(0), x.dim(1));
+    let mut acc = mlx_rs::ops::zeros_dtype(&[n, hidden], Dtype::Bfloat16)?;
+    for (e, ex) in w.experts.iter().enumerate() {
+        let (rows, weights): (Vec<i32>, Vec<bf16>) = routes
+            .iter()
+            .enumerate()
+            .filter_map(|(r, sel)| {
+                sel.iter()
+                    .find(|&&(se, _)| se == e)
+                    .map(|&(_, p)| (r as i32, p))
+            })
+            .unzip();
+        if rows.is_empty() {
+            continue;
+        }
+        let m = rows.len() as i32;
+        let idx = Array::from_slice(&rows, &[m]);
+        let p = Array::from_slice(&weights, &[m, 1]);
+        let xe = x.take_axis(&idx, 0)?;
+        let h = swiglu(&linear(&xe, &ex.gate.array)?, &linear(&xe, &ex.up.array)?)?;
+        let contrib = linear(&h, &ex.down.array)?.multiply(&p)?;
+        let updated = acc.take_axis(&idx, 0)?.add(&contrib)?;
+        let at = mlx_rs::ops::broadcast_to(idx.reshape(&[m, 1])?, &[m, hidden])?;
+        acc = acc.put_along_axis(&at, &updated, 0)?;
+    }
+    Ok(acc)
+}
