@@ -38,12 +38,12 @@ fn skipped(test: &str) {
     if std::env::var("LOCKSTEP_REQUIRE_MLX").as_deref() == Ok("1") {
         panic!("{test}: LOCKSTEP_REQUIRE_MLX=1 but {why}");
     }
-    // Written to the stderr handle, not with eprintln!, so the test harness
+    // One write to the stderr handle, not eprintln!, so the test harness
     // does not swallow it.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!!! SKIPPED tests/mlx_backend.rs::{test}: {why} (set LOCKSTEP_REQUIRE_MLX=1 to fail instead) !!!!"
+    let line = format!(
+        "\n!!!! SKIPPED tests/mlx_backend.rs::{test}: {why} (set LOCKSTEP_REQUIRE_MLX=1 to fail instead) !!!!\n"
     );
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 #[cfg(feature = "mlx")]
