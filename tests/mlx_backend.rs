@@ -368,7 +368,8 @@ mod mlx {
                 }
                 // Not a near-tie of the logits. In an MoE model a routing
                 // near-tie upstream can still explain it: replay the common
-                // context teacher-forced and apply the row rule of (a).
+                // context teacher-forced and apply the row rule of (a)
+                // (graph paths: MLX's fused path computes the same bits).
                 let context = [PROMPT.to_vec(), cpu.tokens[..d.step].to_vec()].concat();
                 let verdict = judge_rows(
                     spec,

@@ -48,21 +48,27 @@ fn main() {
     let target_os = env::var("CARGO_CFG_TARGET_OS").expect("cargo sets it");
     let macos = target_os == "macos";
 
+    let clock = Clock::start();
     // 1. mlx-c source and the MLX version it pins.
     let mlx_c = upstream::mlx_c_source(&out);
     let version = upstream::pinned_mlx_version(&mlx_c);
+    clock.lap("mlx-c source");
 
     // 2. Prebuilt MLX.
     let mlx = prebuilt::mlx(&out, &version, &target_os);
+    clock.lap(&format!("prebuilt MLX {version}"));
 
     // 3. Tools.
     let tools = tools::Tools::find_or_fetch(&out);
+    clock.lap("tools");
 
     // 4. libmlxc.a.
     let mlxc_dir = build_mlxc(&out, &manifest, &mlx_c, &mlx, &tools, macos);
+    clock.lap("mlx-c build");
 
     // 5. Bindings.
     generate_bindings(&out, &manifest, &mlx_c, &tools);
+    clock.lap("bindgen");
 
     // 6. Linking.
     if !macos {
@@ -85,6 +91,24 @@ fn main() {
     println!("cargo::metadata=include={}", include.to_string_lossy());
 }
 
+/// Step timings on stderr (kept by cargo in the build script's `stderr`
+/// file): where a slow build spends its time.
+struct Clock(std::cell::Cell<std::time::Instant>);
+
+impl Clock {
+    fn start() -> Self {
+        Clock(std::cell::Cell::new(std::time::Instant::now()))
+    }
+
+    fn lap(&self, step: &str) {
+        let now = std::time::Instant::now();
+        eprintln!(
+            "mlx-sys: {step}: {:.1} s",
+            (now - self.0.replace(now)).as_secs_f64()
+        );
+    }
+}
+
 /// Configures and builds mlx-c's `mlxc` target; returns the folder holding
 /// `libmlxc.a`.
 fn build_mlxc(
@@ -97,6 +121,26 @@ fn build_mlxc(
 ) -> PathBuf {
     let build = out.join("mlxc-build");
     fs::create_dir_all(&build).unwrap_or_else(|e| panic!("{}: {e}", build.display()));
+    println!("cargo:rerun-if-env-changed=MLX_SYS_JOBS");
+    let jobs: usize = env::var("MLX_SYS_JOBS")
+        .or_else(|_| env::var("NUM_JOBS"))
+        .ok()
+        .and_then(|j| j.parse().ok())
+        .unwrap_or(2)
+        .max(1);
+    // A unity build: every mlx-c file includes MLX's large C++ headers, so
+    // compiling the ~26 files in one batch per job instead of one by one
+    // cuts the time about 3x (measured 41 s -> 12 s with 2 jobs).
+    let sources = fs::read_dir(mlx_c.join("mlx/c"))
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "cpp"))
+            })
+            .count()
+        })
+        .unwrap_or(0);
+    let batch = sources.div_ceil(jobs).max(1);
     let mut configure = Command::new(&tools.cmake);
     configure
         .arg("-S")
@@ -106,6 +150,8 @@ fn build_mlxc(
         .arg("-DCMAKE_BUILD_TYPE=Release")
         .arg("-DBUILD_SHARED_LIBS=OFF")
         .arg("-DCMAKE_POSITION_INDEPENDENT_CODE=ON")
+        .arg("-DCMAKE_UNITY_BUILD=ON")
+        .arg(format!("-DCMAKE_UNITY_BUILD_BATCH_SIZE={batch}"))
         .arg("-DMLX_C_BUILD_EXAMPLES=OFF")
         .arg("-DMLX_C_USE_SYSTEM_MLX=ON")
         .arg(format!("-DMLX_DIR={}", mlx.cmake_dir.display()));
@@ -123,16 +169,12 @@ fn build_mlxc(
     }
     run(&mut configure, "configure mlx-c with CMake");
 
-    let jobs = env::var("MLX_SYS_JOBS")
-        .or_else(|_| env::var("NUM_JOBS"))
-        .unwrap_or_else(|_| "2".into());
-    println!("cargo:rerun-if-env-changed=MLX_SYS_JOBS");
     run(
         Command::new(&tools.cmake).arg("--build").arg(&build).args([
             "--target",
             "mlxc",
             "--parallel",
-            &jobs,
+            &jobs.to_string(),
         ]),
         "build mlx-c's mlxc target",
     );
