@@ -5,11 +5,13 @@
 use crate::backend::cpu::{CpuBackend, Numerics};
 use crate::backend::AttnPath;
 use crate::engine::generate::GenerateOptions;
-use crate::engine::Engine;
+use crate::engine::{Capture, Engine};
 use crate::error::Result;
 use crate::model::Model;
 use crate::progress::Progress;
+use crate::verify::parity::{op_parity, run_parity, ParityReport};
 use crate::verify::reference::{judge, Reference, ReferenceReport};
+use crate::verify::summary::{CheckResult, Status};
 
 /// Loads `model` on the CPU reference with a progress bar.
 pub fn load_cpu(model: &Model, numerics: Numerics) -> Result<Engine<CpuBackend>> {
@@ -44,3 +46,187 @@ pub fn compare_with_reference(reference: &Reference, model: &Model) -> Result<Re
     let ours = engine.generate(&reference.prompt, &opts, &mut |i| p.set(i))?;
     judge(reference, &logits[reference.prompt.len() - 1..], &ours)
 }
+
+/// Fused-vs-graph parity on the CPU reference: op level (contract) and
+/// layer/logits level (truth-relative in bf16, strict in f64), with f64
+/// truth from a separate, fault-free f64 engine on the same inputs.
+pub fn cpu_parity(
+    model: &Model,
+    numerics: Numerics,
+    faults: crate::backend::cpu::Faults,
+    tokens: &[u32],
+) -> Result<(ParityReport, ParityReport)> {
+    let engine = Engine::load(model, CpuBackend::with_faults(numerics, faults))?;
+    let truth = Engine::load(model, CpuBackend::new(Numerics::F64))?;
+    let name = model
+        .synth()
+        .map_or(model.origin.clone(), |s| s.preset.clone());
+    let vars = format!(
+        "preset={name},numerics={},tokens={}",
+        numerics.name(),
+        tokens.len()
+    );
+
+    let rec = engine.record_attention_inputs(tokens, &[AttnPath::Graph, AttnPath::Fused])?;
+    let positions: Vec<usize> = (0..tokens.len()).collect();
+    let truth_ops = rec
+        .iter()
+        .map(|l| truth.attention_inputs_from_host(l.layer, &l.input, &positions, AttnPath::Graph))
+        .collect::<Result<Vec<_>>>()?;
+    let op_tol = match numerics {
+        Numerics::Bf16 => "fused_vs_graph_rms",
+        Numerics::F64 => "fused_vs_graph_f64_rms",
+    };
+    let op = op_parity(&format!("qkv({vars})@cpu"), &rec, Some(&truth_ops), op_tol);
+
+    let levels = |e: &Engine<CpuBackend>, p: AttnPath| -> Result<Vec<Vec<f64>>> {
+        let mut c = Capture {
+            layers: Some(Vec::new()),
+            qkv: None,
+        };
+        let logits = e.teacher_forced(tokens, p, &mut c)?;
+        let mut all = c.layers.expect("requested");
+        all.push(logits.concat());
+        Ok(all)
+    };
+    let (g, f, t) = (
+        levels(&engine, AttnPath::Graph)?,
+        levels(&engine, AttnPath::Fused)?,
+        levels(&truth, AttnPath::Graph)?,
+    );
+    let strict = (numerics == Numerics::F64).then_some("fused_vs_graph_f64_rms");
+    let run = run_parity(&format!("layers({vars})@cpu"), &f, &g, Some(&t), strict);
+    Ok((op, run))
+}
+
+/// The prompt followed by `extra` greedy tokens of the bf16 graph path: a
+/// deterministic sequence reaching positions past the prompt.
+pub fn prompt_and_continuation(model: &Model, prompt: &[u32], extra: usize) -> Result<Vec<u32>> {
+    let e = Engine::load(model, CpuBackend::new(Numerics::Bf16))?;
+    let opts = GenerateOptions {
+        max_tokens: extra,
+        ..Default::default()
+    };
+    let run = e.generate(prompt, &opts, &mut |_| {})?;
+    Ok([prompt.to_vec(), run.tokens].concat())
+}
+
+/// The transformers references built into the binary for the default models,
+/// so `lockstep verify` runs anywhere without the repository.
+pub const EMBEDDED_REFERENCES: [(&str, &str); 4] = [
+    (
+        "tiny-float32",
+        include_str!("../golden/reference/tiny-float32.json"),
+    ),
+    (
+        "tiny-bfloat16",
+        include_str!("../golden/reference/tiny-bfloat16.json"),
+    ),
+    (
+        "tiny-moe-float32",
+        include_str!("../golden/reference/tiny-moe-float32.json"),
+    ),
+    (
+        "tiny-moe-bfloat16",
+        include_str!("../golden/reference/tiny-moe-bfloat16.json"),
+    ),
+];
+
+/// The default models `lockstep verify` runs on.
+pub const DEFAULT_PRESETS: [&str; 2] = ["tiny", "tiny-moe"];
+
+fn parity_rows(rep: &ParityReport, check: &str) -> CheckResult {
+    let (metric, value) = if rep.rule.starts_with("RMS") {
+        (
+            "max RMS fused-graph".to_string(),
+            rep.worst_fused_vs_graph_rms(),
+        )
+    } else {
+        let worst = rep
+            .levels
+            .iter()
+            .flat_map(|l| &l.tensors)
+            .filter_map(|t| {
+                Some(t.fused_vs_truth?.rms / t.graph_vs_truth?.rms.max(f64::MIN_POSITIVE))
+            })
+            .fold(0.0, f64::max);
+        ("max fused-truth / graph-truth".to_string(), worst)
+    };
+    CheckResult {
+        check: check.into(),
+        case: rep.case.clone(),
+        metric,
+        value: Some(value),
+        threshold: rep.rule.clone(),
+        status: if rep.pass { Status::Pass } else { Status::Fail },
+        detail: rep.first_failure().map_or(String::new(), |(l, t)| {
+            format!("first failure: {l} {}", t.tensor)
+        }),
+    }
+}
+
+/// The main job: parity and the external oracle on the default models, on
+/// every backend this build has. `on_check` sees each result as it lands.
+pub fn verify(on_check: &mut dyn FnMut(&CheckResult)) -> Result<Vec<CheckResult>> {
+    let mut out = Vec::new();
+    let mut push = |r: CheckResult, out: &mut Vec<CheckResult>| {
+        on_check(&r);
+        out.push(r);
+    };
+    for preset in DEFAULT_PRESETS {
+        let model = Model::open(&format!("synth:{preset}:0"))?;
+        let seq = prompt_and_continuation(&model, &DEFAULT_PROMPT, 24)?;
+        for numerics in [Numerics::Bf16, Numerics::F64] {
+            let (op, run) = cpu_parity(&model, numerics, Default::default(), &seq)?;
+            push(parity_rows(&op, "parity-op"), &mut out);
+            push(parity_rows(&run, "parity-layers"), &mut out);
+        }
+        for (name, text) in EMBEDDED_REFERENCES
+            .iter()
+            .filter(|(n, _)| n.rsplit_once('-').map(|x| x.0) == Some(preset))
+        {
+            let r: Reference = serde_json::from_str(text).map_err(|e| {
+                crate::error::Error::invalid(format!("embedded reference {name}"), e.to_string())
+            })?;
+            let rep = compare_with_reference(&r, &model)?;
+            push(
+                CheckResult {
+                    check: "oracle".into(),
+                    case: format!(
+                        "transformers(preset={preset},dtype={})@cpu/{}",
+                        r.dtype,
+                        numerics_for(&r).name()
+                    ),
+                    metric: "max rel RMS logits".into(),
+                    value: Some(rep.worst_rel_rms),
+                    threshold: format!(
+                        "{} = {:e}",
+                        rep.rel_rms_tolerance.0, rep.rel_rms_tolerance.1
+                    ),
+                    status: if rep.pass { Status::Pass } else { Status::Fail },
+                    detail: match (&rep.first_divergence, rep.divergence_margin) {
+                        (Some(d), Some(m)) => {
+                            format!("greedy differs at step {} (margin {m:.4})", d.step)
+                        }
+                        _ => format!("greedy agrees for {} steps", rep.steps.len()),
+                    },
+                },
+                &mut out,
+            );
+        }
+        for backend in ["mlx", "cuda"] {
+            push(
+                CheckResult::skipped(
+                    "parity-op",
+                    &format!("qkv(preset={preset})@{backend}"),
+                    &format!("backend `{backend}` is not compiled into this build"),
+                ),
+                &mut out,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The prompt the default checks start from.
+pub const DEFAULT_PROMPT: [u32; 8] = [1, 17, 42, 99, 3, 250, 7, 8];

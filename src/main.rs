@@ -69,6 +69,15 @@ enum Cmd {
         #[arg(long)]
         keep_logits: bool,
     },
+    /// The main job: parity and the transformers oracle on the embedded
+    /// default models (tiny, tiny-moe) on every compiled backend; one table.
+    Verify {
+        #[arg(long)]
+        json: bool,
+        /// Also write the table as markdown to this file.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+    },
     /// Config summary and the model hash (loads every tensor).
     Info {
         #[arg(long, default_value = "synth:tiny")]
@@ -208,6 +217,29 @@ fn run(cmd: Cmd) -> Result<()> {
             model,
             json,
         } => compare_reference(&reference, model, json),
+        Cmd::Verify { json, markdown } => {
+            let results = lockstep::jobs::verify(&mut |r| {
+                if !json {
+                    eprintln!("{:<14} {:<60} {:?}", r.check, r.case, r.status);
+                }
+            })?;
+            use lockstep::verify::summary;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&results).expect("serialises")
+                );
+            } else {
+                print!("{}", summary::to_text(&results));
+            }
+            if let Some(p) = markdown {
+                std::fs::write(&p, summary::to_markdown(&results)).map_err(|e| Error::io(&p, e))?;
+            }
+            match summary::failed(&results) {
+                0 => Ok(()),
+                n => Err(Error::invalid("verify", format!("{n} check(s) failed"))),
+            }
+        }
     }
 }
 

@@ -161,7 +161,7 @@ pub trait Backend {
     fn rows(&self, x: &Self::Tensor, start: usize, n: usize) -> Result<Self::Tensor>;
 
     /// An activation from host values (rounded to the backend's storage type).
-    fn from_host(&self, data: &[f64], rows: usize, cols: usize) -> Result<Self::Tensor>;
+    fn activation_from_host(&self, data: &[f64], rows: usize, cols: usize) -> Result<Self::Tensor>;
 
     /// Values widened to f64 (exact for every storage type) and the shape.
     fn to_host(&self, x: &Self::Tensor) -> Result<(Vec<f64>, [usize; 2])>;

@@ -273,7 +273,7 @@ impl<B: Backend> Engine<B> {
                 input: be.to_host(&h)?.0,
                 by_path,
             });
-            x = be.from_host(out, tokens.len(), self.config.hidden_size)?;
+            x = be.activation_from_host(out, tokens.len(), self.config.hidden_size)?;
         }
         Ok(rec)
     }
@@ -289,7 +289,7 @@ impl<B: Backend> Engine<B> {
         path: AttnPath,
     ) -> Result<[Vec<f64>; 3]> {
         let be = &self.backend;
-        let h = be.from_host(input, positions.len(), self.config.hidden_size)?;
+        let h = be.activation_from_host(input, positions.len(), self.config.hidden_size)?;
         let (q, k, v) = self.attention_inputs(layer, &h, positions, path)?;
         Ok([be.to_host(&q)?.0, be.to_host(&k)?.0, be.to_host(&v)?.0])
     }

@@ -2,5 +2,7 @@
 //! comparison against external references. Never reaches into a backend.
 
 pub mod metrics;
+pub mod parity;
 pub mod reference;
+pub mod summary;
 pub mod tolerances;

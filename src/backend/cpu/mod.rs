@@ -357,10 +357,10 @@ impl Backend for CpuBackend {
         ))
     }
 
-    fn from_host(&self, data: &[f64], rows: usize, cols: usize) -> Result<CpuTensor> {
+    fn activation_from_host(&self, data: &[f64], rows: usize, cols: usize) -> Result<CpuTensor> {
         if data.len() != rows * cols {
             return Err(shape_err(
-                "from_host",
+                "activation_from_host",
                 format!("{} values for {rows}x{cols}", data.len()),
             ));
         }
