@@ -9,6 +9,10 @@ use crate::engine::{Capture, Engine};
 use crate::error::Result;
 use crate::model::Model;
 use crate::progress::Progress;
+use crate::verify::divergence::{
+    bisect, first_divergence, near_tie_threshold, Bisection, Divergence, LayerCapture,
+};
+use crate::verify::envelope::{envelope, Envelope, UlpType};
 use crate::verify::parity::{op_parity, run_parity, ParityReport};
 use crate::verify::reference::{judge, Reference, ReferenceReport};
 use crate::verify::summary::{CheckResult, Status};
@@ -230,3 +234,176 @@ pub fn verify(on_check: &mut dyn FnMut(&CheckResult)) -> Result<Vec<CheckResult>
 
 /// The prompt the default checks start from.
 pub const DEFAULT_PROMPT: [u32; 8] = [1, 17, 42, 99, 3, 250, 7, 8];
+
+fn ulp_type(n: Numerics) -> UlpType {
+    match n {
+        Numerics::Bf16 => UlpType::Bf16,
+        Numerics::F64 => UlpType::F32,
+    }
+}
+
+/// Teacher-forced envelope: the same `tokens` through one engine `runs`
+/// times; each result is every row's logits.
+pub fn cpu_envelope(
+    model: &Model,
+    numerics: Numerics,
+    path: AttnPath,
+    faults: crate::backend::cpu::Faults,
+    tokens: &[u32],
+    runs: usize,
+) -> Result<Envelope> {
+    let e = Engine::load(model, CpuBackend::with_faults(numerics, faults))?;
+    let mut p = Progress::new("runs", runs);
+    let results = (0..runs)
+        .map(|i| {
+            let r = e
+                .teacher_forced(tokens, path, &mut Default::default())
+                .map(|l| l.concat());
+            p.set(i + 1);
+            r
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let case = format!(
+        "logits(preset={},numerics={},path={},tokens={})@cpu",
+        model
+            .synth()
+            .map_or(model.origin.as_str(), |s| s.preset.as_str()),
+        numerics.name(),
+        path.name(),
+        tokens.len()
+    );
+    Ok(envelope(&case, &results, None, ulp_type(numerics)))
+}
+
+/// Greedy envelope: `runs` generations of `steps` tokens from `prompt`; the
+/// results are the per-step logits, and first-divergence steps are recorded.
+pub fn cpu_greedy_envelope(
+    model: &Model,
+    numerics: Numerics,
+    path: AttnPath,
+    faults: crate::backend::cpu::Faults,
+    prompt: &[u32],
+    steps: usize,
+    runs: usize,
+) -> Result<Envelope> {
+    let e = Engine::load(model, CpuBackend::with_faults(numerics, faults))?;
+    let opts = GenerateOptions {
+        max_tokens: steps,
+        path,
+        keep_logits: true,
+        ..Default::default()
+    };
+    let mut p = Progress::new("generations", runs);
+    let mut results = Vec::with_capacity(runs);
+    let mut tokens = Vec::with_capacity(runs);
+    for i in 0..runs {
+        let run = e.generate(prompt, &opts, &mut |_| {})?;
+        results.push(
+            run.steps
+                .iter()
+                .flat_map(|s| s.logits.as_deref().unwrap_or(&[]).iter().map(|&v| v as f64))
+                .collect::<Vec<f64>>(),
+        );
+        tokens.push(run.tokens);
+        p.set(i + 1);
+    }
+    let case = format!(
+        "greedy(preset={},numerics={},path={},steps={steps})@cpu",
+        model
+            .synth()
+            .map_or(model.origin.as_str(), |s| s.preset.as_str()),
+        numerics.name(),
+        path.name()
+    );
+    // Runs that diverged have logits in other contexts: still the same
+    // length, so the spread is measured, and the divergence steps say why.
+    Ok(envelope(&case, &results, Some(&tokens), ulp_type(numerics)))
+}
+
+/// One side of a comparison: a numerics mode, a path and planted faults.
+#[derive(Debug, Clone)]
+pub struct Side {
+    pub numerics: Numerics,
+    pub path: AttnPath,
+    pub faults: crate::backend::cpu::Faults,
+}
+
+/// Everything a divergence investigation found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DivergenceReport {
+    pub tokens_a: Vec<u32>,
+    pub tokens_b: Vec<u32>,
+    pub divergence: Option<Divergence>,
+    pub bisection: Option<Bisection>,
+}
+
+fn last_row_captures(
+    e: &Engine<CpuBackend>,
+    tokens: &[u32],
+    path: AttnPath,
+) -> Result<Vec<LayerCapture>> {
+    let mut c = Capture::all();
+    e.teacher_forced(tokens, path, &mut c)?;
+    let last = |v: &Vec<f64>| {
+        let w = v.len() / tokens.len();
+        v[v.len() - w..].to_vec()
+    };
+    let qkv = c.qkv.expect("requested");
+    Ok(c.layers
+        .expect("requested")
+        .iter()
+        .zip(qkv)
+        .map(|(out, [q, k, v])| LayerCapture {
+            qkv: Some([last(&q), last(&k), last(&v)]),
+            out: last(out),
+        })
+        .collect())
+}
+
+/// Generates greedily with both sides, finds the first divergent token,
+/// classifies it (near-tie threshold from `near_tie_margin_bf16` / `_f32`),
+/// and bisects it layer by layer on the common prefix.
+pub fn investigate_divergence(
+    model: &Model,
+    a: &Side,
+    b: &Side,
+    prompt: &[u32],
+    steps: usize,
+) -> Result<DivergenceReport> {
+    let ea = Engine::load(model, CpuBackend::with_faults(a.numerics, a.faults.clone()))?;
+    let eb = Engine::load(model, CpuBackend::with_faults(b.numerics, b.faults.clone()))?;
+    let gen = |e: &Engine<CpuBackend>, p: AttnPath| {
+        let opts = GenerateOptions {
+            max_tokens: steps,
+            path: p,
+            ..Default::default()
+        };
+        e.generate(prompt, &opts, &mut |_| {})
+    };
+    let (ra, rb) = (gen(&ea, a.path)?, gen(&eb, b.path)?);
+    let tie = if a.numerics == Numerics::Bf16 || b.numerics == Numerics::Bf16 {
+        "near_tie_margin_bf16"
+    } else {
+        "near_tie_margin_f32"
+    };
+    let mut div = first_divergence(&ra, &rb, near_tie_threshold(tie, None));
+    let bis = match div.as_mut() {
+        None => None,
+        Some(d) => {
+            let prefix: Vec<u32> = prompt.iter().chain(&ra.tokens[..d.step]).copied().collect();
+            let b = bisect(
+                d.step,
+                &last_row_captures(&ea, &prefix, a.path)?,
+                &last_row_captures(&eb, &prefix, b.path)?,
+            );
+            d.refine(&b);
+            Some(b)
+        }
+    };
+    Ok(DivergenceReport {
+        tokens_a: ra.tokens,
+        tokens_b: rb.tokens,
+        divergence: div,
+        bisection: bis,
+    })
+}

@@ -9,6 +9,7 @@ pub mod error;
 pub mod jobs;
 pub mod model;
 pub mod progress;
+pub mod report;
 pub mod util;
 pub mod verify;
 

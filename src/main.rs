@@ -78,6 +78,49 @@ enum Cmd {
         #[arg(long)]
         markdown: Option<PathBuf>,
     },
+    /// Print the numeric fingerprint of every backend in this build.
+    Env {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fused vs graph vs f64 truth at op, layer and logits level (CPU reference).
+    Parity {
+        #[arg(long, default_value = "synth:tiny")]
+        model: String,
+        #[arg(long, value_enum, default_value = "bf16")]
+        numerics: Numerics,
+        /// Comma-separated prompt ids; greedy tokens are appended up to --tokens.
+        #[arg(long, value_delimiter = ',', default_value = "1,17,42,99,3,250,7,8")]
+        prompt_ids: Vec<u32>,
+        #[arg(long, default_value_t = 32)]
+        tokens: usize,
+        #[arg(long)]
+        json: bool,
+        /// Write markdown, JSON and SVG plots into this folder.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// Run one input N times and measure the spread (bitwise-distinct count,
+    /// pairwise RMS, ULP histogram, first-divergence steps).
+    Envelope {
+        #[arg(long, default_value = "synth:tiny")]
+        model: String,
+        #[arg(long, value_enum, default_value = "bf16")]
+        numerics: Numerics,
+        #[arg(long, value_enum, default_value = "graph")]
+        path: AttnPath,
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        #[arg(long, value_delimiter = ',', default_value = "1,17,42,99,3,250,7,8")]
+        prompt_ids: Vec<u32>,
+        /// Greedy steps per run (0: one teacher-forced pass over the prompt).
+        #[arg(long, default_value_t = 32)]
+        steps: usize,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// Config summary and the model hash (loads every tensor).
     Info {
         #[arg(long, default_value = "synth:tiny")]
@@ -217,6 +260,120 @@ fn run(cmd: Cmd) -> Result<()> {
             model,
             json,
         } => compare_reference(&reference, model, json),
+        Cmd::Env { json } => {
+            let infos: Vec<_> = [Numerics::Bf16, Numerics::F64]
+                .iter()
+                .map(|&n| {
+                    lockstep::backend::Backend::device_info(
+                        &lockstep::backend::cpu::CpuBackend::new(n),
+                    )
+                })
+                .collect();
+            let missing = [
+                ("mlx", lockstep::backend::mlx::MlxBackend::new().err()),
+                ("cuda", lockstep::backend::cuda::CudaBackend::new(0).err()),
+            ];
+            if json {
+                let v = serde_json::json!({
+                    "lockstep_version": env!("CARGO_PKG_VERSION"),
+                    "backends": infos,
+                    "unavailable": missing.iter().filter_map(|(b, e)| e.as_ref().map(|e| (b, e.to_string()))).collect::<std::collections::BTreeMap<_, _>>(),
+                });
+                println!("{}", serde_json::to_string_pretty(&v).expect("serialises"));
+            } else {
+                println!("lockstep {}", env!("CARGO_PKG_VERSION"));
+                for i in &infos {
+                    println!("{}/{}  device: {}", i.backend, i.numerics, i.device);
+                    for (k, v) in &i.details {
+                        println!("    {k}: {v}");
+                    }
+                }
+                for (b, e) in missing {
+                    if let Some(e) = e {
+                        println!("{b}: unavailable ({e})");
+                    }
+                }
+            }
+            Ok(())
+        }
+        Cmd::Parity {
+            model,
+            numerics,
+            prompt_ids,
+            tokens,
+            json,
+            report,
+        } => {
+            let m = Model::open(&model)?;
+            let extra = tokens.saturating_sub(prompt_ids.len());
+            let seq = lockstep::jobs::prompt_and_continuation(&m, &prompt_ids, extra)?;
+            let (op, run) = lockstep::jobs::cpu_parity(&m, numerics, Default::default(), &seq)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&[&op, &run]).expect("serialises")
+                );
+            } else {
+                print!("{}\n{}", op.to_text(), run.to_text());
+            }
+            if let Some(dir) = report {
+                for p in lockstep::report::write_parity_report(&dir, "parity", &[&op, &run])? {
+                    eprintln!("wrote {}", p.display());
+                }
+            }
+            if op.pass && run.pass {
+                Ok(())
+            } else {
+                Err(Error::invalid("parity", "outside tolerance"))
+            }
+        }
+        Cmd::Envelope {
+            model,
+            numerics,
+            path,
+            runs,
+            prompt_ids,
+            steps,
+            json,
+            report,
+        } => {
+            let m = Model::open(&model)?;
+            let env = if steps == 0 {
+                lockstep::jobs::cpu_envelope(
+                    &m,
+                    numerics,
+                    path,
+                    Default::default(),
+                    &prompt_ids,
+                    runs,
+                )?
+            } else {
+                lockstep::jobs::cpu_greedy_envelope(
+                    &m,
+                    numerics,
+                    path,
+                    Default::default(),
+                    &prompt_ids,
+                    steps,
+                    runs,
+                )?
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&env).expect("serialises")
+                );
+            } else {
+                print!("{}", env.to_text());
+            }
+            if let Some(dir) = report {
+                for p in lockstep::report::write_envelope_report(&dir, "envelope", &[&env], steps)?
+                {
+                    eprintln!("wrote {}", p.display());
+                }
+            }
+            Ok(())
+        }
         Cmd::Verify { json, markdown } => {
             let results = lockstep::jobs::verify(&mut |r| {
                 if !json {

@@ -105,3 +105,22 @@ fn the_verify_command_passes_and_prints_one_table() {
         "{stdout}"
     );
 }
+
+#[test]
+fn a_recorded_run_keeps_hidden_states_on_request_and_round_trips_through_json() {
+    let e = cpu_engine("synth:tiny", Numerics::Bf16);
+    let opts = GenerateOptions {
+        max_tokens: 3,
+        keep_hidden: true,
+        keep_logits: true,
+        ..Default::default()
+    };
+    let run = e.generate(&PROMPT, &opts, &mut |_| {}).unwrap();
+    let h = run.hidden.as_ref().unwrap();
+    assert_eq!((h.len(), h[0].len(), h[0][0].len()), (3, 4, 64));
+    let back: lockstep::engine::record::RecordedRun =
+        serde_json::from_str(&serde_json::to_string(&run).unwrap()).unwrap();
+    assert_eq!(back, run);
+    assert_eq!(run.fingerprint.label(), "cpu/bf16/graph");
+    assert!(run.fingerprint.model_hash.starts_with("xxh3:"));
+}

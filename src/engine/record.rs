@@ -93,6 +93,10 @@ pub struct RecordedRun {
     /// Generated tokens (one per step).
     pub tokens: Vec<u32>,
     pub steps: Vec<StepRecord>,
+    /// Per step, each decoder layer's output for the token that step fed
+    /// (`[layer][hidden]`), when the run was asked to keep hidden states.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<Vec<Vec<Vec<f32>>>>,
 }
 
 impl RecordedRun {
