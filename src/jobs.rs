@@ -13,6 +13,7 @@ use crate::verify::divergence::{
     bisect, first_divergence, near_tie_threshold, Bisection, Divergence, LayerCapture,
 };
 use crate::verify::envelope::{envelope, Envelope, UlpType};
+use crate::verify::golden::{self, golden_path, GoldenBody, GoldenOutcome};
 use crate::verify::parity::{op_parity, run_parity, ParityReport};
 use crate::verify::reference::{judge, Reference, ReferenceReport};
 use crate::verify::summary::{CheckResult, Status};
@@ -169,9 +170,16 @@ fn parity_rows(rep: &ParityReport, check: &str) -> CheckResult {
     }
 }
 
-/// The main job: parity and the external oracle on the default models, on
-/// every backend this build has. `on_check` sees each result as it lands.
-pub fn verify(on_check: &mut dyn FnMut(&CheckResult)) -> Result<Vec<CheckResult>> {
+/// The main job: parity, the external oracle, envelopes and goldens on the
+/// default models, on every backend this build has. Goldens are read from
+/// `golden_root/golden`. `on_check` sees each result as it lands.
+/// Runs per envelope in `verify`.
+pub const ENVELOPE_RUNS: usize = 20;
+
+pub fn verify(
+    golden_root: &std::path::Path,
+    on_check: &mut dyn FnMut(&CheckResult),
+) -> Result<Vec<CheckResult>> {
     let mut out = Vec::new();
     let mut push = |r: CheckResult, out: &mut Vec<CheckResult>| {
         on_check(&r);
@@ -213,6 +221,62 @@ pub fn verify(on_check: &mut dyn FnMut(&CheckResult)) -> Result<Vec<CheckResult>
                             format!("greedy differs at step {} (margin {m:.4})", d.step)
                         }
                         _ => format!("greedy agrees for {} steps", rep.steps.len()),
+                    },
+                },
+                &mut out,
+            );
+        }
+        for path in [AttnPath::Graph, AttnPath::Fused] {
+            let env = cpu_envelope(
+                &model,
+                Numerics::Bf16,
+                path,
+                Default::default(),
+                &seq,
+                ENVELOPE_RUNS,
+            )?;
+            push(
+                CheckResult {
+                    check: "envelope".into(),
+                    case: env.case.clone(),
+                    metric: format!("bitwise-distinct of {}", env.runs),
+                    value: Some(env.distinct as f64),
+                    threshold: "1 (deterministic backend)".into(),
+                    status: if env.distinct == 1 {
+                        Status::Pass
+                    } else {
+                        Status::Fail
+                    },
+                    detail: format!("max pairwise RMS {:.3e}", env.pairwise_rms.max),
+                },
+                &mut out,
+            );
+        }
+        for case in golden_cases().iter().filter(|c| c.preset == preset) {
+            let (now, _) = golden_run(case)?;
+            let name = now.name();
+            let res = golden::load(&golden_path(golden_root, &name))
+                .and_then(|g| golden::compare(&g, &now));
+            push(
+                CheckResult {
+                    check: "golden".into(),
+                    case: format!("{name}@cpu"),
+                    metric: "first token change".into(),
+                    value: match &res {
+                        Ok(
+                            GoldenOutcome::NearTie { step, .. }
+                            | GoldenOutcome::Regression { step, .. },
+                        ) => Some(*step as f64),
+                        _ => None,
+                    },
+                    threshold: "none, or at a recorded near-tie".into(),
+                    status: match &res {
+                        Ok(o) if o.passes() => Status::Pass,
+                        _ => Status::Fail,
+                    },
+                    detail: match res {
+                        Ok(o) => format!("{o:?}"),
+                        Err(e) => e.to_string(),
                     },
                 },
                 &mut out,
@@ -406,4 +470,116 @@ pub fn investigate_divergence(
         divergence: div,
         bisection: bis,
     })
+}
+
+/// One golden case: (preset, numerics, path) on the CPU reference.
+#[derive(Debug, Clone, Copy)]
+pub struct GoldenCase {
+    pub preset: &'static str,
+    pub numerics: Numerics,
+    pub path: AttnPath,
+}
+
+/// Greedy steps and top-k recorded in each golden.
+pub const GOLDEN_STEPS: usize = 32;
+pub const GOLDEN_TOP_K: usize = 4;
+
+pub fn golden_cases() -> Vec<GoldenCase> {
+    let mut v = Vec::new();
+    for preset in DEFAULT_PRESETS {
+        for numerics in [Numerics::Bf16, Numerics::F64] {
+            for path in [AttnPath::Graph, AttnPath::Fused] {
+                v.push(GoldenCase {
+                    preset,
+                    numerics,
+                    path,
+                });
+            }
+        }
+    }
+    v
+}
+
+/// A fresh run of a golden case, as a golden body, with its fingerprint.
+pub fn golden_run(case: &GoldenCase) -> Result<(GoldenBody, crate::engine::record::Fingerprint)> {
+    let model = Model::open(&format!("synth:{}:0", case.preset))?;
+    let e = Engine::load(&model, CpuBackend::new(case.numerics))?;
+    let opts = GenerateOptions {
+        max_tokens: GOLDEN_STEPS,
+        path: case.path,
+        ..Default::default()
+    };
+    let run = e.generate(&DEFAULT_PROMPT, &opts, &mut |_| {})?;
+    Ok((
+        GoldenBody::from_run(case.preset, 0, &run, GOLDEN_TOP_K),
+        run.fingerprint,
+    ))
+}
+
+/// Checks every golden under `root`: (name, outcome or error text).
+pub fn golden_check(
+    root: &std::path::Path,
+) -> Result<Vec<(String, std::result::Result<GoldenOutcome, String>)>> {
+    let mut out = Vec::new();
+    let cases = golden_cases();
+    let mut p = Progress::new("goldens", cases.len());
+    for (i, case) in cases.iter().enumerate() {
+        let (now, _) = golden_run(case)?;
+        let name = now.name();
+        let path = golden_path(root, &name);
+        let res = golden::load(&path)
+            .and_then(|g| golden::compare(&g, &now))
+            .map_err(|e| e.to_string());
+        out.push((name, res));
+        p.set(i + 1);
+    }
+    Ok(out)
+}
+
+/// Whether the environment says this is a CI run.
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// Rewrites the goldens under `root` (each through a temporary file and a
+/// rename, so a golden is replaced only once its successor is complete) and
+/// returns a line per golden saying what changed. Refuses under CI.
+pub fn golden_regen(root: &std::path::Path, backend: Option<&str>) -> Result<Vec<String>> {
+    if under_ci() {
+        return Err(crate::error::Error::invalid(
+            "golden regen",
+            "refusing to rewrite goldens under CI (CI is set); regenerate on a workstation and commit",
+        ));
+    }
+    if let Some(b) = backend.filter(|b| *b != "cpu") {
+        return Err(crate::error::Error::BackendNotCompiled {
+            backend: if b == "cuda" { "cuda" } else { "mlx" },
+        });
+    }
+    let mut lines = Vec::new();
+    for case in golden_cases() {
+        let (now, fp) = golden_run(&case)?;
+        let name = now.name();
+        let path = golden_path(root, &name);
+        let change = match golden::load(&path) {
+            Err(_) => "new".to_string(),
+            Ok(old) => match golden::compare(&old, &now) {
+                Ok(GoldenOutcome::Identical) => "unchanged".into(),
+                Ok(GoldenOutcome::ValuesMoved { step }) => {
+                    format!("same tokens, values moved from step {step}")
+                }
+                Ok(
+                    GoldenOutcome::NearTie { step, margin, .. }
+                    | GoldenOutcome::Regression { step, margin, .. },
+                ) => {
+                    format!("tokens changed from step {step} (recorded margin {margin:.4})")
+                }
+                Err(e) => format!("replaced: {e}"),
+            },
+        };
+        let text = golden::render_snap(&now, &fp);
+        crate::util::write_atomically(&path, |w| std::io::Write::write_all(w, text.as_bytes()))?;
+        lines.push(format!("{name}: {change}"));
+    }
+    Ok(lines)
 }

@@ -72,6 +72,9 @@ enum Cmd {
     /// The main job: parity and the transformers oracle on the embedded
     /// default models (tiny, tiny-moe) on every compiled backend; one table.
     Verify {
+        /// Repository root holding golden/.
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
         #[arg(long)]
         json: bool,
         /// Also write the table as markdown to this file.
@@ -121,6 +124,11 @@ enum Cmd {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// Golden generations: check them (near-tie aware) or regenerate them.
+    Golden {
+        #[command(subcommand)]
+        action: GoldenAction,
+    },
     /// Config summary and the model hash (loads every tensor).
     Info {
         #[arg(long, default_value = "synth:tiny")]
@@ -138,6 +146,26 @@ enum Cmd {
         model: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum GoldenAction {
+    /// Compare fresh runs with the committed goldens.
+    Check {
+        /// Repository root holding golden/.
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rewrite the goldens (explicit, atomic, refused under CI).
+    Regen {
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+        /// Only this backend's goldens (cpu; others when compiled in).
+        #[arg(long)]
+        backend: Option<String>,
     },
 }
 
@@ -374,8 +402,51 @@ fn run(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Verify { json, markdown } => {
-            let results = lockstep::jobs::verify(&mut |r| {
+        Cmd::Golden { action } => match action {
+            GoldenAction::Check { root, json } => {
+                let results = lockstep::jobs::golden_check(&root)?;
+                let mut failed = 0;
+                for (name, r) in &results {
+                    let ok = r.as_ref().is_ok_and(|o| o.passes());
+                    failed += usize::from(!ok);
+                    if !json {
+                        match r {
+                            Ok(lockstep::verify::golden::GoldenOutcome::NearTie { step, margin, threshold }) => println!(
+                                "{name}: ok, with a warning: tokens differ from step {step}, a recorded near-tie (margin {margin:.4} < {threshold})"
+                            ),
+                            Ok(o) => println!("{name}: {} {o:?}", if ok { "ok" } else { "FAIL" }),
+                            Err(e) => println!("{name}: FAIL {e}"),
+                        }
+                    }
+                }
+                if json {
+                    let v: Vec<_> = results
+                        .iter()
+                        .map(|(n, r)| serde_json::json!({"golden": n, "result": r.as_ref().map_err(|e| e.clone())}))
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&v).expect("serialises"));
+                }
+                match failed {
+                    0 => Ok(()),
+                    n => Err(Error::invalid(
+                        "golden check",
+                        format!("{n} golden(s) failed"),
+                    )),
+                }
+            }
+            GoldenAction::Regen { root, backend } => {
+                for line in lockstep::jobs::golden_regen(&root, backend.as_deref())? {
+                    println!("{line}");
+                }
+                Ok(())
+            }
+        },
+        Cmd::Verify {
+            root,
+            json,
+            markdown,
+        } => {
+            let results = lockstep::jobs::verify(&root, &mut |r| {
                 if !json {
                     eprintln!("{:<14} {:<60} {:?}", r.check, r.case, r.status);
                 }

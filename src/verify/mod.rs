@@ -3,6 +3,7 @@
 
 pub mod divergence;
 pub mod envelope;
+pub mod golden;
 pub mod metrics;
 pub mod parity;
 pub mod reference;
