@@ -82,7 +82,13 @@ pub fn cpu_parity(
         Numerics::Bf16 => "fused_vs_graph_rms",
         Numerics::F64 => "fused_vs_graph_f64_rms",
     };
-    let op = op_parity(&format!("qkv({vars})@cpu"), &rec, Some(&truth_ops), op_tol);
+    let mut op = op_parity(&format!("qkv({vars})@cpu"), &rec, Some(&truth_ops), op_tol);
+    let fps = vec![
+        engine.fingerprint(AttnPath::Graph),
+        engine.fingerprint(AttnPath::Fused),
+        truth.fingerprint(AttnPath::Graph),
+    ];
+    op.fingerprints = fps.clone();
 
     let levels = |e: &Engine<CpuBackend>, p: AttnPath| -> Result<Vec<Vec<f64>>> {
         let mut c = Capture {
@@ -100,7 +106,8 @@ pub fn cpu_parity(
         levels(&truth, AttnPath::Graph)?,
     );
     let strict = (numerics == Numerics::F64).then_some("fused_vs_graph_f64_rms");
-    let run = run_parity(&format!("layers({vars})@cpu"), &f, &g, Some(&t), strict);
+    let mut run = run_parity(&format!("layers({vars})@cpu"), &f, &g, Some(&t), strict);
+    run.fingerprints = fps;
     Ok((op, run))
 }
 
@@ -336,7 +343,9 @@ pub fn cpu_envelope(
         path.name(),
         tokens.len()
     );
-    Ok(envelope(&case, &results, None, ulp_type(numerics)))
+    let mut env = envelope(&case, &results, None, ulp_type(numerics));
+    env.fingerprint = Some(e.fingerprint(path));
+    Ok(env)
 }
 
 /// Greedy envelope: `runs` generations of `steps` tokens from `prompt`; the
@@ -381,7 +390,9 @@ pub fn cpu_greedy_envelope(
     );
     // Runs that diverged have logits in other contexts: still the same
     // length, so the spread is measured, and the divergence steps say why.
-    Ok(envelope(&case, &results, Some(&tokens), ulp_type(numerics)))
+    let mut env = envelope(&case, &results, Some(&tokens), ulp_type(numerics));
+    env.fingerprint = Some(e.fingerprint(path));
+    Ok(env)
 }
 
 /// One side of a comparison: a numerics mode, a path and planted faults.

@@ -452,12 +452,24 @@ fn run(cmd: Cmd) -> Result<()> {
                 }
             })?;
             use lockstep::verify::summary;
+            let backends: Vec<_> = [Numerics::Bf16, Numerics::F64]
+                .iter()
+                .map(|&n| {
+                    lockstep::backend::Backend::device_info(
+                        &lockstep::backend::cpu::CpuBackend::new(n),
+                    )
+                })
+                .collect();
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&results).expect("serialises")
-                );
+                let v = serde_json::json!({
+                    "lockstep_version": env!("CARGO_PKG_VERSION"), "backends": backends, "results": results,
+                });
+                println!("{}", serde_json::to_string_pretty(&v).expect("serialises"));
             } else {
+                println!("lockstep {} verify", env!("CARGO_PKG_VERSION"));
+                for b in &backends {
+                    println!("  {}/{} on {}", b.backend, b.numerics, b.device);
+                }
                 print!("{}", summary::to_text(&results));
             }
             if let Some(p) = markdown {

@@ -122,6 +122,9 @@ pub struct Envelope {
     /// Greedy runs only: for each run after the first, the first step whose
     /// token differs from run 0 (`None`: identical throughout).
     pub first_divergence: Option<Vec<Option<usize>>>,
+    /// The fingerprint of the runs (all runs share it).
+    #[serde(default)]
+    pub fingerprint: Option<crate::engine::record::Fingerprint>,
 }
 
 /// Measures the envelope of `results` (one flattened result per run; all the
@@ -175,6 +178,7 @@ pub fn envelope(
         ulp: hist,
         element_spread: Spread::of(spread),
         first_divergence,
+        fingerprint: None,
     }
 }
 
@@ -303,5 +307,34 @@ mod tests {
         assert!(e.pairwise_rms.max > 0.0 && e.pairwise_rms.min == 0.0);
         assert_eq!(e.ulp.buckets[3], 1); // 3 ULPs
         assert_eq!(e.first_divergence, Some(vec![None, Some(1), None]));
+    }
+}
+
+#[cfg(test)]
+mod containment_tests {
+    use super::*;
+
+    fn env_with(max_rms: f64) -> Envelope {
+        let mut e = envelope("ref", &[vec![0.0; 3], vec![0.0; 3]], None, UlpType::F32);
+        e.pairwise_rms.max = max_rms;
+        e
+    }
+
+    #[test]
+    fn a_distance_inside_a_nonzero_envelope_is_contained() {
+        let c = containment(1e-3, &env_with(2e-3), None);
+        assert!(c.contained && c.rule == "envelope");
+        assert!(!containment(3e-3, &env_with(2e-3), None).contained);
+    }
+
+    #[test]
+    fn a_zero_envelope_falls_back_to_the_truth_relative_rule() {
+        let factor = tol("truth_relative_factor");
+        let zero = env_with(0.0);
+        let c = containment(1e-3, &zero, Some((1e-3, 1e-3)));
+        assert!(c.contained && c.rule == "truth-relative");
+        assert!(!containment(1e-3, &zero, Some(((factor + 0.1) * 1e-3, 1e-3))).contained);
+        // Without truth there is nothing to judge by: not contained.
+        assert!(!containment(1e-3, &zero, None).contained);
     }
 }

@@ -58,6 +58,9 @@ pub struct ParityReport {
     pub rule: String,
     pub levels: Vec<LevelParity>,
     pub pass: bool,
+    /// Fingerprints of the runs compared (graph, fused; truth last).
+    #[serde(default)]
+    pub fingerprints: Vec<crate::engine::record::Fingerprint>,
 }
 
 impl ParityReport {
@@ -87,6 +90,16 @@ impl ParityReport {
             self.rule,
             if self.pass { "PASS" } else { "FAIL" }
         );
+        for f in &self.fingerprints {
+            let _ = writeln!(
+                s,
+                "  run {} on {} (model {}, lockstep {})",
+                f.label(),
+                f.device,
+                f.model_hash,
+                f.lockstep_version
+            );
+        }
         let _ = writeln!(
             s,
             "level     tensor  fused-graph  graph-truth  fused-truth  nearer  ok"
@@ -174,6 +187,7 @@ pub fn op_parity(
         rule: format!("RMS < {tolerance_name} = {limit:e}"),
         levels,
         pass,
+        fingerprints: Vec::new(),
     }
 }
 
@@ -219,5 +233,6 @@ pub fn run_parity(
         },
         levels,
         pass,
+        fingerprints: Vec::new(),
     }
 }
