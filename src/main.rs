@@ -208,11 +208,6 @@ fn run(cmd: Cmd) -> Result<()> {
             json,
             keep_logits,
         } => {
-            match backend {
-                BackendArg::Cpu => {}
-                BackendArg::Cuda => return Err(Error::BackendNotCompiled { backend: "cuda" }),
-                BackendArg::Mlx => return Err(Error::BackendNotCompiled { backend: "mlx" }),
-            }
             let m = Model::open(&model)?;
             let ids = match (prompt_ids, prompt) {
                 (Some(ids), _) => ids,
@@ -224,7 +219,6 @@ fn run(cmd: Cmd) -> Result<()> {
                 }
                 (None, None) => return Err(Error::Prompt("give --prompt-ids or --prompt".into())),
             };
-            let engine = load_cpu(&m, numerics)?;
             let opts = GenerateOptions {
                 max_tokens,
                 path,
@@ -232,7 +226,13 @@ fn run(cmd: Cmd) -> Result<()> {
                 ..Default::default()
             };
             let mut p = Progress::new("generating", max_tokens);
-            let run = engine.generate(&ids, &opts, &mut |i| p.set(i))?;
+            let run = match backend {
+                BackendArg::Cpu => {
+                    load_cpu(&m, numerics)?.generate(&ids, &opts, &mut |i| p.set(i))?
+                }
+                BackendArg::Cuda => cuda_generate(&m, &ids, &opts, &mut |i| p.set(i))?,
+                BackendArg::Mlx => return Err(Error::BackendNotCompiled { backend: "mlx" }),
+            };
             if json {
                 println!(
                     "{}",
@@ -289,7 +289,7 @@ fn run(cmd: Cmd) -> Result<()> {
             json,
         } => compare_reference(&reference, model, json),
         Cmd::Env { json } => {
-            let infos: Vec<_> = [Numerics::Bf16, Numerics::F64]
+            let mut infos: Vec<_> = [Numerics::Bf16, Numerics::F64]
                 .iter()
                 .map(|&n| {
                     lockstep::backend::Backend::device_info(
@@ -297,10 +297,19 @@ fn run(cmd: Cmd) -> Result<()> {
                     )
                 })
                 .collect();
+            let cuda = cuda_info();
             let missing = [
                 ("mlx", lockstep::backend::mlx::MlxBackend::new().err()),
-                ("cuda", lockstep::backend::cuda::CudaBackend::new(0).err()),
+                (
+                    "cuda",
+                    cuda.as_ref()
+                        .err()
+                        .map(|e| Error::invalid("cuda", e.clone())),
+                ),
             ];
+            if let Ok(i) = cuda {
+                infos.push(i);
+            }
             if json {
                 let v = serde_json::json!({
                     "lockstep_version": env!("CARGO_PKG_VERSION"),
@@ -481,6 +490,45 @@ fn run(cmd: Cmd) -> Result<()> {
             }
         }
     }
+}
+
+/// The CUDA backend's fingerprint, or why there is none.
+#[cfg(feature = "cuda")]
+fn cuda_info() -> std::result::Result<lockstep::backend::DeviceInfo, String> {
+    match std::panic::catch_unwind(|| lockstep::backend::cuda::CudaBackend::new(0)) {
+        Ok(Ok(b)) => Ok(lockstep::backend::Backend::device_info(&b)),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the CUDA driver library could not be loaded".into()),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_info() -> std::result::Result<lockstep::backend::DeviceInfo, String> {
+    Err(Error::BackendNotCompiled { backend: "cuda" }.to_string())
+}
+
+/// Greedy generation on the CUDA backend (GPU 0).
+#[cfg(feature = "cuda")]
+fn cuda_generate(
+    m: &Model,
+    ids: &[u32],
+    opts: &GenerateOptions,
+    on_step: &mut dyn FnMut(usize),
+) -> Result<lockstep::engine::record::RecordedRun> {
+    let be = lockstep::backend::cuda::CudaBackend::new(0)?;
+    let mut p = Progress::new("loading", m.expected_tensors().len());
+    let e = lockstep::engine::Engine::load_with_progress(m, be, &mut |d, _| p.set(d))?;
+    e.generate(ids, opts, on_step)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_generate(
+    _m: &Model,
+    _ids: &[u32],
+    _opts: &GenerateOptions,
+    _on_step: &mut dyn FnMut(usize),
+) -> Result<lockstep::engine::record::RecordedRun> {
+    Err(Error::BackendNotCompiled { backend: "cuda" })
 }
 
 fn compare_reference(path: &std::path::Path, model: Option<String>, json: bool) -> Result<()> {

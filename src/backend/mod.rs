@@ -169,3 +169,55 @@ pub trait Backend {
     /// Waits for queued work (MLX evaluates lazily here; CUDA synchronises).
     fn synchronize(&self) -> Result<()>;
 }
+
+/// MoE routing of one token, shared by every backend (it is model logic):
+/// softmax over the router logits (f32 when `bf16`, else f64), top-k with
+/// ties to the lower expert, renormalised if asked, weights rounded to bf16
+/// when `bf16` (transformers casts them to the hidden dtype). Returns
+/// (expert, weight) in ascending expert order.
+pub fn route(bf16: bool, logits: &[f64], top_k: usize, renorm: bool) -> Vec<(usize, f64)> {
+    let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let probs: Vec<f64> = match bf16 {
+        true => {
+            let e: Vec<f32> = logits
+                .iter()
+                .map(|&l| (l as f32 - m as f32).exp())
+                .collect();
+            let s: f32 = e.iter().sum();
+            e.iter().map(|&x| (x / s) as f64).collect()
+        }
+        false => {
+            let e: Vec<f64> = logits.iter().map(|&l| (l - m).exp()).collect();
+            let s: f64 = e.iter().sum();
+            e.iter().map(|&x| x / s).collect()
+        }
+    };
+    // Highest probability first; ties go to the lower expert index.
+    let mut idx: Vec<usize> = (0..probs.len()).collect();
+    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    idx.truncate(top_k);
+    let mut sel: Vec<(usize, f64)> = idx.iter().map(|&e| (e, probs[e])).collect();
+    if renorm {
+        match bf16 {
+            true => {
+                let s: f32 = sel.iter().map(|&(_, p)| p as f32).sum();
+                for (_, p) in sel.iter_mut() {
+                    *p = (*p as f32 / s) as f64;
+                }
+            }
+            false => {
+                let s: f64 = sel.iter().map(|&(_, p)| p).sum();
+                for (_, p) in sel.iter_mut() {
+                    *p /= s;
+                }
+            }
+        }
+    }
+    if bf16 {
+        for (_, p) in sel.iter_mut() {
+            *p = crate::util::round_bf16(*p as f32) as f64;
+        }
+    }
+    sel.sort_by_key(|&(e, _)| e);
+    sel
+}

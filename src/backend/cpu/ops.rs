@@ -471,55 +471,6 @@ pub fn swiglu(num: Numerics, gate: &CpuTensor, up: &CpuTensor) -> Result<CpuTens
     Ok(CpuTensor::new(gate.rows, gate.cols, data))
 }
 
-/// Routing of one token: (expert, weight) pairs, weights already in the
-/// precision transformers multiplies by (bf16 in bf16 mode).
-fn route(num: Numerics, logits: &[f64], top_k: usize, renorm: bool) -> Vec<(usize, f64)> {
-    let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let probs: Vec<f64> = match num {
-        Numerics::Bf16 => {
-            let e: Vec<f32> = logits
-                .iter()
-                .map(|&l| (l as f32 - m as f32).exp())
-                .collect();
-            let s: f32 = e.iter().sum();
-            e.iter().map(|&x| (x / s) as f64).collect()
-        }
-        Numerics::F64 => {
-            let e: Vec<f64> = logits.iter().map(|&l| (l - m).exp()).collect();
-            let s: f64 = e.iter().sum();
-            e.iter().map(|&x| x / s).collect()
-        }
-    };
-    // Highest probability first; ties go to the lower expert index.
-    let mut idx: Vec<usize> = (0..probs.len()).collect();
-    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-    idx.truncate(top_k);
-    let mut sel: Vec<(usize, f64)> = idx.iter().map(|&e| (e, probs[e])).collect();
-    if renorm {
-        match num {
-            Numerics::Bf16 => {
-                let s: f32 = sel.iter().map(|&(_, p)| p as f32).sum();
-                for (_, p) in sel.iter_mut() {
-                    *p = (*p as f32 / s) as f64;
-                }
-            }
-            Numerics::F64 => {
-                let s: f64 = sel.iter().map(|&(_, p)| p).sum();
-                for (_, p) in sel.iter_mut() {
-                    *p /= s;
-                }
-            }
-        }
-    }
-    if num == Numerics::Bf16 {
-        for (_, p) in sel.iter_mut() {
-            *p = r16(*p as f32) as f64;
-        }
-    }
-    sel.sort_by_key(|&(e, _)| e);
-    sel
-}
-
 pub fn moe(be: &CpuBackend, x: &CpuTensor, w: &MoeWeights<CpuWeight>) -> Result<CpuTensor> {
     use crate::backend::Backend;
     let num = be.numerics;
@@ -528,7 +479,12 @@ pub fn moe(be: &CpuBackend, x: &CpuTensor, w: &MoeWeights<CpuWeight>) -> Result<
     for r in 0..x.rows {
         let xr = be.rows(x, r, 1)?;
         let o = &mut out[r * x.cols..(r + 1) * x.cols];
-        for (e, p) in route(num, logits.row(r), w.top_k, w.norm_topk_prob) {
+        for (e, p) in crate::backend::route(
+            num == Numerics::Bf16,
+            logits.row(r),
+            w.top_k,
+            w.norm_topk_prob,
+        ) {
             let ex = &w.experts[e];
             let h = be.swiglu(&be.linear(&xr, &ex.gate)?, &be.linear(&xr, &ex.up)?)?;
             let y = be.linear(&h, &ex.down)?;
