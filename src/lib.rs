@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod model;
 pub mod progress;
 pub mod report;
+pub mod skip;
 pub mod util;
 pub mod verify;
 

@@ -31,12 +31,7 @@ mod gpu {
     }
 
     fn skip<T>(test: &str, why: &str) -> Option<T> {
-        let msg = format!("SKIPPED {test}: {why}");
-        assert!(
-            std::env::var("LOCKSTEP_REQUIRE_GPU").as_deref() != Ok("1"),
-            "{msg} (LOCKSTEP_REQUIRE_GPU=1)"
-        );
-        eprintln!("{msg}");
+        lockstep::skip::skip(lockstep::skip::Need::Gpu, test, why);
         None
     }
 
@@ -227,10 +222,9 @@ mod gpu {
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn cuda_tests_need_the_cuda_feature() {
-    let msg = "SKIPPED cuda_backend: built without the `cuda` feature (cargo test --features cuda on a GPU machine)";
-    assert!(
-        std::env::var("LOCKSTEP_REQUIRE_GPU").as_deref() != Ok("1"),
-        "{msg}"
+    lockstep::skip::skip(
+        lockstep::skip::Need::Gpu,
+        "cuda_backend",
+        "built without the `cuda` feature (cargo test --features cuda on a GPU machine)",
     );
-    eprintln!("{msg}");
 }

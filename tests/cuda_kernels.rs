@@ -2,19 +2,18 @@
 //! NVRTC library, not a GPU, so it runs wherever NVRTC is installed; it says
 //! it skipped otherwise (LOCKSTEP_REQUIRE_GPU=1 makes that a failure).
 
+use lockstep::skip::{skip, Need};
+
 #[cfg(feature = "cuda")]
 #[test]
 fn every_kernel_compiles_for_sm_90() {
     use lockstep::backend::cuda::kernels::{compile, Kernel};
-    let loaded = std::panic::catch_unwind(|| compile(Kernel::Embed, "sm_90"));
-    let Ok(first) = loaded else {
-        let msg =
-            "SKIPPED every_kernel_compiles_for_sm_90: NVRTC (libnvrtc.so) could not be loaded";
-        assert!(
-            std::env::var("LOCKSTEP_REQUIRE_GPU").as_deref() != Ok("1"),
-            "{msg}"
+    let Ok(first) = std::panic::catch_unwind(|| compile(Kernel::Embed, "sm_90")) else {
+        skip(
+            Need::Gpu,
+            "every_kernel_compiles_for_sm_90",
+            "NVRTC (libnvrtc.so) could not be loaded",
         );
-        eprintln!("{msg}");
         return;
     };
     first.unwrap();
@@ -28,10 +27,9 @@ fn every_kernel_compiles_for_sm_90() {
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn every_kernel_compiles_for_sm_90() {
-    let msg = "SKIPPED every_kernel_compiles_for_sm_90: built without the `cuda` feature";
-    assert!(
-        std::env::var("LOCKSTEP_REQUIRE_GPU").as_deref() != Ok("1"),
-        "{msg}"
+    skip(
+        Need::Gpu,
+        "every_kernel_compiles_for_sm_90",
+        "built without the `cuda` feature",
     );
-    eprintln!("{msg}");
 }
