@@ -209,6 +209,13 @@ fn run(cmd: Cmd) -> Result<()> {
             keep_logits,
         } => {
             let m = Model::open(&model)?;
+            for t in &m.unexpected_tensors {
+                eprintln!(
+                    "warning: {}: unexpected tensor `{t}` is not used by {}",
+                    m.origin,
+                    m.config.architecture_name()
+                );
+            }
             let ids = match (prompt_ids, prompt) {
                 (Some(ids), _) => ids,
                 (None, Some(text)) => {

@@ -135,3 +135,47 @@ fn regeneration_is_refused_under_ci() {
         "{err}"
     );
 }
+
+#[test]
+fn regeneration_writes_every_golden_and_reports_changes() {
+    if lockstep::jobs::under_ci() {
+        // Regeneration refuses under CI by design (tested above); this test
+        // then checks the refusal instead of the writing.
+        assert!(
+            lockstep::jobs::golden_regen(Path::new(env!("CARGO_TARGET_TMPDIR")), None).is_err()
+        );
+        return;
+    }
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join("golden-regen");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let first = lockstep::jobs::golden_regen(&tmp, None).unwrap();
+    assert!(first.iter().all(|l| l.ends_with(": new")), "{first:?}");
+    assert_eq!(first.len(), golden_cases().len());
+    // The regenerated files equal the committed ones, byte for byte in the body.
+    for case in golden_cases().iter().take(2) {
+        let (now, _) = golden_run(case).unwrap();
+        let written = golden::load(&golden_path(&tmp, &now.name())).unwrap();
+        let committed = golden::load(&golden_path(root(), &now.name())).unwrap();
+        assert_eq!(written, committed);
+    }
+    let second = lockstep::jobs::golden_regen(&tmp, None).unwrap();
+    assert!(
+        second.iter().all(|l| l.ends_with(": unchanged")),
+        "{second:?}"
+    );
+    // No temporary files are left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.join("golden"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+#[test]
+fn a_golden_of_another_preset_is_refused() {
+    let (mut g, now) = a_golden();
+    g.preset = "tiny-moe".into();
+    let e = golden::compare(&g, &now).unwrap_err().to_string();
+    assert!(e.contains("preset") && e.contains("refusing"), "{e}");
+}

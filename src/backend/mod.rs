@@ -168,6 +168,12 @@ pub trait Backend {
 
     /// Waits for queued work (MLX evaluates lazily here; CUDA synchronises).
     fn synchronize(&self) -> Result<()>;
+
+    /// Free memory on the device in bytes, when the backend can tell: the
+    /// engine refuses a model that cannot fit before uploading anything.
+    fn free_memory(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// MoE routing of one token, shared by every backend (it is model logic):

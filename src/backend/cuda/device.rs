@@ -655,4 +655,12 @@ impl Backend for CudaBackend {
     fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(err("synchronize"))
     }
+
+    fn free_memory(&self) -> Option<usize> {
+        self.stream
+            .context()
+            .mem_get_info()
+            .ok()
+            .map(|(free, _)| free)
+    }
 }
