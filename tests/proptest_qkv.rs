@@ -121,32 +121,13 @@ fn run(c: &Case, numerics: Numerics) -> ([Vec<f64>; 3], [Vec<f64>; 3]) {
     let up = |n: &str, t: &HostTensor| be.upload(n, t).unwrap();
     let positions: Vec<usize> = (c.start..c.start + c.tokens).collect();
     let host = |t| be.to_host(&t).unwrap().0;
-    let q = be
-        .rope(
-            &be.rms_norm(
-                &be.linear(&xt, &up("q", &wq)).unwrap(),
-                &up("qn", &qn),
-                c.eps,
-            )
-            .unwrap(),
-            &positions,
-            c.head_dim,
-            1e6,
-        )
-        .unwrap();
-    let k = be
-        .rope(
-            &be.rms_norm(
-                &be.linear(&xt, &up("k", &wk)).unwrap(),
-                &up("kn", &kn),
-                c.eps,
-            )
-            .unwrap(),
-            &positions,
-            c.head_dim,
-            1e6,
-        )
-        .unwrap();
+    // Graph path: projection, per-head RMSNorm, RoPE, each its own op.
+    let graph = |w: &HostTensor, n: &HostTensor| {
+        let p = be.linear(&xt, &up("w", w)).unwrap();
+        let normed = be.rms_norm(&p, &up("n", n), c.eps).unwrap();
+        be.rope(&normed, &positions, c.head_dim, 1e6).unwrap()
+    };
+    let (q, k) = (graph(&wq, &qn), graph(&wk, &kn));
     let v = be.linear(&xt, &up("v", &wv)).unwrap();
     let packed = be.upload_packed("qkv", &[&wq, &wk, &wv]).unwrap();
     let (fq, fk, fv) = be

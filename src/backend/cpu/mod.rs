@@ -317,12 +317,7 @@ impl Backend for CpuBackend {
     }
 
     fn add(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
-        if (a.rows, a.cols) != (b.rows, b.cols) {
-            return Err(shape_err(
-                "add",
-                format!("{}x{} + {}x{}", a.rows, a.cols, b.rows, b.cols),
-            ));
-        }
+        super::check::same_shape("add", (a.rows, a.cols), (b.rows, b.cols))?;
         let data = a
             .data
             .iter()

@@ -3,7 +3,7 @@
 
 use super::math::{dot8, dot_warp, par_ranges, sum_sq8, threads_for};
 use super::{CpuBackend, CpuCache, CpuTensor, CpuWeight, Faults, Numerics};
-use crate::backend::{AttnDims, MoeWeights};
+use crate::backend::{check, AttnDims, MoeWeights};
 use crate::error::{Error, Result};
 use crate::util::round_bf16;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
@@ -21,12 +21,7 @@ fn shape(op: &'static str, problem: String) -> Error {
 /// rounded, then multiplied by the weight and rounded (transformers' order).
 pub fn rms_norm(num: Numerics, x: &CpuTensor, w: &CpuWeight, eps: f64) -> Result<CpuTensor> {
     let g = w.cols * w.rows;
-    if g == 0 || x.cols % g != 0 {
-        return Err(shape(
-            "rms_norm",
-            format!("row width {} is not a multiple of norm width {g}", x.cols),
-        ));
-    }
+    check::rms_norm(x.cols, g)?;
     let wv = w.to_f64();
     let mut out = Vec::with_capacity(x.data.len());
     match num {
@@ -59,15 +54,7 @@ pub fn rms_norm(num: Numerics, x: &CpuTensor, w: &CpuWeight, eps: f64) -> Result
 
 /// `x [n, in] @ w^T -> [n, out]` in graph (8-lane) order; bf16 output in bf16 mode.
 pub fn linear(num: Numerics, x: &CpuTensor, w: &CpuWeight) -> Result<CpuTensor> {
-    if x.cols != w.cols {
-        return Err(shape(
-            "linear",
-            format!(
-                "input has {} columns, weight `{}` has {}",
-                x.cols, w.name, w.cols
-            ),
-        ));
-    }
+    check::linear((x.rows, x.cols), &w.name, (w.rows, w.cols))?;
     let (n, k, m) = (x.rows, x.cols, w.rows);
     let mut yt = vec![0f64; m * n]; // [out, n]; transposed at the end
     let threads = threads_for(n * k * m);
@@ -181,17 +168,7 @@ pub fn rope(
     head_dim: usize,
     theta: f64,
 ) -> Result<CpuTensor> {
-    if positions.len() != x.rows || x.cols % head_dim != 0 {
-        return Err(shape(
-            "rope",
-            format!(
-                "{} rows, {} positions, width {} vs head_dim {head_dim}",
-                x.rows,
-                positions.len(),
-                x.cols
-            ),
-        ));
-    }
+    check::rope((x.rows, x.cols), positions.len(), head_dim)?;
     let mut out = x.data.clone();
     for (r, &p) in positions.iter().enumerate() {
         let (c, s) = rope_table(num, p, head_dim / 2, theta, true);
@@ -220,20 +197,12 @@ pub fn fused_qkv(
     positions: &[usize],
 ) -> Result<(CpuTensor, CpuTensor, CpuTensor)> {
     let (qd, kd, hd) = (dims.q_dim(), dims.kv_dim(), dims.head_dim);
-    if qkv.rows != qd + 2 * kd || qkv.cols != x.cols || positions.len() != x.rows {
-        return Err(shape(
-            "fused_qkv",
-            format!(
-                "packed weight {}x{} (expected {}x{}), {} rows with {} positions",
-                qkv.rows,
-                qkv.cols,
-                qd + 2 * kd,
-                x.cols,
-                x.rows,
-                positions.len()
-            ),
-        ));
-    }
+    check::fused_qkv(
+        (x.rows, x.cols),
+        (qkv.rows, qkv.cols),
+        dims,
+        positions.len(),
+    )?;
     // Unrounded projections in warp order: [n, qd + 2kd].
     let proj = linear_unrounded(num, x, qkv)?;
     let eps = faults.fused_eps_override.unwrap_or(dims.eps);
@@ -450,15 +419,7 @@ fn silu32(x: f32) -> f32 {
 }
 
 pub fn swiglu(num: Numerics, gate: &CpuTensor, up: &CpuTensor) -> Result<CpuTensor> {
-    if (gate.rows, gate.cols) != (up.rows, up.cols) {
-        return Err(shape(
-            "swiglu",
-            format!(
-                "gate {}x{}, up {}x{}",
-                gate.rows, gate.cols, up.rows, up.cols
-            ),
-        ));
-    }
+    check::same_shape("swiglu", (gate.rows, gate.cols), (up.rows, up.cols))?;
     let data = gate
         .data
         .iter()

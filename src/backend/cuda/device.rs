@@ -4,7 +4,7 @@
 //! reduction mode, the only one implemented so far.
 
 use super::kernels;
-use crate::backend::{route, AttnDims, Backend, DeviceInfo, MoeWeights};
+use crate::backend::{check, route, AttnDims, Backend, DeviceInfo, MoeWeights};
 use crate::error::{Error, Result};
 use crate::model::safetensors::HostTensor;
 use crate::util::bf16_bits;
@@ -145,12 +145,7 @@ impl CudaBackend {
         a: &CudaTensor,
         b: &CudaTensor,
     ) -> Result<CudaTensor> {
-        if (a.rows, a.cols) != (b.rows, b.cols) {
-            return Err(shape(
-                "elementwise",
-                format!("{}x{} vs {}x{}", a.rows, a.cols, b.rows, b.cols),
-            ));
-        }
+        check::same_shape(name, (a.rows, a.cols), (b.rows, b.cols))?;
         let n = a.rows * a.cols;
         let mut out = self.alloc(name, n)?;
         let mut l = self.stream.launch_builder(self.func(name)?);
@@ -253,12 +248,7 @@ impl Backend for CudaBackend {
 
     fn rms_norm(&self, x: &CudaTensor, w: &CudaWeight, eps: f64) -> Result<CudaTensor> {
         let width = w.rows * w.cols;
-        if width == 0 || x.cols % width != 0 {
-            return Err(shape(
-                "rms_norm",
-                format!("row width {} vs norm width {width}", x.cols),
-            ));
-        }
+        check::rms_norm(x.cols, width)?;
         let groups = x.rows * x.cols / width;
         let mut out = self.alloc("rms_norm output", x.rows * x.cols)?;
         let (wi, e) = (width as i32, eps as f32);
@@ -281,15 +271,7 @@ impl Backend for CudaBackend {
     }
 
     fn linear(&self, x: &CudaTensor, w: &CudaWeight) -> Result<CudaTensor> {
-        if x.cols != w.cols {
-            return Err(shape(
-                "linear",
-                format!(
-                    "input has {} columns, weight `{}` has {}",
-                    x.cols, w.name, w.cols
-                ),
-            ));
-        }
+        check::linear((x.rows, x.cols), &w.name, (w.rows, w.cols))?;
         let (n, k, m) = (x.rows as i32, x.cols as i32, w.rows as i32);
         let mut out = self.alloc("linear output", x.rows * w.rows)?;
         let warps = BLOCK / 32;
@@ -323,17 +305,7 @@ impl Backend for CudaBackend {
         head_dim: usize,
         theta: f64,
     ) -> Result<CudaTensor> {
-        if positions.len() != x.rows || x.cols % head_dim != 0 {
-            return Err(shape(
-                "rope",
-                format!(
-                    "{} rows, {} positions, width {}",
-                    x.rows,
-                    positions.len(),
-                    x.cols
-                ),
-            ));
-        }
+        check::rope((x.rows, x.cols), positions.len(), head_dim)?;
         let pos = self.positions(positions)?;
         let mut out = self.alloc("rope output", x.rows * x.cols)?;
         let total = x.rows * x.cols / 2;
@@ -372,12 +344,13 @@ impl Backend for CudaBackend {
         positions: &[usize],
     ) -> Result<(CudaTensor, CudaTensor, CudaTensor)> {
         let (qd, kd, hd) = (dims.q_dim(), dims.kv_dim(), dims.head_dim);
-        if qkv.rows != qd + 2 * kd
-            || qkv.cols != x.cols
-            || positions.len() != x.rows
-            || hd % 32 != 0
-            || hd > 1024
-        {
+        check::fused_qkv(
+            (x.rows, x.cols),
+            (qkv.rows, qkv.cols),
+            dims,
+            positions.len(),
+        )?;
+        if hd % 32 != 0 || hd > 1024 {
             return Err(shape(
                 "fused_qkv",
                 format!(
