@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
-# Builds the release CLI (and, with --features, CUDA-enabled test binaries)
-# here and copies them into .device/ (git-ignored), which the device tool
-# carries to the GPU machine (64 MiB at most).
+# Builds, here, what the GPU machine runs, and puts it in .device/ (git-
+# ignored; the device tool carries it, 64 MiB at most):
+#   .device/bin/lockstep        the CLI (release, --features cuda)
+#   .device/tests/<name>        the CUDA test binaries (release, --features cuda)
+# cudarc loads libcuda / NVRTC at run time, so this builds without CUDA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-features="${LOCKSTEP_FEATURES:-}"
-cargo build --release ${features:+--features "$features"} --bin lockstep
-rm -rf .device && mkdir -p .device/bin
+features="${LOCKSTEP_FEATURES:-cuda}"
+cargo build --release --features "$features" --bin lockstep
+rm -rf .device && mkdir -p .device/bin .device/tests
 cp target/release/lockstep .device/bin/
-strip .device/bin/lockstep 2>/dev/null || true
+cargo test --release --features "$features" --no-run --message-format=json \
+  --test cuda_backend --test cuda_kernels 2>/dev/null |
+  python3 -c '
+import json, sys, shutil, os
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        shutil.copy(m["executable"], os.path.join(".device/tests", m["target"]["name"]))
+        print("bundled", m["target"]["name"])
+'
+strip .device/bin/* .device/tests/* 2>/dev/null || true
 du -sh .device

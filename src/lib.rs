@@ -9,6 +9,8 @@ pub mod error;
 pub mod jobs;
 pub mod model;
 pub mod progress;
+pub mod report;
+pub mod skip;
 pub mod util;
 pub mod verify;
 

@@ -69,6 +69,66 @@ enum Cmd {
         #[arg(long)]
         keep_logits: bool,
     },
+    /// The main job: parity and the transformers oracle on the embedded
+    /// default models (tiny, tiny-moe) on every compiled backend; one table.
+    Verify {
+        /// Repository root holding golden/.
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Also write the table as markdown to this file.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+    },
+    /// Print the numeric fingerprint of every backend in this build.
+    Env {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fused vs graph vs f64 truth at op, layer and logits level (CPU reference).
+    Parity {
+        #[arg(long, default_value = "synth:tiny")]
+        model: String,
+        #[arg(long, value_enum, default_value = "bf16")]
+        numerics: Numerics,
+        /// Comma-separated prompt ids; greedy tokens are appended up to --tokens.
+        #[arg(long, value_delimiter = ',', default_value = "1,17,42,99,3,250,7,8")]
+        prompt_ids: Vec<u32>,
+        #[arg(long, default_value_t = 32)]
+        tokens: usize,
+        #[arg(long)]
+        json: bool,
+        /// Write markdown, JSON and SVG plots into this folder.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// Run one input N times and measure the spread (bitwise-distinct count,
+    /// pairwise RMS, ULP histogram, first-divergence steps).
+    Envelope {
+        #[arg(long, default_value = "synth:tiny")]
+        model: String,
+        #[arg(long, value_enum, default_value = "bf16")]
+        numerics: Numerics,
+        #[arg(long, value_enum, default_value = "graph")]
+        path: AttnPath,
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        #[arg(long, value_delimiter = ',', default_value = "1,17,42,99,3,250,7,8")]
+        prompt_ids: Vec<u32>,
+        /// Greedy steps per run (0: one teacher-forced pass over the prompt).
+        #[arg(long, default_value_t = 32)]
+        steps: usize,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// Golden generations: check them (near-tie aware) or regenerate them.
+    Golden {
+        #[command(subcommand)]
+        action: GoldenAction,
+    },
     /// Config summary and the model hash (loads every tensor).
     Info {
         #[arg(long, default_value = "synth:tiny")]
@@ -86,6 +146,26 @@ enum Cmd {
         model: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum GoldenAction {
+    /// Compare fresh runs with the committed goldens.
+    Check {
+        /// Repository root holding golden/.
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rewrite the goldens (explicit, atomic, refused under CI).
+    Regen {
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+        /// Only this backend's goldens (cpu; others when compiled in).
+        #[arg(long)]
+        backend: Option<String>,
     },
 }
 
@@ -128,12 +208,14 @@ fn run(cmd: Cmd) -> Result<()> {
             json,
             keep_logits,
         } => {
-            match backend {
-                BackendArg::Cpu => {}
-                BackendArg::Cuda => return Err(Error::BackendNotCompiled { backend: "cuda" }),
-                BackendArg::Mlx => return Err(Error::BackendNotCompiled { backend: "mlx" }),
-            }
             let m = Model::open(&model)?;
+            for t in &m.unexpected_tensors {
+                eprintln!(
+                    "warning: {}: unexpected tensor `{t}` is not used by {}",
+                    m.origin,
+                    m.config.architecture_name()
+                );
+            }
             let ids = match (prompt_ids, prompt) {
                 (Some(ids), _) => ids,
                 (None, Some(text)) => {
@@ -144,7 +226,6 @@ fn run(cmd: Cmd) -> Result<()> {
                 }
                 (None, None) => return Err(Error::Prompt("give --prompt-ids or --prompt".into())),
             };
-            let engine = load_cpu(&m, numerics)?;
             let opts = GenerateOptions {
                 max_tokens,
                 path,
@@ -152,7 +233,13 @@ fn run(cmd: Cmd) -> Result<()> {
                 ..Default::default()
             };
             let mut p = Progress::new("generating", max_tokens);
-            let run = engine.generate(&ids, &opts, &mut |i| p.set(i))?;
+            let run = match backend {
+                BackendArg::Cpu => {
+                    load_cpu(&m, numerics)?.generate(&ids, &opts, &mut |i| p.set(i))?
+                }
+                BackendArg::Cuda => cuda_generate(&m, &ids, &opts, &mut |i| p.set(i))?,
+                BackendArg::Mlx => return Err(Error::BackendNotCompiled { backend: "mlx" }),
+            };
             if json {
                 println!(
                     "{}",
@@ -208,7 +295,247 @@ fn run(cmd: Cmd) -> Result<()> {
             model,
             json,
         } => compare_reference(&reference, model, json),
+        Cmd::Env { json } => {
+            let mut infos: Vec<_> = [Numerics::Bf16, Numerics::F64]
+                .iter()
+                .map(|&n| {
+                    lockstep::backend::Backend::device_info(
+                        &lockstep::backend::cpu::CpuBackend::new(n),
+                    )
+                })
+                .collect();
+            let cuda = cuda_info();
+            let missing = [
+                ("mlx", lockstep::backend::mlx::MlxBackend::new().err()),
+                (
+                    "cuda",
+                    cuda.as_ref()
+                        .err()
+                        .map(|e| Error::invalid("cuda", e.clone())),
+                ),
+            ];
+            if let Ok(i) = cuda {
+                infos.push(i);
+            }
+            if json {
+                let v = serde_json::json!({
+                    "lockstep_version": env!("CARGO_PKG_VERSION"),
+                    "backends": infos,
+                    "unavailable": missing.iter().filter_map(|(b, e)| e.as_ref().map(|e| (b, e.to_string()))).collect::<std::collections::BTreeMap<_, _>>(),
+                });
+                println!("{}", serde_json::to_string_pretty(&v).expect("serialises"));
+            } else {
+                println!("lockstep {}", env!("CARGO_PKG_VERSION"));
+                for i in &infos {
+                    println!("{}/{}  device: {}", i.backend, i.numerics, i.device);
+                    for (k, v) in &i.details {
+                        println!("    {k}: {v}");
+                    }
+                }
+                for (b, e) in missing {
+                    if let Some(e) = e {
+                        println!("{b}: unavailable ({e})");
+                    }
+                }
+            }
+            Ok(())
+        }
+        Cmd::Parity {
+            model,
+            numerics,
+            prompt_ids,
+            tokens,
+            json,
+            report,
+        } => {
+            let m = Model::open(&model)?;
+            let extra = tokens.saturating_sub(prompt_ids.len());
+            let seq = lockstep::jobs::prompt_and_continuation(&m, &prompt_ids, extra)?;
+            let (op, run) = lockstep::jobs::cpu_parity(&m, numerics, Default::default(), &seq)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&[&op, &run]).expect("serialises")
+                );
+            } else {
+                print!("{}\n{}", op.to_text(), run.to_text());
+            }
+            if let Some(dir) = report {
+                for p in lockstep::report::write_parity_report(&dir, "parity", &[&op, &run])? {
+                    eprintln!("wrote {}", p.display());
+                }
+            }
+            if op.pass && run.pass {
+                Ok(())
+            } else {
+                Err(Error::invalid("parity", "outside tolerance"))
+            }
+        }
+        Cmd::Envelope {
+            model,
+            numerics,
+            path,
+            runs,
+            prompt_ids,
+            steps,
+            json,
+            report,
+        } => {
+            let m = Model::open(&model)?;
+            let env = if steps == 0 {
+                lockstep::jobs::cpu_envelope(
+                    &m,
+                    numerics,
+                    path,
+                    Default::default(),
+                    &prompt_ids,
+                    runs,
+                )?
+            } else {
+                lockstep::jobs::cpu_greedy_envelope(
+                    &m,
+                    numerics,
+                    path,
+                    Default::default(),
+                    &prompt_ids,
+                    steps,
+                    runs,
+                )?
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&env).expect("serialises")
+                );
+            } else {
+                print!("{}", env.to_text());
+            }
+            if let Some(dir) = report {
+                for p in lockstep::report::write_envelope_report(&dir, "envelope", &[&env], steps)?
+                {
+                    eprintln!("wrote {}", p.display());
+                }
+            }
+            Ok(())
+        }
+        Cmd::Golden { action } => match action {
+            GoldenAction::Check { root, json } => {
+                let results = lockstep::jobs::golden_check(&root)?;
+                let mut failed = 0;
+                for (name, r) in &results {
+                    let ok = r.as_ref().is_ok_and(|o| o.passes());
+                    failed += usize::from(!ok);
+                    if !json {
+                        match r {
+                            Ok(lockstep::verify::golden::GoldenOutcome::NearTie { step, margin, threshold }) => println!(
+                                "{name}: ok, with a warning: tokens differ from step {step}, a recorded near-tie (margin {margin:.4} < {threshold})"
+                            ),
+                            Ok(o) => println!("{name}: {} {o:?}", if ok { "ok" } else { "FAIL" }),
+                            Err(e) => println!("{name}: FAIL {e}"),
+                        }
+                    }
+                }
+                if json {
+                    let v: Vec<_> = results
+                        .iter()
+                        .map(|(n, r)| serde_json::json!({"golden": n, "result": r.as_ref().map_err(|e| e.clone())}))
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&v).expect("serialises"));
+                }
+                match failed {
+                    0 => Ok(()),
+                    n => Err(Error::invalid(
+                        "golden check",
+                        format!("{n} golden(s) failed"),
+                    )),
+                }
+            }
+            GoldenAction::Regen { root, backend } => {
+                for line in lockstep::jobs::golden_regen(&root, backend.as_deref())? {
+                    println!("{line}");
+                }
+                Ok(())
+            }
+        },
+        Cmd::Verify {
+            root,
+            json,
+            markdown,
+        } => {
+            let results = lockstep::jobs::verify(&root, &mut |r| {
+                if !json {
+                    eprintln!("{:<14} {:<60} {:?}", r.check, r.case, r.status);
+                }
+            })?;
+            use lockstep::verify::summary;
+            let backends: Vec<_> = [Numerics::Bf16, Numerics::F64]
+                .iter()
+                .map(|&n| {
+                    lockstep::backend::Backend::device_info(
+                        &lockstep::backend::cpu::CpuBackend::new(n),
+                    )
+                })
+                .collect();
+            if json {
+                let v = serde_json::json!({
+                    "lockstep_version": env!("CARGO_PKG_VERSION"), "backends": backends, "results": results,
+                });
+                println!("{}", serde_json::to_string_pretty(&v).expect("serialises"));
+            } else {
+                println!("lockstep {} verify", env!("CARGO_PKG_VERSION"));
+                for b in &backends {
+                    println!("  {}/{} on {}", b.backend, b.numerics, b.device);
+                }
+                print!("{}", summary::to_text(&results));
+            }
+            if let Some(p) = markdown {
+                std::fs::write(&p, summary::to_markdown(&results)).map_err(|e| Error::io(&p, e))?;
+            }
+            match summary::failed(&results) {
+                0 => Ok(()),
+                n => Err(Error::invalid("verify", format!("{n} check(s) failed"))),
+            }
+        }
     }
+}
+
+/// The CUDA backend's fingerprint, or why there is none.
+#[cfg(feature = "cuda")]
+fn cuda_info() -> std::result::Result<lockstep::backend::DeviceInfo, String> {
+    match std::panic::catch_unwind(|| lockstep::backend::cuda::CudaBackend::new(0)) {
+        Ok(Ok(b)) => Ok(lockstep::backend::Backend::device_info(&b)),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the CUDA driver library could not be loaded".into()),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_info() -> std::result::Result<lockstep::backend::DeviceInfo, String> {
+    Err(Error::BackendNotCompiled { backend: "cuda" }.to_string())
+}
+
+/// Greedy generation on the CUDA backend (GPU 0).
+#[cfg(feature = "cuda")]
+fn cuda_generate(
+    m: &Model,
+    ids: &[u32],
+    opts: &GenerateOptions,
+    on_step: &mut dyn FnMut(usize),
+) -> Result<lockstep::engine::record::RecordedRun> {
+    let be = lockstep::backend::cuda::CudaBackend::new(0)?;
+    let mut p = Progress::new("loading", m.expected_tensors().len());
+    let e = lockstep::engine::Engine::load_with_progress(m, be, &mut |d, _| p.set(d))?;
+    e.generate(ids, opts, on_step)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_generate(
+    _m: &Model,
+    _ids: &[u32],
+    _opts: &GenerateOptions,
+    _on_step: &mut dyn FnMut(usize),
+) -> Result<lockstep::engine::record::RecordedRun> {
+    Err(Error::BackendNotCompiled { backend: "cuda" })
 }
 
 fn compare_reference(path: &std::path::Path, model: Option<String>, json: bool) -> Result<()> {

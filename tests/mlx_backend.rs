@@ -8,8 +8,8 @@
 //! (d) greedy generation vs the CPU reference, diverging only at a near-tie.
 //!
 //! Built without the feature, every test prints a SKIPPED line straight to
-//! stderr (past the harness's capture) and passes, unless
-//! LOCKSTEP_REQUIRE_MLX=1, which turns the skip into a failure.
+//! stderr (past the harness's capture, through `lockstep::skip`) and passes,
+//! unless LOCKSTEP_REQUIRE_MLX=1, which turns the skip into a failure.
 
 mod common;
 
@@ -33,17 +33,11 @@ macro_rules! mlx_test {
 
 #[cfg(not(feature = "mlx"))]
 fn skipped(test: &str) {
-    use std::io::Write;
-    let why = "lockstep was built without the `mlx` feature; run `cargo test --features mlx`";
-    if std::env::var("LOCKSTEP_REQUIRE_MLX").as_deref() == Ok("1") {
-        panic!("{test}: LOCKSTEP_REQUIRE_MLX=1 but {why}");
-    }
-    // One write to the stderr handle, not eprintln!, so the test harness
-    // does not swallow it.
-    let line = format!(
-        "\n!!!! SKIPPED tests/mlx_backend.rs::{test}: {why} (set LOCKSTEP_REQUIRE_MLX=1 to fail instead) !!!!\n"
+    lockstep::skip::skip(
+        lockstep::skip::Need::Mlx,
+        &format!("tests/mlx_backend.rs::{test}"),
+        "lockstep was built without the `mlx` feature; run `cargo test --features mlx`",
     );
-    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 #[cfg(feature = "mlx")]
@@ -445,8 +439,8 @@ mlx_test! {
         let hidden = model.config.hidden_size;
         for l in &rec {
             let (wc, wm) = (moe_weights(&cpu, &model, l.layer), moe_weights(&mlx, &model, l.layer));
-            let xc = cpu.from_host(&l.input, seq.len(), hidden).unwrap();
-            let xm = mlx.from_host(&l.input, seq.len(), hidden).unwrap();
+            let xc = cpu.activation_from_host(&l.input, seq.len(), hidden).unwrap();
+            let xm = mlx.activation_from_host(&l.input, seq.len(), hidden).unwrap();
             let oc = cpu.to_host(&cpu.moe(&xc, &wc).unwrap()).unwrap().0;
             let om = mlx.to_host(&mlx.moe(&xm, &wm).unwrap()).unwrap().0;
             let d = diff(&om, &oc);

@@ -225,3 +225,59 @@ fn a_missing_folder_is_reported_as_such() {
     let e = open_err(&scratch("err-nothing").join("absent"));
     assert!(e.contains("not a folder"), "{e}");
 }
+
+#[test]
+fn an_unexpected_tensor_in_its_own_bytes_is_listed_and_the_model_runs() {
+    use lockstep::model::safetensors::{write_file, Dtype, SafeTensors, TensorSpec};
+    let src = synth_folder("warn-unexpected-src", "tiny", 0);
+    let dir = scratch("warn-unexpected-own");
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    let st = SafeTensors::open_dir(&src).unwrap();
+    let mut specs: Vec<TensorSpec> = st
+        .names()
+        .map(|n| {
+            let (t, _) = st.get(n).unwrap();
+            TensorSpec {
+                name: n.clone(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+            }
+        })
+        .collect();
+    specs.push(TensorSpec {
+        name: "model.extra.weight".into(),
+        dtype: Dtype::BF16,
+        shape: vec![4],
+    });
+    write_file(
+        &dir.join("model.safetensors"),
+        &specs,
+        &Default::default(),
+        |t| {
+            Ok(st
+                .get(&t.name)
+                .map_or(vec![0u8; 8], |(x, _)| x.bytes.to_vec()))
+        },
+    )
+    .unwrap();
+    let m = Model::open_dir(&dir).unwrap();
+    assert_eq!(m.unexpected_tensors, vec!["model.extra.weight".to_string()]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args([
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt-ids",
+            "1,2",
+            "--max-tokens",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning") && err.contains("model.extra.weight"),
+        "{err}"
+    );
+}

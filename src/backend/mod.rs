@@ -161,11 +161,140 @@ pub trait Backend {
     fn rows(&self, x: &Self::Tensor, start: usize, n: usize) -> Result<Self::Tensor>;
 
     /// An activation from host values (rounded to the backend's storage type).
-    fn from_host(&self, data: &[f64], rows: usize, cols: usize) -> Result<Self::Tensor>;
+    fn activation_from_host(&self, data: &[f64], rows: usize, cols: usize) -> Result<Self::Tensor>;
 
     /// Values widened to f64 (exact for every storage type) and the shape.
     fn to_host(&self, x: &Self::Tensor) -> Result<(Vec<f64>, [usize; 2])>;
 
     /// Waits for queued work (MLX evaluates lazily here; CUDA synchronises).
     fn synchronize(&self) -> Result<()>;
+
+    /// Free memory on the device in bytes, when the backend can tell: the
+    /// engine refuses a model that cannot fit before uploading anything.
+    fn free_memory(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// MoE routing of one token, shared by every backend (it is model logic):
+/// softmax over the router logits (f32 when `bf16`, else f64), top-k with
+/// ties to the lower expert, renormalised if asked, weights rounded to bf16
+/// when `bf16` (transformers casts them to the hidden dtype). Returns
+/// (expert, weight) in ascending expert order.
+pub fn route(bf16: bool, logits: &[f64], top_k: usize, renorm: bool) -> Vec<(usize, f64)> {
+    let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let probs: Vec<f64> = match bf16 {
+        true => {
+            let e: Vec<f32> = logits
+                .iter()
+                .map(|&l| (l as f32 - m as f32).exp())
+                .collect();
+            let s: f32 = e.iter().sum();
+            e.iter().map(|&x| (x / s) as f64).collect()
+        }
+        false => {
+            let e: Vec<f64> = logits.iter().map(|&l| (l - m).exp()).collect();
+            let s: f64 = e.iter().sum();
+            e.iter().map(|&x| x / s).collect()
+        }
+    };
+    // Highest probability first; ties go to the lower expert index.
+    let mut idx: Vec<usize> = (0..probs.len()).collect();
+    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    idx.truncate(top_k);
+    let mut sel: Vec<(usize, f64)> = idx.iter().map(|&e| (e, probs[e])).collect();
+    if renorm {
+        match bf16 {
+            true => {
+                let s: f32 = sel.iter().map(|&(_, p)| p as f32).sum();
+                for (_, p) in sel.iter_mut() {
+                    *p = (*p as f32 / s) as f64;
+                }
+            }
+            false => {
+                let s: f64 = sel.iter().map(|&(_, p)| p).sum();
+                for (_, p) in sel.iter_mut() {
+                    *p /= s;
+                }
+            }
+        }
+    }
+    if bf16 {
+        for (_, p) in sel.iter_mut() {
+            *p = crate::util::round_bf16(*p as f32) as f64;
+        }
+    }
+    sel.sort_by_key(|&(e, _)| e);
+    sel
+}
+
+/// Shape checks every backend runs before an op, so a mismatch is reported
+/// the same way whichever backend meets it.
+pub mod check {
+    use super::AttnDims;
+    use crate::error::{Error, Result};
+
+    fn fail(op: &'static str, problem: String) -> Result<()> {
+        Err(Error::Shape { op, problem })
+    }
+
+    /// `x [rows, cols] @ w[out, in]^T` needs cols == in.
+    pub fn linear(x: (usize, usize), weight: &str, w: (usize, usize)) -> Result<()> {
+        if x.1 != w.1 {
+            return fail(
+                "linear",
+                format!("input has {} columns, weight `{weight}` has {}", x.1, w.1),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn rms_norm(cols: usize, width: usize) -> Result<()> {
+        if width == 0 || cols % width != 0 {
+            return fail(
+                "rms_norm",
+                format!("row width {cols} is not a multiple of norm width {width}"),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn rope(x: (usize, usize), positions: usize, head_dim: usize) -> Result<()> {
+        if positions != x.0 || head_dim == 0 || x.1 % head_dim != 0 || head_dim % 2 != 0 {
+            return fail(
+                "rope",
+                format!(
+                    "{} rows, {positions} positions, width {} vs head_dim {head_dim}",
+                    x.0, x.1
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn fused_qkv(
+        x: (usize, usize),
+        packed: (usize, usize),
+        dims: &AttnDims,
+        positions: usize,
+    ) -> Result<()> {
+        let rows = dims.q_dim() + 2 * dims.kv_dim();
+        if packed != (rows, x.1) || positions != x.0 {
+            return fail(
+                "fused_qkv",
+                format!(
+                    "packed weight {}x{} (expected {rows}x{}), {} rows with {positions} positions",
+                    packed.0, packed.1, x.1, x.0
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn same_shape(op: &'static str, a: (usize, usize), b: (usize, usize)) -> Result<()> {
+        if a != b {
+            return fail(op, format!("{}x{} vs {}x{}", a.0, a.1, b.0, b.1));
+        }
+        Ok(())
+    }
 }

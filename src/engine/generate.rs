@@ -13,6 +13,8 @@ pub struct GenerateOptions {
     pub keep_logits: bool,
     /// How many top logits each step records.
     pub top_k: usize,
+    /// Keep each layer's output for the last row of every step.
+    pub keep_hidden: bool,
 }
 
 impl Default for GenerateOptions {
@@ -22,6 +24,7 @@ impl Default for GenerateOptions {
             path: AttnPath::Graph,
             keep_logits: false,
             top_k: 8,
+            keep_hidden: false,
         }
     }
 }
@@ -71,14 +74,22 @@ impl<B: Backend> Engine<B> {
         let mut session = self.new_session(prompt.len() + opts.max_tokens)?;
         let mut steps = Vec::with_capacity(opts.max_tokens);
         let mut input: Vec<u32> = prompt.to_vec();
+        let mut hidden = opts.keep_hidden.then(Vec::new);
+        let width = self.config.hidden_size;
         for i in 0..opts.max_tokens {
-            let logits = self.forward(
-                &mut session,
-                &input,
-                opts.path,
-                false,
-                &mut Capture::default(),
-            )?;
+            let mut cap = Capture {
+                layers: opts.keep_hidden.then(Vec::new),
+                qkv: None,
+            };
+            let logits = self.forward(&mut session, &input, opts.path, false, &mut cap)?;
+            if let (Some(h), Some(layers)) = (hidden.as_mut(), cap.layers) {
+                h.push(
+                    layers
+                        .iter()
+                        .map(|l| l[l.len() - width..].iter().map(|&v| v as f32).collect())
+                        .collect(),
+                );
+            }
             let (v, _) = self.backend.to_host(&logits)?;
             let step = StepRecord::from_logits(&v, opts.top_k, opts.keep_logits);
             input = vec![step.token];
@@ -90,6 +101,7 @@ impl<B: Backend> Engine<B> {
             prompt: prompt.to_vec(),
             tokens: steps.iter().map(|s| s.token).collect(),
             steps,
+            hidden,
         })
     }
 

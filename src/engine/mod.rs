@@ -44,6 +44,13 @@ pub struct Engine<B: Backend> {
     layers: Vec<Layer<B::Weight>>,
 }
 
+/// Bytes a model occupies on a backend that stores bf16: every tensor once,
+/// plus the packed QKV copy of each layer's q, k and v projections.
+pub fn resident_bytes(cfg: &Qwen3Config) -> usize {
+    let qkv = cfg.num_hidden_layers * (cfg.q_dim() + 2 * cfg.kv_dim()) * cfg.hidden_size;
+    2 * (crate::model::layout::parameter_count(cfg) + qkv)
+}
+
 /// Fetches tensors from the model, hashes them, reports progress, uploads.
 struct Loader<'a, B: Backend> {
     model: &'a Model,
@@ -115,6 +122,20 @@ impl<B: Backend> Engine<B> {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         let cfg = model.config.clone();
+        if let Some(free) = backend.free_memory() {
+            let need = resident_bytes(&cfg);
+            if need > free {
+                return Err(Error::Backend {
+                    backend: "engine",
+                    problem: format!(
+                        "{} needs about {:.2} GiB resident (bf16 weights plus the packed QKV copies) but the device has {:.2} GiB free",
+                        model.origin,
+                        need as f64 / (1u64 << 30) as f64,
+                        free as f64 / (1u64 << 30) as f64
+                    ),
+                });
+            }
+        }
         let mut ld = Loader {
             model,
             backend: &backend,
@@ -273,7 +294,7 @@ impl<B: Backend> Engine<B> {
                 input: be.to_host(&h)?.0,
                 by_path,
             });
-            x = be.from_host(out, tokens.len(), self.config.hidden_size)?;
+            x = be.activation_from_host(out, tokens.len(), self.config.hidden_size)?;
         }
         Ok(rec)
     }
@@ -289,7 +310,7 @@ impl<B: Backend> Engine<B> {
         path: AttnPath,
     ) -> Result<[Vec<f64>; 3]> {
         let be = &self.backend;
-        let h = be.from_host(input, positions.len(), self.config.hidden_size)?;
+        let h = be.activation_from_host(input, positions.len(), self.config.hidden_size)?;
         let (q, k, v) = self.attention_inputs(layer, &h, positions, path)?;
         Ok([be.to_host(&q)?.0, be.to_host(&k)?.0, be.to_host(&v)?.0])
     }

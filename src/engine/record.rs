@@ -75,7 +75,7 @@ pub fn top_k_of(v: &[f64], k: usize) -> Vec<(u32, f32)> {
     let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
     for (i, &x) in v.iter().enumerate() {
         let x = x as f32;
-        if best.len() == k && !(x > best[k - 1].1) {
+        if best.len() == k && x.partial_cmp(&best[k - 1].1) != Some(std::cmp::Ordering::Greater) {
             continue;
         }
         let at = best.iter().position(|&(_, b)| x > b).unwrap_or(best.len());
@@ -93,6 +93,10 @@ pub struct RecordedRun {
     /// Generated tokens (one per step).
     pub tokens: Vec<u32>,
     pub steps: Vec<StepRecord>,
+    /// Per step, each decoder layer's output for the token that step fed
+    /// (`[layer][hidden]`), when the run was asked to keep hidden states.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<Vec<Vec<Vec<f32>>>>,
 }
 
 impl RecordedRun {

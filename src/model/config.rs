@@ -210,17 +210,43 @@ impl Qwen3Config {
             field: field.into(),
             problem,
         };
-        for (name, v) in [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("num_key_value_heads", self.num_key_value_heads),
-            ("head_dim", self.head_dim),
-            ("max_position_embeddings", self.max_position_embeddings),
+        // Upper bounds far past any real model keep a hostile config from
+        // driving allocation or iteration sizes.
+        for (name, v, max) in [
+            ("vocab_size", self.vocab_size, 1 << 24),
+            ("hidden_size", self.hidden_size, 1 << 20),
+            ("intermediate_size", self.intermediate_size.max(1), 1 << 22),
+            ("num_hidden_layers", self.num_hidden_layers, 4096),
+            ("num_attention_heads", self.num_attention_heads, 4096),
+            ("num_key_value_heads", self.num_key_value_heads, 4096),
+            ("head_dim", self.head_dim, 4096),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 24,
+            ),
         ] {
             if v == 0 {
                 return Err(bad(name, "must be positive".into()));
+            }
+            if v > max {
+                return Err(bad(
+                    name,
+                    format!("{v} is larger than lockstep supports ({max})"),
+                ));
+            }
+        }
+        if let Some(m) = &self.moe {
+            for (name, v, max) in [
+                ("num_experts", m.num_experts, 4096),
+                ("moe_intermediate_size", m.moe_intermediate_size, 1 << 22),
+            ] {
+                if v > max {
+                    return Err(bad(
+                        name,
+                        format!("{v} is larger than lockstep supports ({max})"),
+                    ));
+                }
             }
         }
         if self.num_attention_heads % self.num_key_value_heads != 0 {

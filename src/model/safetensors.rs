@@ -263,7 +263,7 @@ fn parse_entry(name: &str, v: &Value, data_len: usize, path: &Path) -> Result<En
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| bad(path, format!("tensor `{name}`: shape {shape:?} overflows")))?;
-    let want = numel.checked_mul(dtype.size()).unwrap_or(usize::MAX) as u64;
+    let want = numel.saturating_mul(dtype.size()) as u64;
     if end - start != want {
         return Err(bad(
             path,

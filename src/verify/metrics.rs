@@ -95,18 +95,30 @@ pub fn diff_f32(a: &[f32], b: &[f32]) -> Diff {
 mod tests {
     use super::*;
 
+    use approx::{assert_relative_eq, assert_ulps_eq};
+
     #[test]
     fn identical_tensors_have_zero_distance() {
         let d = diff(&[1.0, -2.0, 3.0], &[1.0, -2.0, 3.0]);
         assert_eq!((d.rms, d.max_abs, d.nmse), (0.0, 0.0, 0.0));
-        assert!((d.cosine - 1.0).abs() < 1e-15);
+        assert_ulps_eq!(d.cosine, 1.0, max_ulps = 2);
     }
 
     #[test]
     fn rms_and_max_abs_locate_the_difference() {
         let d = diff(&[1.0, 2.0, 3.0, 4.0], &[1.0, 2.0, 3.5, 4.0]);
-        assert!((d.rms - 0.25).abs() < 1e-15);
+        assert_ulps_eq!(d.rms, 0.25);
         assert_eq!((d.max_abs, d.max_abs_index), (0.5, 2));
+        // rel = rms / rms(ref); nmse = sum d^2 / sum ref^2.
+        let ref_rms = ((1.0 + 4.0 + 12.25 + 16.0) / 4.0f64).sqrt();
+        assert_relative_eq!(d.rel_rms, 0.25 / ref_rms, max_relative = 1e-14);
+        assert_relative_eq!(d.nmse, 0.25 / 33.25, max_relative = 1e-14);
+    }
+
+    #[test]
+    fn cosine_of_orthogonal_and_opposite_vectors() {
+        assert_relative_eq!(diff(&[1.0, 0.0], &[0.0, 1.0]).cosine, 0.0);
+        assert_relative_eq!(diff(&[1.0, 2.0], &[-1.0, -2.0]).cosine, -1.0);
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! Verification over recorded runs: metrics, the tolerance registry, and
 //! comparison against external references. Never reaches into a backend.
 
+pub mod divergence;
+pub mod envelope;
+pub mod golden;
 pub mod metrics;
+pub mod parity;
 pub mod reference;
+pub mod summary;
 pub mod tolerances;

@@ -317,12 +317,7 @@ impl Backend for CpuBackend {
     }
 
     fn add(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
-        if (a.rows, a.cols) != (b.rows, b.cols) {
-            return Err(shape_err(
-                "add",
-                format!("{}x{} + {}x{}", a.rows, a.cols, b.rows, b.cols),
-            ));
-        }
+        super::check::same_shape("add", (a.rows, a.cols), (b.rows, b.cols))?;
         let data = a
             .data
             .iter()
@@ -357,10 +352,10 @@ impl Backend for CpuBackend {
         ))
     }
 
-    fn from_host(&self, data: &[f64], rows: usize, cols: usize) -> Result<CpuTensor> {
+    fn activation_from_host(&self, data: &[f64], rows: usize, cols: usize) -> Result<CpuTensor> {
         if data.len() != rows * cols {
             return Err(shape_err(
-                "from_host",
+                "activation_from_host",
                 format!("{} values for {rows}x{cols}", data.len()),
             ));
         }

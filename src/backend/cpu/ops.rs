@@ -3,7 +3,7 @@
 
 use super::math::{dot8, dot_warp, par_ranges, sum_sq8, threads_for};
 use super::{CpuBackend, CpuCache, CpuTensor, CpuWeight, Faults, Numerics};
-use crate::backend::{AttnDims, MoeWeights};
+use crate::backend::{check, AttnDims, MoeWeights};
 use crate::error::{Error, Result};
 use crate::util::round_bf16;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
@@ -21,12 +21,7 @@ fn shape(op: &'static str, problem: String) -> Error {
 /// rounded, then multiplied by the weight and rounded (transformers' order).
 pub fn rms_norm(num: Numerics, x: &CpuTensor, w: &CpuWeight, eps: f64) -> Result<CpuTensor> {
     let g = w.cols * w.rows;
-    if g == 0 || x.cols % g != 0 {
-        return Err(shape(
-            "rms_norm",
-            format!("row width {} is not a multiple of norm width {g}", x.cols),
-        ));
-    }
+    check::rms_norm(x.cols, g)?;
     let wv = w.to_f64();
     let mut out = Vec::with_capacity(x.data.len());
     match num {
@@ -59,15 +54,7 @@ pub fn rms_norm(num: Numerics, x: &CpuTensor, w: &CpuWeight, eps: f64) -> Result
 
 /// `x [n, in] @ w^T -> [n, out]` in graph (8-lane) order; bf16 output in bf16 mode.
 pub fn linear(num: Numerics, x: &CpuTensor, w: &CpuWeight) -> Result<CpuTensor> {
-    if x.cols != w.cols {
-        return Err(shape(
-            "linear",
-            format!(
-                "input has {} columns, weight `{}` has {}",
-                x.cols, w.name, w.cols
-            ),
-        ));
-    }
+    check::linear((x.rows, x.cols), &w.name, (w.rows, w.cols))?;
     let (n, k, m) = (x.rows, x.cols, w.rows);
     let mut yt = vec![0f64; m * n]; // [out, n]; transposed at the end
     let threads = threads_for(n * k * m);
@@ -181,17 +168,7 @@ pub fn rope(
     head_dim: usize,
     theta: f64,
 ) -> Result<CpuTensor> {
-    if positions.len() != x.rows || x.cols % head_dim != 0 {
-        return Err(shape(
-            "rope",
-            format!(
-                "{} rows, {} positions, width {} vs head_dim {head_dim}",
-                x.rows,
-                positions.len(),
-                x.cols
-            ),
-        ));
-    }
+    check::rope((x.rows, x.cols), positions.len(), head_dim)?;
     let mut out = x.data.clone();
     for (r, &p) in positions.iter().enumerate() {
         let (c, s) = rope_table(num, p, head_dim / 2, theta, true);
@@ -220,20 +197,12 @@ pub fn fused_qkv(
     positions: &[usize],
 ) -> Result<(CpuTensor, CpuTensor, CpuTensor)> {
     let (qd, kd, hd) = (dims.q_dim(), dims.kv_dim(), dims.head_dim);
-    if qkv.rows != qd + 2 * kd || qkv.cols != x.cols || positions.len() != x.rows {
-        return Err(shape(
-            "fused_qkv",
-            format!(
-                "packed weight {}x{} (expected {}x{}), {} rows with {} positions",
-                qkv.rows,
-                qkv.cols,
-                qd + 2 * kd,
-                x.cols,
-                x.rows,
-                positions.len()
-            ),
-        ));
-    }
+    check::fused_qkv(
+        (x.rows, x.cols),
+        (qkv.rows, qkv.cols),
+        dims,
+        positions.len(),
+    )?;
     // Unrounded projections in warp order: [n, qd + 2kd].
     let proj = linear_unrounded(num, x, qkv)?;
     let eps = faults.fused_eps_override.unwrap_or(dims.eps);
@@ -450,15 +419,7 @@ fn silu32(x: f32) -> f32 {
 }
 
 pub fn swiglu(num: Numerics, gate: &CpuTensor, up: &CpuTensor) -> Result<CpuTensor> {
-    if (gate.rows, gate.cols) != (up.rows, up.cols) {
-        return Err(shape(
-            "swiglu",
-            format!(
-                "gate {}x{}, up {}x{}",
-                gate.rows, gate.cols, up.rows, up.cols
-            ),
-        ));
-    }
+    check::same_shape("swiglu", (gate.rows, gate.cols), (up.rows, up.cols))?;
     let data = gate
         .data
         .iter()
@@ -471,55 +432,6 @@ pub fn swiglu(num: Numerics, gate: &CpuTensor, up: &CpuTensor) -> Result<CpuTens
     Ok(CpuTensor::new(gate.rows, gate.cols, data))
 }
 
-/// Routing of one token: (expert, weight) pairs, weights already in the
-/// precision transformers multiplies by (bf16 in bf16 mode).
-fn route(num: Numerics, logits: &[f64], top_k: usize, renorm: bool) -> Vec<(usize, f64)> {
-    let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let probs: Vec<f64> = match num {
-        Numerics::Bf16 => {
-            let e: Vec<f32> = logits
-                .iter()
-                .map(|&l| (l as f32 - m as f32).exp())
-                .collect();
-            let s: f32 = e.iter().sum();
-            e.iter().map(|&x| (x / s) as f64).collect()
-        }
-        Numerics::F64 => {
-            let e: Vec<f64> = logits.iter().map(|&l| (l - m).exp()).collect();
-            let s: f64 = e.iter().sum();
-            e.iter().map(|&x| x / s).collect()
-        }
-    };
-    // Highest probability first; ties go to the lower expert index.
-    let mut idx: Vec<usize> = (0..probs.len()).collect();
-    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-    idx.truncate(top_k);
-    let mut sel: Vec<(usize, f64)> = idx.iter().map(|&e| (e, probs[e])).collect();
-    if renorm {
-        match num {
-            Numerics::Bf16 => {
-                let s: f32 = sel.iter().map(|&(_, p)| p as f32).sum();
-                for (_, p) in sel.iter_mut() {
-                    *p = (*p as f32 / s) as f64;
-                }
-            }
-            Numerics::F64 => {
-                let s: f64 = sel.iter().map(|&(_, p)| p).sum();
-                for (_, p) in sel.iter_mut() {
-                    *p /= s;
-                }
-            }
-        }
-    }
-    if num == Numerics::Bf16 {
-        for (_, p) in sel.iter_mut() {
-            *p = r16(*p as f32) as f64;
-        }
-    }
-    sel.sort_by_key(|&(e, _)| e);
-    sel
-}
-
 pub fn moe(be: &CpuBackend, x: &CpuTensor, w: &MoeWeights<CpuWeight>) -> Result<CpuTensor> {
     use crate::backend::Backend;
     let num = be.numerics;
@@ -528,7 +440,12 @@ pub fn moe(be: &CpuBackend, x: &CpuTensor, w: &MoeWeights<CpuWeight>) -> Result<
     for r in 0..x.rows {
         let xr = be.rows(x, r, 1)?;
         let o = &mut out[r * x.cols..(r + 1) * x.cols];
-        for (e, p) in route(num, logits.row(r), w.top_k, w.norm_topk_prob) {
+        for (e, p) in crate::backend::route(
+            num == Numerics::Bf16,
+            logits.row(r),
+            w.top_k,
+            w.norm_topk_prob,
+        ) {
             let ex = &w.experts[e];
             let h = be.swiglu(&be.linear(&xr, &ex.gate)?, &be.linear(&xr, &ex.up)?)?;
             let y = be.linear(&h, &ex.down)?;

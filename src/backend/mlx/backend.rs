@@ -7,7 +7,7 @@
 
 use super::fused::{FusedKey, FusedQkv};
 use super::ops::{self, RowRouting};
-use crate::backend::{AttnDims, Backend, DeviceInfo, MoeWeights};
+use crate::backend::{check, AttnDims, Backend, DeviceInfo, MoeWeights};
 use crate::error::{Error, Result};
 use crate::model::safetensors::HostTensor;
 use half::bf16;
@@ -220,33 +220,6 @@ impl MlxBackend {
             .collect::<Result<Vec<i32>>>()?;
         Ok(Array::from_slice(&p, &[p.len() as i32]))
     }
-
-    fn check_norm(op: &'static str, x: &MlxTensor, w: &MlxWeight) -> Result<()> {
-        let g = w.rows * w.cols;
-        if g == 0 || x.cols % g != 0 {
-            return Err(shape_err(
-                op,
-                format!("row width {} is not a multiple of norm width {g}", x.cols),
-            ));
-        }
-        Ok(())
-    }
-
-    fn check_rope(x: &MlxTensor, positions: &[usize], head_dim: usize) -> Result<()> {
-        if positions.len() != x.rows || head_dim == 0 || head_dim % 2 != 0 || x.cols % head_dim != 0
-        {
-            return Err(shape_err(
-                "rope",
-                format!(
-                    "{} rows, {} positions, width {} vs head_dim {head_dim}",
-                    x.rows,
-                    positions.len(),
-                    x.cols
-                ),
-            ));
-        }
-        Ok(())
-    }
 }
 
 impl Backend for MlxBackend {
@@ -339,7 +312,7 @@ impl Backend for MlxBackend {
     }
 
     fn rms_norm(&self, x: &MlxTensor, w: &MlxWeight, eps: f64) -> Result<MlxTensor> {
-        Self::check_norm("rms_norm", x, w)?;
+        check::rms_norm(x.cols, w.rows * w.cols)?;
         let a = self.on("rms_norm", || {
             ops::rms_norm_groups(&x.array, &w.flat()?, eps as f32)
         })?;
@@ -347,15 +320,7 @@ impl Backend for MlxBackend {
     }
 
     fn linear(&self, x: &MlxTensor, w: &MlxWeight) -> Result<MlxTensor> {
-        if x.cols != w.cols {
-            return Err(shape_err(
-                "linear",
-                format!(
-                    "input has {} columns, weight `{}` has {}",
-                    x.cols, w.name, w.cols
-                ),
-            ));
-        }
+        check::linear((x.rows, x.cols), &w.name, (w.rows, w.cols))?;
         let a = self.on("linear", || ops::linear(&x.array, &w.array))?;
         Ok(self.out(a, x.rows, w.rows))
     }
@@ -367,7 +332,7 @@ impl Backend for MlxBackend {
         head_dim: usize,
         theta: f64,
     ) -> Result<MlxTensor> {
-        Self::check_rope(x, positions, head_dim)?;
+        check::rope((x.rows, x.cols), positions.len(), head_dim)?;
         let pos = self.positions(positions, 0)?;
         let a = self.on("rope", || {
             ops::rope(&x.array, &pos, head_dim as i32, theta as f32)
@@ -385,27 +350,17 @@ impl Backend for MlxBackend {
         positions: &[usize],
     ) -> Result<(MlxTensor, MlxTensor, MlxTensor)> {
         let (qd, kd, hd) = (dims.q_dim(), dims.kv_dim(), dims.head_dim);
-        if qkv.rows != qd + 2 * kd
-            || qkv.cols != x.cols
-            || positions.len() != x.rows
-            || q_norm.rows * q_norm.cols != hd
-            || k_norm.rows * k_norm.cols != hd
-            || hd % 2 != 0
-        {
+        check::fused_qkv(
+            (x.rows, x.cols),
+            (qkv.rows, qkv.cols),
+            dims,
+            positions.len(),
+        )?;
+        let (qw, kw) = (q_norm.rows * q_norm.cols, k_norm.rows * k_norm.cols);
+        if qw != hd || kw != hd || hd % 2 != 0 {
             return Err(shape_err(
                 "fused_qkv",
-                format!(
-                    "packed weight {}x{} (expected {}x{}), {} rows with {} positions, \
-                     norm widths {} and {} for head_dim {hd}",
-                    qkv.rows,
-                    qkv.cols,
-                    qd + 2 * kd,
-                    x.cols,
-                    x.rows,
-                    positions.len(),
-                    q_norm.rows * q_norm.cols,
-                    k_norm.rows * k_norm.cols
-                ),
+                format!("norm widths {qw} and {kw} for head_dim {hd}"),
             ));
         }
         let pos = self.positions(positions, self.faults.fused_rope_position_offset)?;
@@ -536,26 +491,13 @@ impl Backend for MlxBackend {
     }
 
     fn add(&self, a: &MlxTensor, b: &MlxTensor) -> Result<MlxTensor> {
-        if a.shape() != b.shape() {
-            return Err(shape_err(
-                "add",
-                format!("{}x{} + {}x{}", a.rows, a.cols, b.rows, b.cols),
-            ));
-        }
+        check::same_shape("add", (a.rows, a.cols), (b.rows, b.cols))?;
         let s = self.on("add", || a.array.add(&b.array))?;
         Ok(self.out(s, a.rows, a.cols))
     }
 
     fn swiglu(&self, gate: &MlxTensor, up: &MlxTensor) -> Result<MlxTensor> {
-        if gate.shape() != up.shape() {
-            return Err(shape_err(
-                "swiglu",
-                format!(
-                    "gate {}x{}, up {}x{}",
-                    gate.rows, gate.cols, up.rows, up.cols
-                ),
-            ));
-        }
+        check::same_shape("swiglu", (gate.rows, gate.cols), (up.rows, up.cols))?;
         let s = self.on("swiglu", || ops::swiglu(&gate.array, &up.array))?;
         Ok(self.out(s, gate.rows, gate.cols))
     }
@@ -574,16 +516,26 @@ impl Backend for MlxBackend {
                 ),
             ));
         }
-        // 1. Router logits and probabilities on MLX (softmax in f32 over the
-        //    bf16 logits).
-        let (logits, probs) = self.on("moe router", || ops::router(&x.array, &w.router.array))?;
-        let probs = self.host_f32(&probs, "moe router")?;
+        // 1. Router logits on MLX (bf16, as the reference rounds them).
+        let experts = w.router.rows;
+        let logits = self.on("moe router", || ops::linear(&x.array, &w.router.array))?;
+        let logits = self.host_f32(&logits, "moe router")?;
         if let Some(log) = self.routing_log.borrow_mut().as_mut() {
-            let logits = self.host_f32(&logits, "moe router")?;
-            log.push(ops::routing_record(&logits, w.router.rows, w.top_k));
+            log.push(ops::routing_record(&logits, experts, w.top_k));
         }
-        // 2. Top-k on the host: the discrete choice with the reference's tie rule.
-        let routes = ops::route(&probs, w.router.rows, w.top_k, w.norm_topk_prob);
+        // 2. Routing, shared by every backend (crate::backend::route): f32
+        //    softmax, top-k with ties to the lower index, renormalised,
+        //    weights rounded to bf16.
+        let routes: Vec<ops::Route> = logits
+            .chunks_exact(experts)
+            .map(|l| {
+                let l: Vec<f64> = l.iter().map(|&v| f64::from(v)).collect();
+                crate::backend::route(true, &l, w.top_k, w.norm_topk_prob)
+                    .into_iter()
+                    .map(|(e, p)| (e, bf16::from_bits(crate::util::bf16_bits(p as f32))))
+                    .collect()
+            })
+            .collect();
         // 3. Experts in ascending order, each on the rows that chose it.
         let acc = self.on("moe experts", || ops::combine_experts(&x.array, w, &routes))?;
         Ok(self.out(acc, x.rows, x.cols))
@@ -601,10 +553,10 @@ impl Backend for MlxBackend {
         Ok(self.out(a, n, x.cols))
     }
 
-    fn from_host(&self, data: &[f64], rows: usize, cols: usize) -> Result<MlxTensor> {
+    fn activation_from_host(&self, data: &[f64], rows: usize, cols: usize) -> Result<MlxTensor> {
         if data.len() != rows * cols {
             return Err(shape_err(
-                "from_host",
+                "activation_from_host",
                 format!("{} values for {rows}x{cols}", data.len()),
             ));
         }

@@ -99,39 +99,9 @@ pub fn swiglu(gate: &Array, up: &Array) -> R<Array> {
     silu.as_dtype(Dtype::Bfloat16)?.multiply(up)
 }
 
-/// Router logits (bf16, as the reference rounds them) and probabilities
-/// `[n, experts]` in f32: softmax of the bf16 logits.
-pub fn router(x: &Array, router: &Array) -> R<(Array, Array)> {
-    let logits = linear(x, router)?;
-    let probs = mlx_rs::ops::softmax_axis(logits.as_dtype(Dtype::Float32)?, -1, true)?;
-    Ok((logits, probs))
-}
-
 /// One token's choice: (expert, weight) pairs in ascending expert order,
 /// weights rounded to bf16 (the precision the combine multiplies in).
 pub type Route = Vec<(usize, bf16)>;
-
-/// Top-k per token: highest probability first, ties to the lower expert
-/// index; renormalised in f32 over the chosen k when asked. The same rule as
-/// the CPU reference, applied to MLX's probabilities.
-pub fn route(probs: &[f32], experts: usize, top_k: usize, renorm: bool) -> Vec<Route> {
-    probs
-        .chunks_exact(experts)
-        .map(|p| {
-            let idx = ranked(p, top_k);
-            let sum: f32 = idx.iter().map(|&e| p[e]).sum();
-            let mut sel: Route = idx
-                .iter()
-                .map(|&e| {
-                    let w = if renorm { p[e] / sum } else { p[e] };
-                    (e, bf16::from_bits(crate::util::bf16_bits(w)))
-                })
-                .collect();
-            sel.sort_by_key(|&(e, _)| e);
-            sel
-        })
-        .collect()
-}
 
 /// The first `k` indices of `v` by descending value, ties to the lower index.
 fn ranked(v: &[f32], k: usize) -> Vec<usize> {

@@ -1,0 +1,135 @@
+//! The kernel registry: one variant per `.cu` file, its source embedded with
+//! `include_str!`, compiled once per backend by NVRTC for the device's
+//! architecture. Compile options live in one function; a failed compile
+//! reports the file and NVRTC's log.
+
+use crate::error::{Error, Result};
+use cudarc::driver::{CudaContext, CudaFunction};
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+const COMMON: &str = include_str!("kernels/common.cuh");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kernel {
+    Embed,
+    RmsNorm,
+    Linear,
+    Rope,
+    QkvFused,
+    Attention,
+    Elementwise,
+    Moe,
+}
+
+impl Kernel {
+    pub const ALL: [Kernel; 8] = [
+        Kernel::Embed,
+        Kernel::RmsNorm,
+        Kernel::Linear,
+        Kernel::Rope,
+        Kernel::QkvFused,
+        Kernel::Attention,
+        Kernel::Elementwise,
+        Kernel::Moe,
+    ];
+
+    pub fn file(self) -> &'static str {
+        match self {
+            Kernel::Embed => "embed.cu",
+            Kernel::RmsNorm => "rms_norm.cu",
+            Kernel::Linear => "linear.cu",
+            Kernel::Rope => "rope.cu",
+            Kernel::QkvFused => "qkv_fused.cu",
+            Kernel::Attention => "attention.cu",
+            Kernel::Elementwise => "elementwise.cu",
+            Kernel::Moe => "moe.cu",
+        }
+    }
+
+    fn body(self) -> &'static str {
+        match self {
+            Kernel::Embed => include_str!("kernels/embed.cu"),
+            Kernel::RmsNorm => include_str!("kernels/rms_norm.cu"),
+            Kernel::Linear => include_str!("kernels/linear.cu"),
+            Kernel::Rope => include_str!("kernels/rope.cu"),
+            Kernel::QkvFused => include_str!("kernels/qkv_fused.cu"),
+            Kernel::Attention => include_str!("kernels/attention.cu"),
+            Kernel::Elementwise => include_str!("kernels/elementwise.cu"),
+            Kernel::Moe => include_str!("kernels/moe.cu"),
+        }
+    }
+
+    /// The `extern "C"` entry points of the file.
+    pub fn functions(self) -> &'static [&'static str] {
+        match self {
+            Kernel::Embed => &["embed_bf16"],
+            Kernel::RmsNorm => &["rms_norm_bf16"],
+            Kernel::Linear => &["linear_bf16"],
+            Kernel::Rope => &["rope_bf16"],
+            Kernel::QkvFused => &["qkv_fused_bf16"],
+            Kernel::Attention => &["attention_bf16"],
+            Kernel::Elementwise => &["add_bf16", "swiglu_bf16"],
+            Kernel::Moe => &["gather_rows_bf16", "moe_accumulate_bf16"],
+        }
+    }
+
+    pub fn source(self) -> String {
+        format!("{COMMON}\n#line 1 \"{}\"\n{}", self.file(), self.body())
+    }
+}
+
+/// NVRTC options for every kernel. Precise division and square root, no
+/// flush-to-zero: the kernels round like the CPU reference's bf16 mode.
+pub fn compile_options(arch: &'static str) -> CompileOptions {
+    CompileOptions {
+        arch: Some(arch),
+        ftz: Some(false),
+        prec_div: Some(true),
+        prec_sqrt: Some(true),
+        use_fast_math: Some(false),
+        ..Default::default()
+    }
+}
+
+/// Compiles one file to PTX; errors carry the file and NVRTC's log.
+pub fn compile(kernel: Kernel, arch: &'static str) -> Result<cudarc::nvrtc::Ptx> {
+    compile_ptx_with_opts(kernel.source(), compile_options(arch)).map_err(|e| {
+        let detail = match &e {
+            CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
+            other => format!("{other:?}"),
+        };
+        Error::Backend {
+            backend: "cuda",
+            problem: format!(
+                "NVRTC failed on kernels/{} for {arch}:\n{detail}",
+                kernel.file()
+            ),
+        }
+    })
+}
+
+/// Every entry point, loaded into `ctx`.
+pub fn load_all(
+    ctx: &Arc<CudaContext>,
+    arch: &'static str,
+) -> Result<BTreeMap<&'static str, CudaFunction>> {
+    let mut out = BTreeMap::new();
+    for k in Kernel::ALL {
+        let module = ctx
+            .load_module(compile(k, arch)?)
+            .map_err(|e| Error::Backend {
+                backend: "cuda",
+                problem: format!("loading kernels/{}: {e}", k.file()),
+            })?;
+        for f in k.functions() {
+            let func = module.load_function(f).map_err(|e| Error::Backend {
+                backend: "cuda",
+                problem: format!("kernels/{}: no function {f}: {e}", k.file()),
+            })?;
+            out.insert(*f, func);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,238 @@
+//! Fused vs graph parity, three ways (fused, graph, f64 truth), at op level
+//! (q, k, v of one layer from the same input) and at layer / logits level
+//! (teacher-forced runs). Every result says which side is nearer truth.
+//!
+//! Op level is judged by the absolute contract (`fused_vs_graph_rms`, or the
+//! f64 formula check in truth mode). Layer and logits level are judged by the
+//! truth-relative rule (`truth_relative_factor`) wherever the run-to-run
+//! envelope is zero: two bf16 paths that differ by one ulp in q drift a bf16
+//! noise floor apart downstream, so an absolute bound there measures the
+//! model's conditioning, not the fused path.
+
+use crate::backend::AttnPath;
+use crate::engine::LayerQkv;
+use crate::verify::metrics::{diff, Diff};
+use crate::verify::tolerances::tol;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Nearer {
+    Fused,
+    Graph,
+    Tie,
+}
+
+fn nearer(fused_err: f64, graph_err: f64) -> Nearer {
+    if fused_err < graph_err {
+        Nearer::Fused
+    } else if graph_err < fused_err {
+        Nearer::Graph
+    } else {
+        Nearer::Tie
+    }
+}
+
+/// One tensor's three-way comparison.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TensorParity {
+    pub tensor: String,
+    pub fused_vs_graph: Diff,
+    pub graph_vs_truth: Option<Diff>,
+    pub fused_vs_truth: Option<Diff>,
+    pub nearer_truth: Option<Nearer>,
+    pub pass: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LevelParity {
+    /// `layer 3`, `logits`.
+    pub level: String,
+    pub tensors: Vec<TensorParity>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ParityReport {
+    /// `qkv(preset=tiny,numerics=bf16)@cpu`-style case id.
+    pub case: String,
+    pub rule: String,
+    pub levels: Vec<LevelParity>,
+    pub pass: bool,
+    /// Fingerprints of the runs compared (graph, fused; truth last).
+    #[serde(default)]
+    pub fingerprints: Vec<crate::engine::record::Fingerprint>,
+}
+
+impl ParityReport {
+    /// The first failing (level, tensor), if any.
+    pub fn first_failure(&self) -> Option<(&str, &TensorParity)> {
+        self.levels
+            .iter()
+            .flat_map(|l| l.tensors.iter().map(move |t| (l.level.as_str(), t)))
+            .find(|(_, t)| !t.pass)
+    }
+
+    pub fn worst_fused_vs_graph_rms(&self) -> f64 {
+        self.levels
+            .iter()
+            .flat_map(|l| &l.tensors)
+            .map(|t| t.fused_vs_graph.rms)
+            .fold(0.0, f64::max)
+    }
+
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{}  [{}]  {}",
+            self.case,
+            self.rule,
+            if self.pass { "PASS" } else { "FAIL" }
+        );
+        for f in &self.fingerprints {
+            let _ = writeln!(
+                s,
+                "  run {} on {} (model {}, lockstep {})",
+                f.label(),
+                f.device,
+                f.model_hash,
+                f.lockstep_version
+            );
+        }
+        let _ = writeln!(
+            s,
+            "level     tensor  fused-graph  graph-truth  fused-truth  nearer  ok"
+        );
+        for l in &self.levels {
+            for t in &l.tensors {
+                let f = |d: &Option<Diff>| d.map_or("-".to_string(), |d| format!("{:.3e}", d.rms));
+                let _ = writeln!(
+                    s,
+                    "{:<9} {:<7} {:.3e}    {:<11}  {:<11}  {:<6}  {}",
+                    l.level,
+                    t.tensor,
+                    t.fused_vs_graph.rms,
+                    f(&t.graph_vs_truth),
+                    f(&t.fused_vs_truth),
+                    t.nearer_truth.map_or("-", |n| match n {
+                        Nearer::Fused => "fused",
+                        Nearer::Graph => "graph",
+                        Nearer::Tie => "tie",
+                    }),
+                    if t.pass { "ok" } else { "FAIL" }
+                );
+            }
+        }
+        s
+    }
+}
+
+fn three_way(name: &str, fused: &[f64], graph: &[f64], truth: Option<&[f64]>) -> TensorParity {
+    let fg = diff(fused, graph);
+    let (gt, ft) = match truth {
+        Some(t) => (Some(diff(graph, t)), Some(diff(fused, t))),
+        None => (None, None),
+    };
+    TensorParity {
+        tensor: name.to_string(),
+        nearer_truth: gt.zip(ft).map(|(g, f)| nearer(f.rms, g.rms)),
+        fused_vs_graph: fg,
+        graph_vs_truth: gt,
+        fused_vs_truth: ft,
+        pass: false,
+    }
+}
+
+/// Op level: q, k, v of each layer by both paths from the same input, with
+/// optional truth for the same inputs. Judged by the absolute tolerance
+/// `tolerance_name` (`fused_vs_graph_rms`, or `fused_vs_graph_f64_rms`).
+pub fn op_parity(
+    case: &str,
+    rec: &[LayerQkv],
+    truth: Option<&[[Vec<f64>; 3]]>,
+    tolerance_name: &str,
+) -> ParityReport {
+    let limit = tol(tolerance_name);
+    let levels: Vec<LevelParity> = rec
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let get = |p: AttnPath| {
+                &l.by_path
+                    .iter()
+                    .find(|(q, _)| *q == p)
+                    .expect("both paths recorded")
+                    .1
+            };
+            let (g, f) = (get(AttnPath::Graph), get(AttnPath::Fused));
+            let tensors = ["q", "k", "v"]
+                .iter()
+                .enumerate()
+                .map(|(j, name)| {
+                    let mut t = three_way(name, &f[j], &g[j], truth.map(|t| t[i][j].as_slice()));
+                    t.pass = t.fused_vs_graph.finite_ok() && t.fused_vs_graph.rms < limit;
+                    t
+                })
+                .collect();
+            LevelParity {
+                level: format!("layer {}", l.layer),
+                tensors,
+            }
+        })
+        .collect();
+    let pass = levels.iter().all(|l| l.tensors.iter().all(|t| t.pass));
+    ParityReport {
+        case: case.to_string(),
+        rule: format!("RMS < {tolerance_name} = {limit:e}"),
+        levels,
+        pass,
+        fingerprints: Vec::new(),
+    }
+}
+
+/// Layer and logits level: one entry per level (layer outputs, then logits),
+/// each `[tokens * width]`. With `truth`, the rule is truth-relative; a
+/// `strict` tolerance name instead demands an absolute bound (f64 mode).
+pub fn run_parity(
+    case: &str,
+    fused: &[Vec<f64>],
+    graph: &[Vec<f64>],
+    truth: Option<&[Vec<f64>]>,
+    strict: Option<&str>,
+) -> ParityReport {
+    let factor = tol("truth_relative_factor");
+    let n = graph.len();
+    let levels: Vec<LevelParity> = (0..n)
+        .map(|i| {
+            let level = if i + 1 == n {
+                "logits".to_string()
+            } else {
+                format!("layer {i}")
+            };
+            let mut t = three_way("out", &fused[i], &graph[i], truth.map(|t| t[i].as_slice()));
+            let finite = t.fused_vs_graph.finite_ok();
+            t.pass = finite
+                && match (strict, &t.graph_vs_truth, &t.fused_vs_truth) {
+                    (Some(name), _, _) => t.fused_vs_graph.rms < tol(name),
+                    (None, Some(g), Some(f)) => f.finite_ok() && f.rms <= factor * g.rms,
+                    (None, _, _) => false,
+                };
+            LevelParity {
+                level,
+                tensors: vec![t],
+            }
+        })
+        .collect();
+    let pass = levels.iter().all(|l| l.tensors.iter().all(|t| t.pass));
+    ParityReport {
+        case: case.to_string(),
+        rule: match strict {
+            Some(name) => format!("RMS < {name} = {:e}", tol(name)),
+            None => format!("fused-truth <= truth_relative_factor ({factor}) x graph-truth"),
+        },
+        levels,
+        pass,
+        fingerprints: Vec::new(),
+    }
+}

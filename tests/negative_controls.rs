@@ -1,0 +1,157 @@
+//! Negative controls: planted bugs that the named checks must catch. A
+//! harness that cannot fail proves nothing.
+
+mod common;
+use common::PROMPT;
+use lockstep::backend::cpu::{Faults, Numerics};
+use lockstep::jobs::{cpu_parity, prompt_and_continuation};
+use lockstep::model::Model;
+
+fn op_check_fails(numerics: Numerics, faults: Faults, what: &str) {
+    let m = Model::open("synth:tiny").unwrap();
+    let seq = prompt_and_continuation(&m, &PROMPT, 8).unwrap();
+    let (op, _) = cpu_parity(&m, numerics, faults, &seq).unwrap();
+    let (level, t) = op.first_failure().unwrap_or_else(|| {
+        panic!(
+            "planted bug `{what}` passed the op check:\n{}",
+            op.to_text()
+        )
+    });
+    println!(
+        "`{what}` caught at {level} {}: RMS {:.3e} ({})",
+        t.tensor, t.fused_vs_graph.rms, op.rule
+    );
+}
+
+#[test]
+fn rope_position_off_by_one_fails_the_bf16_contract() {
+    let f = Faults {
+        fused_rope_position_offset: 1,
+        ..Default::default()
+    };
+    op_check_fails(Numerics::Bf16, f, "RoPE position + 1");
+}
+
+#[test]
+fn q_norm_weight_applied_to_k_fails_the_bf16_contract() {
+    let f = Faults {
+        fused_k_uses_q_norm: true,
+        ..Default::default()
+    };
+    op_check_fails(Numerics::Bf16, f, "q-norm weight on k");
+}
+
+/// eps 1e-6 -> 1e-3 changes q by about 1e-3 * eps-ratio of |q| (~4e-4 RMS
+/// here), under the 5e-3 bf16 contract: only the f64 formula check sees it.
+#[test]
+fn eps_changed_to_1e_3_fails_the_f64_formula_check() {
+    let f = Faults {
+        fused_eps_override: Some(1e-3),
+        ..Default::default()
+    };
+    op_check_fails(Numerics::F64, f, "eps 1e-3");
+}
+
+#[test]
+fn the_clean_build_passes_the_same_checks() {
+    let m = Model::open("synth:tiny").unwrap();
+    let seq = prompt_and_continuation(&m, &PROMPT, 8).unwrap();
+    for n in [Numerics::Bf16, Numerics::F64] {
+        let (op, run) = cpu_parity(&m, n, Faults::default(), &seq).unwrap();
+        assert!(op.pass && run.pass, "{}\n{}", op.to_text(), run.to_text());
+    }
+}
+
+/// A one-ULP, run-dependent perturbation in the fused path: the fused
+/// bitwise-stability check (distinct results over repeated runs) must flag it.
+#[test]
+fn a_one_ulp_perturbation_breaks_fused_bitwise_stability() {
+    use lockstep::backend::AttnPath;
+    use lockstep::jobs::cpu_envelope;
+    let m = Model::open("synth:tiny").unwrap();
+    let clean = cpu_envelope(
+        &m,
+        Numerics::Bf16,
+        AttnPath::Fused,
+        Faults::default(),
+        &PROMPT,
+        6,
+    )
+    .unwrap();
+    assert_eq!(clean.distinct, 1, "{}", clean.to_text());
+    let f = Faults {
+        fused_one_ulp_flip: true,
+        ..Default::default()
+    };
+    let bad = cpu_envelope(&m, Numerics::Bf16, AttnPath::Fused, f, &PROMPT, 6).unwrap();
+    println!("{}", bad.to_text());
+    assert!(
+        bad.distinct > 1,
+        "one-ULP flips went unnoticed:\n{}",
+        bad.to_text()
+    );
+}
+
+/// Bisection points at the planted bug: the q-norm weight applied to k in
+/// the fused path shows first in layer 0's k.
+#[test]
+fn bisection_names_the_first_op_outside_tolerance() {
+    use lockstep::backend::AttnPath;
+    use lockstep::jobs::{investigate_divergence, Side};
+    use lockstep::verify::divergence::Verdict;
+    let m = Model::open("synth:tiny").unwrap();
+    let good = Side {
+        numerics: Numerics::Bf16,
+        path: AttnPath::Graph,
+        faults: Faults::default(),
+    };
+    let bad = Side {
+        numerics: Numerics::Bf16,
+        path: AttnPath::Fused,
+        faults: Faults {
+            fused_k_uses_q_norm: true,
+            ..Default::default()
+        },
+    };
+    let r = investigate_divergence(&m, &good, &bad, &PROMPT, 24).unwrap();
+    let d = r.divergence.expect("a k-norm bug changes greedy output");
+    assert!(matches!(d.verdict, Verdict::Regression { .. }), "{d:?}");
+    let b = r.bisection.unwrap();
+    println!("{}", b.to_text());
+    assert_eq!(
+        b.first_outside.as_deref(),
+        Some("layer 0 k"),
+        "{}",
+        b.to_text()
+    );
+}
+
+/// RoPE rotates q and k by their positions, so shifting every position by
+/// one leaves q.k (which depends on the difference) unchanged: the bug is
+/// invisible in greedy output and logits, and only the op-level check sees
+/// it. This is why parity is checked per op, not only end to end.
+#[test]
+fn a_rope_shift_hides_from_greedy_output_but_not_from_the_op_check() {
+    use lockstep::backend::AttnPath;
+    use lockstep::jobs::{investigate_divergence, Side};
+    let m = Model::open("synth:tiny").unwrap();
+    let good = Side {
+        numerics: Numerics::F64,
+        path: AttnPath::Graph,
+        faults: Faults::default(),
+    };
+    let bad = Side {
+        numerics: Numerics::F64,
+        path: AttnPath::Fused,
+        faults: Faults {
+            fused_rope_position_offset: 1,
+            ..Default::default()
+        },
+    };
+    let r = investigate_divergence(&m, &good, &bad, &PROMPT, 24).unwrap();
+    assert_eq!(
+        r.tokens_a, r.tokens_b,
+        "the shift changed greedy output after all"
+    );
+    op_check_fails(Numerics::Bf16, bad.faults, "RoPE position + 1");
+}
