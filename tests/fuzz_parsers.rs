@@ -23,6 +23,15 @@ fn corpus(name: &str) -> Vec<u8> {
     .unwrap()
 }
 
+/// Fixed unless LOCKSTEP_FUZZ_SEED asks for another: CI runs the same inputs.
+fn rng_seed() -> proptest::test_runner::RngSeed {
+    let s = std::env::var("LOCKSTEP_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0xf022);
+    proptest::test_runner::RngSeed::Fixed(s)
+}
+
 fn cases() -> u32 {
     std::env::var("LOCKSTEP_FUZZ_CASES")
         .ok()
@@ -126,7 +135,7 @@ fn json_field_edit(seed: &'static str) -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), rng_seed: rng_seed(), failure_persistence: None, .. ProptestConfig::default() })]
 
     #[test]
     fn safetensors_headers_never_panic(bytes in input("small.safetensors")) {
@@ -175,6 +184,7 @@ fn sharded_indexes_never_panic() {
     let seed = std::fs::read(&index).unwrap();
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases: cases() / 4,
+        rng_seed: rng_seed(),
         failure_persistence: None,
         ..Default::default()
     });

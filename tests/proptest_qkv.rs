@@ -29,6 +29,14 @@ struct Case {
     huge_channels: usize,
 }
 
+fn seed() -> proptest::test_runner::RngSeed {
+    let s = std::env::var("PROPTEST_RNG_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x10c5_7e9);
+    proptest::test_runner::RngSeed::Fixed(s)
+}
+
 fn case() -> impl Strategy<Value = Case> {
     (
         any::<u64>(),
@@ -67,9 +75,10 @@ fn case() -> impl Strategy<Value = Case> {
                 huge_channels,
             },
         )
-        // At least 256 q elements, so an RMS is an RMS and not one rounding.
+        // At least 256 elements in q and in k, so an RMS is an RMS and not a
+        // handful of roundings (a 32-element k measured 6.9e-3 by chance).
         .prop_filter("tensor too small for an RMS", |c| {
-            c.n_kv * c.group * c.head_dim * c.tokens >= 256
+            c.n_kv * c.head_dim * c.tokens >= 256
         })
 }
 
@@ -144,7 +153,14 @@ fn run(c: &Case, numerics: Numerics) -> ([Vec<f64>; 3], [Vec<f64>; 3]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+    // A fixed seed: CI sees the same cases every run (PROPTEST_RNG_SEED
+    // explores others); a failure prints the case, including its weight seed.
+    #![proptest_config(ProptestConfig {
+        cases: 48,
+        rng_seed: seed(),
+        failure_persistence: None,
+        .. ProptestConfig::default()
+    })]
 
     #[test]
     fn fused_qkv_stays_within_the_contract_in_bf16(c in case()) {

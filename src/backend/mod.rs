@@ -54,6 +54,19 @@ impl AttnDims {
     }
 }
 
+/// The host CPU's model name (from /proc/cpuinfo), or the architecture.
+pub fn host_cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
 /// Describes where and how a backend computes; goes into every fingerprint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceInfo {
@@ -289,6 +302,35 @@ pub mod check {
             );
         }
         Ok(())
+    }
+
+    /// Rows and columns of the weight made by stacking `parts` (each
+    /// `[.., cols]`); all parts must share the column count.
+    pub fn packed(
+        name: &str,
+        parts: &[&crate::model::safetensors::HostTensor],
+    ) -> Result<(usize, usize)> {
+        let cols = match parts.first() {
+            Some(t) => *t.shape.last().unwrap_or(&1),
+            None => {
+                return Err(Error::Shape {
+                    op: "upload",
+                    problem: format!("{name}: nothing to upload"),
+                })
+            }
+        };
+        let mut rows = 0;
+        for t in parts {
+            let c = *t.shape.last().unwrap_or(&1);
+            if c != cols {
+                return Err(Error::Shape {
+                    op: "upload_packed",
+                    problem: format!("{name}: {c} columns, expected {cols}"),
+                });
+            }
+            rows += t.numel() / c.max(1);
+        }
+        Ok((rows, cols))
     }
 
     pub fn same_shape(op: &'static str, a: (usize, usize), b: (usize, usize)) -> Result<()> {

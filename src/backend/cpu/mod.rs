@@ -147,18 +147,6 @@ fn shape_err(op: &'static str, problem: String) -> Error {
     Error::Shape { op, problem }
 }
 
-fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
-}
-
 impl Backend for CpuBackend {
     type Tensor = CpuTensor;
     type Weight = CpuWeight;
@@ -176,7 +164,7 @@ impl Backend for CpuBackend {
         }
         DeviceInfo {
             backend: "cpu".into(),
-            device: cpu_name(),
+            device: super::host_cpu_name(),
             numerics: self.numerics.name().into(),
             details,
         }
@@ -187,21 +175,7 @@ impl Backend for CpuBackend {
     }
 
     fn upload_packed(&self, name: &str, parts: &[&HostTensor]) -> Result<CpuWeight> {
-        let cols = parts
-            .first()
-            .map(|t| *t.shape.last().unwrap_or(&1))
-            .ok_or_else(|| shape_err("upload", format!("{name}: nothing to upload")))?;
-        let mut rows = 0;
-        for t in parts {
-            let c = *t.shape.last().unwrap_or(&1);
-            if c != cols {
-                return Err(shape_err(
-                    "upload_packed",
-                    format!("{name}: {c} columns, expected {cols}"),
-                ));
-            }
-            rows += t.numel() / c.max(1);
-        }
+        let (rows, cols) = super::check::packed(name, parts)?;
         let all_bf16 = parts
             .iter()
             .all(|t| t.dtype == crate::model::safetensors::Dtype::BF16);

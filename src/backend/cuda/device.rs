@@ -200,21 +200,11 @@ impl Backend for CudaBackend {
     }
 
     fn upload_packed(&self, name: &str, parts: &[&HostTensor]) -> Result<CudaWeight> {
-        let cols = parts
-            .first()
-            .map(|t| *t.shape.last().unwrap_or(&1))
-            .ok_or_else(|| shape("upload", format!("{name}: nothing to upload")))?;
-        let mut bits = Vec::new();
+        let (rows, cols) = check::packed(name, parts)?;
+        let mut bits = Vec::with_capacity(rows * cols);
         for t in parts {
-            if *t.shape.last().unwrap_or(&1) != cols {
-                return Err(shape(
-                    "upload_packed",
-                    format!("{name}: column counts differ"),
-                ));
-            }
             bits.extend((0..t.numel()).map(|i| bf16_bits(t.get_f32(i))));
         }
-        let rows = bits.len() / cols.max(1);
         self.weight_from_bits(name, rows, cols, bits)
     }
 

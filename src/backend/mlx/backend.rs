@@ -124,18 +124,6 @@ fn loaded_mlx_version() -> String {
     }
 }
 
-fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
-}
-
 /// MLX fuses the elementwise parts of a compiled function on the CPU only
 /// when it can run `g++` (it JIT-compiles the fused kernels); otherwise it
 /// runs them unfused. Part of the fingerprint since it could change results.
@@ -256,7 +244,7 @@ impl Backend for MlxBackend {
         }
         DeviceInfo {
             backend: "mlx".into(),
-            device: format!("MLX cpu: {}", cpu_name()),
+            device: format!("MLX cpu: {}", crate::backend::host_cpu_name()),
             numerics: "bf16".into(),
             details,
         }
@@ -267,21 +255,7 @@ impl Backend for MlxBackend {
     }
 
     fn upload_packed(&self, name: &str, parts: &[&HostTensor]) -> Result<MlxWeight> {
-        let cols = parts
-            .first()
-            .map(|t| *t.shape.last().unwrap_or(&1))
-            .ok_or_else(|| shape_err("upload", format!("{name}: nothing to upload")))?;
-        let mut rows = 0;
-        for t in parts {
-            let c = *t.shape.last().unwrap_or(&1);
-            if c != cols {
-                return Err(shape_err(
-                    "upload_packed",
-                    format!("{name}: {c} columns, expected {cols}"),
-                ));
-            }
-            rows += t.numel() / c.max(1);
-        }
+        let (rows, cols) = crate::backend::check::packed(name, parts)?;
         // bf16 storage; f16/f32 checkpoints are rounded to bf16 as the CPU
         // reference's bf16 mode (and transformers with dtype=bfloat16) does.
         let mut values = Vec::with_capacity(rows * cols);
