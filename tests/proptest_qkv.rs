@@ -33,7 +33,7 @@ fn seed() -> proptest::test_runner::RngSeed {
     let s = std::env::var("PROPTEST_RNG_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0x10c5_7e9);
+        .unwrap_or(0x010c_57e9);
     proptest::test_runner::RngSeed::Fixed(s)
 }
 
