@@ -12,8 +12,9 @@ use crate::progress::Progress;
 use crate::verify::divergence::{
     bisect, first_divergence, near_tie_threshold, Bisection, Divergence, LayerCapture,
 };
-use crate::verify::envelope::{envelope, Envelope, UlpType};
+use crate::verify::envelope::{containment, envelope, Containment, Envelope, UlpType};
 use crate::verify::golden::{self, golden_path, GoldenBody, GoldenOutcome};
+use crate::verify::metrics::diff;
 use crate::verify::parity::{op_parity, run_parity, ParityReport};
 use crate::verify::reference::{judge, Reference, ReferenceReport};
 use crate::verify::summary::{CheckResult, Status};
@@ -233,6 +234,7 @@ pub fn verify(
                 &mut out,
             );
         }
+        let mut graph_env = None;
         for path in [AttnPath::Graph, AttnPath::Fused] {
             let env = cpu_envelope(
                 &model,
@@ -258,7 +260,35 @@ pub fn verify(
                 },
                 &mut out,
             );
+            if path == AttnPath::Graph {
+                graph_env = Some(env);
+            }
         }
+        let c = cpu_containment(&model, &seq, &graph_env.expect("graph envelope measured"))?;
+        push(
+            CheckResult {
+                check: "containment".into(),
+                case: format!(
+                    "logits(preset={preset},numerics=bf16,tokens={})@cpu",
+                    seq.len()
+                ),
+                metric: "RMS fused-graph".into(),
+                value: Some(c.distance),
+                threshold: match c.truth_errors {
+                    Some((f, g)) if c.rule == "truth-relative" => {
+                        format!("zero envelope: fused-truth {f:.3e} <= truth_relative_factor x graph-truth {g:.3e}")
+                    }
+                    _ => format!("graph envelope max RMS {:.3e}", c.envelope_max_rms),
+                },
+                status: if c.contained {
+                    Status::Pass
+                } else {
+                    Status::Fail
+                },
+                detail: c.rule.clone(),
+            },
+            &mut out,
+        );
         for case in golden_cases().iter().filter(|c| c.preset == preset) {
             let (now, _) = golden_run(case)?;
             let name = now.name();
@@ -364,6 +394,24 @@ pub fn cpu_envelope(
     let mut env = envelope(&case, &results, None, ulp_type(numerics));
     env.fingerprint = Some(e.fingerprint(path));
     Ok(env)
+}
+
+/// Containment of the fused path in the graph path's envelope (bf16,
+/// teacher-forced logits), with f64 truth for the zero-envelope fallback.
+pub fn cpu_containment(model: &Model, tokens: &[u32], graph_env: &Envelope) -> Result<Containment> {
+    let e = Engine::load(model, CpuBackend::new(Numerics::Bf16))?;
+    let t = Engine::load(model, CpuBackend::new(Numerics::F64))?;
+    let run = |e: &Engine<CpuBackend>, p| {
+        e.teacher_forced(tokens, p, &mut Default::default())
+            .map(|l| l.concat())
+    };
+    let (g, f, truth) = (
+        run(&e, AttnPath::Graph)?,
+        run(&e, AttnPath::Fused)?,
+        run(&t, AttnPath::Graph)?,
+    );
+    let errors = (diff(&f, &truth).rms, diff(&g, &truth).rms);
+    Ok(containment(diff(&f, &g).rms, graph_env, Some(errors)))
 }
 
 /// Greedy envelope: `runs` generations of `steps` tokens from `prompt`; the
