@@ -1,17 +1,43 @@
 #!/usr/bin/env bash
-# Runs on the GPU machine after ci/bundle.sh: the CUDA tests with skips
-# turned into failures, one test at a time (one GPU), logs into $OUT.
+# Runs on the GPU machine after ci/bundle.sh (device tool: carry .device):
+#   OUT=$OUT bash ci/device-cuda.sh STAGE...
+# Stages (in order given): tests, bench-small (tiny, 0.6b), bench-8b,
+# bench-30b, envelopes (0.6b op level N=100 and greedy N=20 x 256 per mode),
+# parity-8b. Logs and JSON go to $OUT; one GPU, one thing at a time.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-log="$OUT/cuda-tests.log"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$log"
 export LOCKSTEP_REQUIRE_GPU=1
+L=.device/bin/lockstep
 rc=0
-for t in cuda_kernels cuda_backend; do
-  echo "== $t" | tee -a "$log"
-  .device/tests/$t --test-threads 1 --nocapture 2>&1 | tee -a "$log"
-  [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
+step() { echo "== $*" | tee -a "$OUT/log.txt"; "$@" 2>&1 | tee -a "$OUT/log.txt"; [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1; }
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/log.txt"
+for stage in "$@"; do
+  case $stage in
+    tests)
+      step .device/tests/cuda_kernels --test-threads 1 --nocapture
+      step .device/tests/cuda_backend --test-threads 1 --nocapture
+      step $L env --json ;;
+    bench-small)
+      step $L bench --model synth:tiny --graphs on,off --tokens 128 --out "$OUT/bench-tiny.json"
+      step $L bench --model synth:qwen3-0.6b --graphs on,off --out "$OUT/bench-qwen3-0.6b.json" ;;
+    bench-8b)
+      step $L bench --model synth:qwen3-8b --graphs on,off --out "$OUT/bench-qwen3-8b.json" ;;
+    bench-30b)
+      step $L bench --model synth:qwen3-30b-a3b --graphs off --out "$OUT/bench-qwen3-30b-a3b.json" ;;
+    envelopes)
+      for mode in deterministic fast; do
+        for path in graph fused; do
+          for kind in op greedy; do
+            if [ $kind = op ]; then args="--steps 0 --level op --runs 100"; else args="--steps 256 --runs 20 --cuda-graphs"; fi
+            echo "== envelope $kind $mode $path" | tee -a "$OUT/log.txt"
+            $L envelope --backend cuda --model synth:qwen3-0.6b --mode $mode --path $path $args \
+              --report "$OUT/$kind-$mode-$path" > "$OUT/$kind-$mode-$path.txt" 2>&1 || rc=1
+            head -40 "$OUT/$kind-$mode-$path.txt" | tee -a "$OUT/log.txt"
+          done
+        done
+      done ;;
+    *) echo "unknown stage $stage"; rc=1 ;;
+  esac
 done
-.device/bin/lockstep env 2>&1 | tee -a "$log"
 exit $rc

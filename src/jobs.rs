@@ -361,7 +361,106 @@ fn ulp_type(n: Numerics) -> UlpType {
     }
 }
 
-/// Teacher-forced envelope: the same `tokens` through one engine `runs`
+/// What an envelope is taken over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvelopeLevel {
+    /// q, k, v of every layer from the same inputs (one teacher-forced pass).
+    Op,
+    /// Every row's logits of one teacher-forced pass.
+    Logits,
+    /// Greedy generations: each step's logits (the top 8 when the vocabulary
+    /// is larger than 4096, to keep N runs of long generations in memory).
+    Greedy { steps: usize },
+}
+
+fn preset_of(model: &Model) -> &str {
+    model
+        .synth()
+        .map_or(model.origin.as_str(), |s| s.preset.as_str())
+}
+
+/// `runs` runs of one input on one engine, and their spread.
+pub fn envelope_of<B: crate::backend::Backend>(
+    e: &Engine<B>,
+    model: &Model,
+    level: EnvelopeLevel,
+    path: AttnPath,
+    tokens: &[u32],
+    runs: usize,
+    ulp: UlpType,
+) -> Result<Envelope> {
+    let info = e.backend.device_info();
+    let mut p = Progress::new("runs", runs);
+    let mut results = Vec::with_capacity(runs);
+    let mut greedy_tokens = Vec::with_capacity(runs);
+    // Op level holds each layer's input fixed (recorded once), so the spread
+    // is the op's own, not that of the layers before it.
+    let inputs = match level {
+        EnvelopeLevel::Op => e.record_attention_inputs(tokens, &[])?,
+        _ => Vec::new(),
+    };
+    let positions: Vec<usize> = (0..tokens.len()).collect();
+    for i in 0..runs {
+        let r: Vec<f64> = match level {
+            EnvelopeLevel::Op => {
+                let mut r = Vec::new();
+                for l in &inputs {
+                    let qkv = e.attention_inputs_from_host(l.layer, &l.input, &positions, path)?;
+                    r.extend(qkv.concat());
+                }
+                r
+            }
+            EnvelopeLevel::Logits => e
+                .teacher_forced(tokens, path, &mut Default::default())?
+                .concat(),
+            EnvelopeLevel::Greedy { steps } => {
+                let full = e.config.vocab_size <= 4096;
+                let opts = GenerateOptions {
+                    max_tokens: steps,
+                    path,
+                    keep_logits: full,
+                    top_k: 8,
+                    ..Default::default()
+                };
+                let run = e.generate(tokens, &opts, &mut |_| {})?;
+                greedy_tokens.push(run.tokens);
+                run.steps
+                    .iter()
+                    .flat_map(|s| match &s.logits {
+                        Some(l) => l.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+                        None => s.top.iter().map(|t| t.1 as f64).collect(),
+                    })
+                    .collect()
+            }
+        };
+        results.push(r);
+        p.set(i + 1);
+    }
+    let (kind, size) = match level {
+        EnvelopeLevel::Op => ("qkv", format!("tokens={}", tokens.len())),
+        EnvelopeLevel::Logits => ("logits", format!("tokens={}", tokens.len())),
+        EnvelopeLevel::Greedy { steps } => ("greedy", format!("steps={steps}")),
+    };
+    let mode = info
+        .details
+        .get("reduction_mode")
+        .map_or(String::new(), |m| format!("mode={m},"));
+    let case = format!(
+        "{kind}(preset={},numerics={},path={},{mode}{size})@{}",
+        preset_of(model),
+        info.numerics,
+        path.name(),
+        info.backend
+    );
+    // Greedy runs that diverged have logits in other contexts: still the same
+    // length, so the spread is measured, and the divergence steps say why.
+    let toks = matches!(level, EnvelopeLevel::Greedy { .. }).then_some(greedy_tokens.as_slice());
+    let mut env = envelope(&case, &results, toks, ulp);
+    env.fingerprint = Some(e.fingerprint(path));
+    Ok(env)
+}
+
+/// Teacher-forced envelope on the CPU reference: the same `tokens` `runs`
 /// times; each result is every row's logits.
 pub fn cpu_envelope(
     model: &Model,
@@ -372,32 +471,9 @@ pub fn cpu_envelope(
     runs: usize,
 ) -> Result<Envelope> {
     let e = Engine::load(model, CpuBackend::with_faults(numerics, faults))?;
-    let mut p = Progress::new("runs", runs);
-    let results = (0..runs)
-        .map(|i| {
-            let r = e
-                .teacher_forced(tokens, path, &mut Default::default())
-                .map(|l| l.concat());
-            p.set(i + 1);
-            r
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let case = format!(
-        "logits(preset={},numerics={},path={},tokens={})@cpu",
-        model
-            .synth()
-            .map_or(model.origin.as_str(), |s| s.preset.as_str()),
-        numerics.name(),
-        path.name(),
-        tokens.len()
-    );
-    let mut env = envelope(&case, &results, None, ulp_type(numerics));
-    env.fingerprint = Some(e.fingerprint(path));
-    Ok(env)
+    envelope_of(&e, model, EnvelopeLevel::Logits, path, tokens, runs, ulp_type(numerics))
 }
 
-/// Containment of the fused path in the graph path's envelope (bf16,
-/// teacher-forced logits), with f64 truth for the zero-envelope fallback.
 pub fn cpu_containment(model: &Model, tokens: &[u32], graph_env: &Envelope) -> Result<Containment> {
     let e = Engine::load(model, CpuBackend::new(Numerics::Bf16))?;
     let t = Engine::load(model, CpuBackend::new(Numerics::F64))?;
@@ -416,6 +492,7 @@ pub fn cpu_containment(model: &Model, tokens: &[u32], graph_env: &Envelope) -> R
 
 /// Greedy envelope: `runs` generations of `steps` tokens from `prompt`; the
 /// results are the per-step logits, and first-divergence steps are recorded.
+/// Greedy envelope on the CPU reference: `runs` generations of `steps`.
 pub fn cpu_greedy_envelope(
     model: &Model,
     numerics: Numerics,
@@ -426,39 +503,8 @@ pub fn cpu_greedy_envelope(
     runs: usize,
 ) -> Result<Envelope> {
     let e = Engine::load(model, CpuBackend::with_faults(numerics, faults))?;
-    let opts = GenerateOptions {
-        max_tokens: steps,
-        path,
-        keep_logits: true,
-        ..Default::default()
-    };
-    let mut p = Progress::new("generations", runs);
-    let mut results = Vec::with_capacity(runs);
-    let mut tokens = Vec::with_capacity(runs);
-    for i in 0..runs {
-        let run = e.generate(prompt, &opts, &mut |_| {})?;
-        results.push(
-            run.steps
-                .iter()
-                .flat_map(|s| s.logits.as_deref().unwrap_or(&[]).iter().map(|&v| v as f64))
-                .collect::<Vec<f64>>(),
-        );
-        tokens.push(run.tokens);
-        p.set(i + 1);
-    }
-    let case = format!(
-        "greedy(preset={},numerics={},path={},steps={steps})@cpu",
-        model
-            .synth()
-            .map_or(model.origin.as_str(), |s| s.preset.as_str()),
-        numerics.name(),
-        path.name()
-    );
-    // Runs that diverged have logits in other contexts: still the same
-    // length, so the spread is measured, and the divergence steps say why.
-    let mut env = envelope(&case, &results, Some(&tokens), ulp_type(numerics));
-    env.fingerprint = Some(e.fingerprint(path));
-    Ok(env)
+    let level = EnvelopeLevel::Greedy { steps };
+    envelope_of(&e, model, level, path, prompt, runs, ulp_type(numerics))
 }
 
 /// One side of a comparison: a numerics mode, a path and planted faults.

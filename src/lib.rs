@@ -4,6 +4,7 @@
 //! a `backend`, with a path) -> recorded run -> `verify` -> `report`.
 
 pub mod backend;
+pub mod bench;
 pub mod engine;
 pub mod error;
 pub mod jobs;

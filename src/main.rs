@@ -28,6 +28,41 @@ enum BackendArg {
     Mlx,
 }
 
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum ModeArg {
+    Deterministic,
+    Fast,
+}
+
+impl ModeArg {
+    fn mode(self) -> lockstep::backend::cuda::ReductionMode {
+        match self {
+            ModeArg::Deterministic => lockstep::backend::cuda::ReductionMode::Deterministic,
+            ModeArg::Fast => lockstep::backend::cuda::ReductionMode::Fast,
+        }
+    }
+}
+
+/// CUDA run settings (ignored by the other backends).
+#[derive(clap::Args, Clone, Copy)]
+struct CudaArgs {
+    /// CUDA reduction mode of the graph path.
+    #[arg(long, value_enum, default_value = "deterministic")]
+    mode: ModeArg,
+    /// Record the decode step once and replay it (CUDA graphs; dense models).
+    #[arg(long)]
+    cuda_graphs: bool,
+}
+
+impl CudaArgs {
+    fn options(self) -> lockstep::backend::cuda::CudaOptions {
+        lockstep::backend::cuda::CudaOptions {
+            mode: self.mode.mode(),
+            graphs: self.cuda_graphs,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Write a synthetic Hugging Face model folder (byte-identical per seed).
@@ -68,6 +103,37 @@ enum Cmd {
         /// Keep full logit vectors in the JSON.
         #[arg(long)]
         keep_logits: bool,
+        #[command(flatten)]
+        cuda: CudaArgs,
+    },
+    /// Decode speed, batch 1: every path x mode x graphs configuration timed
+    /// in one process on one loaded model, against the weight-bytes roofline
+    /// of the measured copy bandwidth.
+    Bench {
+        #[arg(long, default_value = "synth:qwen3-0.6b")]
+        model: String,
+        #[arg(long, value_enum, default_value = "cuda")]
+        backend: BackendArg,
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "fused,graph")]
+        paths: Vec<AttnPath>,
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "deterministic,fast")]
+        modes: Vec<ModeArg>,
+        /// CUDA graphs settings to time: on, off or both.
+        #[arg(long, value_delimiter = ',', default_value = "on")]
+        graphs: Vec<String>,
+        #[arg(long, default_value_t = 16)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 32)]
+        warmup: usize,
+        #[arg(long, default_value_t = 256)]
+        tokens: usize,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        #[arg(long)]
+        json: bool,
+        /// Also write the JSON report to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// The main job: parity and the transformers oracle on the embedded
     /// default models (tiny, tiny-moe) on every compiled backend; one table.
@@ -119,6 +185,14 @@ enum Cmd {
         /// Greedy steps per run (0: one teacher-forced pass over the prompt).
         #[arg(long, default_value_t = 32)]
         steps: usize,
+        /// With --steps 0: `logits` (every row's logits) or `op` (q, k, v of
+        /// every layer).
+        #[arg(long, default_value = "logits")]
+        level: String,
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: BackendArg,
+        #[command(flatten)]
+        cuda: CudaArgs,
         #[arg(long)]
         json: bool,
         #[arg(long)]
@@ -207,6 +281,7 @@ fn run(cmd: Cmd) -> Result<()> {
             max_tokens,
             json,
             keep_logits,
+            cuda,
         } => {
             let m = Model::open(&model)?;
             for t in &m.unexpected_tensors {
@@ -237,7 +312,9 @@ fn run(cmd: Cmd) -> Result<()> {
                 BackendArg::Cpu => {
                     load_cpu(&m, numerics)?.generate(&ids, &opts, &mut |i| p.set(i))?
                 }
-                BackendArg::Cuda => cuda_generate(&m, &ids, &opts, &mut |i| p.set(i))?,
+                BackendArg::Cuda => {
+                    cuda_generate(&m, &ids, &opts, cuda.options(), &mut |i| p.set(i))?
+                }
                 BackendArg::Mlx => return Err(Error::BackendNotCompiled { backend: "mlx" }),
             };
             if json {
@@ -371,6 +448,60 @@ fn run(cmd: Cmd) -> Result<()> {
                 Err(Error::invalid("parity", "outside tolerance"))
             }
         }
+        Cmd::Bench {
+            model,
+            backend,
+            paths,
+            modes,
+            graphs,
+            prompt_tokens,
+            warmup,
+            tokens,
+            repeats,
+            json,
+            out,
+        } => {
+            if backend != BackendArg::Cuda {
+                return Err(Error::invalid(
+                    "--backend",
+                    "bench measures the CUDA backend (the others are references)",
+                ));
+            }
+            let graphs = graphs
+                .iter()
+                .map(|g| match g.as_str() {
+                    "on" => Ok(true),
+                    "off" => Ok(false),
+                    other => Err(Error::invalid("--graphs", format!("{other:?} is not on or off"))),
+                })
+                .collect::<Result<Vec<bool>>>()?;
+            let mut configs: Vec<(AttnPath, ModeArg, bool)> = Vec::new();
+            for &p in &paths {
+                for &m in &modes {
+                    for &g in &graphs {
+                        configs.push((p, m, g));
+                    }
+                }
+            }
+            let rep = cuda_bench(
+                &Model::open(&model)?,
+                &configs,
+                prompt_tokens,
+                warmup,
+                tokens,
+                repeats,
+            )?;
+            let text = serde_json::to_string_pretty(&rep).expect("report serialises");
+            if let Some(path) = out {
+                lockstep::util::write_json_atomically(&path, &rep)?;
+            }
+            if json {
+                println!("{text}");
+            } else {
+                print!("{}", rep.to_text());
+            }
+            Ok(())
+        }
         Cmd::Envelope {
             model,
             numerics,
@@ -378,29 +509,36 @@ fn run(cmd: Cmd) -> Result<()> {
             runs,
             prompt_ids,
             steps,
+            level,
+            backend,
+            cuda,
             json,
             report,
         } => {
+            use lockstep::jobs::EnvelopeLevel;
             let m = Model::open(&model)?;
-            let env = if steps == 0 {
-                lockstep::jobs::cpu_envelope(
-                    &m,
-                    numerics,
-                    path,
-                    Default::default(),
-                    &prompt_ids,
-                    runs,
-                )?
-            } else {
-                lockstep::jobs::cpu_greedy_envelope(
-                    &m,
-                    numerics,
-                    path,
-                    Default::default(),
-                    &prompt_ids,
-                    steps,
-                    runs,
-                )?
+            let level = match (steps, level.as_str()) {
+                (0, "logits") => EnvelopeLevel::Logits,
+                (0, "op") => EnvelopeLevel::Op,
+                (0, other) => {
+                    return Err(Error::invalid(
+                        "--level",
+                        format!("{other:?} is not logits or op"),
+                    ))
+                }
+                (steps, _) => EnvelopeLevel::Greedy { steps },
+            };
+            let env = match backend {
+                BackendArg::Cpu => {
+                    let e = load_cpu(&m, numerics)?;
+                    let ulp = match numerics {
+                        Numerics::Bf16 => lockstep::verify::envelope::UlpType::Bf16,
+                        Numerics::F64 => lockstep::verify::envelope::UlpType::F32,
+                    };
+                    lockstep::jobs::envelope_of(&e, &m, level, path, &prompt_ids, runs, ulp)?
+                }
+                BackendArg::Cuda => cuda_envelope(&m, level, path, &prompt_ids, runs, cuda.options())?,
+                BackendArg::Mlx => return Err(Error::BackendNotCompiled { backend: "mlx" }),
             };
             if json {
                 println!(
@@ -520,12 +658,85 @@ fn cuda_generate(
     m: &Model,
     ids: &[u32],
     opts: &GenerateOptions,
+    options: lockstep::backend::cuda::CudaOptions,
     on_step: &mut dyn FnMut(usize),
 ) -> Result<lockstep::engine::record::RecordedRun> {
-    let be = lockstep::backend::cuda::CudaBackend::new(0)?;
+    cuda_load(m, options)?.generate(ids, opts, on_step)
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_load(
+    m: &Model,
+    options: lockstep::backend::cuda::CudaOptions,
+) -> Result<lockstep::engine::Engine<lockstep::backend::cuda::CudaBackend>> {
+    let be = lockstep::backend::cuda::CudaBackend::with_options(0, options)?;
     let mut p = Progress::new("loading", m.expected_tensors().len());
-    let e = lockstep::engine::Engine::load_with_progress(m, be, &mut |d, _| p.set(d))?;
-    e.generate(ids, opts, on_step)
+    lockstep::engine::Engine::load_with_progress(m, be, &mut |d, _| p.set(d))
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_envelope(
+    m: &Model,
+    level: lockstep::jobs::EnvelopeLevel,
+    path: AttnPath,
+    tokens: &[u32],
+    runs: usize,
+    options: lockstep::backend::cuda::CudaOptions,
+) -> Result<lockstep::verify::envelope::Envelope> {
+    let e = cuda_load(m, options)?;
+    let ulp = lockstep::verify::envelope::UlpType::Bf16;
+    lockstep::jobs::envelope_of(&e, m, level, path, tokens, runs, ulp)
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_bench(
+    m: &Model,
+    configs: &[(AttnPath, ModeArg, bool)],
+    prompt_tokens: usize,
+    warmup: usize,
+    tokens: usize,
+    repeats: usize,
+) -> Result<lockstep::bench::BenchReport> {
+    use lockstep::backend::Backend;
+    use lockstep::bench;
+    let e = cuda_load(m, Default::default())?;
+    let bandwidth = e.backend.copy_bandwidth(1 << 30, 10)?;
+    let weight_bytes = bench::weight_bytes_per_token(&e.config);
+    let roofline = bandwidth * 1e9 / weight_bytes as f64;
+    let prompt = bench::bench_prompt(prompt_tokens, e.config.vocab_size);
+    let mut progress = Progress::new("timing", configs.len() * repeats);
+    let mut done = 0;
+    let mut rows = Vec::new();
+    for &(path, mode, graphs) in configs {
+        e.backend.set_options(lockstep::backend::cuda::CudaOptions {
+            mode: mode.mode(),
+            graphs,
+        })?;
+        let (speeds, outputs) =
+            bench::time_config(&e, &prompt, path, warmup, tokens, repeats, &mut progress, &mut done)?;
+        rows.push(bench::row(
+            path,
+            mode.mode().name(),
+            graphs,
+            speeds,
+            outputs,
+            roofline,
+            e.fingerprint(path),
+        ));
+    }
+    Ok(bench::BenchReport {
+        model: m.origin.clone(),
+        model_hash: e.model_hash.clone(),
+        device: e.backend.device_info().device,
+        copy_bandwidth_gb_s: bandwidth,
+        weight_bytes_per_token: weight_bytes,
+        roofline_tok_s: roofline,
+        prompt_tokens,
+        warmup_tokens: warmup,
+        measured_tokens: tokens,
+        repeats,
+        rows,
+    })
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -533,8 +744,33 @@ fn cuda_generate(
     _m: &Model,
     _ids: &[u32],
     _opts: &GenerateOptions,
+    _options: lockstep::backend::cuda::CudaOptions,
     _on_step: &mut dyn FnMut(usize),
 ) -> Result<lockstep::engine::record::RecordedRun> {
+    Err(Error::BackendNotCompiled { backend: "cuda" })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_envelope(
+    _m: &Model,
+    _level: lockstep::jobs::EnvelopeLevel,
+    _path: AttnPath,
+    _tokens: &[u32],
+    _runs: usize,
+    _options: lockstep::backend::cuda::CudaOptions,
+) -> Result<lockstep::verify::envelope::Envelope> {
+    Err(Error::BackendNotCompiled { backend: "cuda" })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_bench(
+    _m: &Model,
+    _configs: &[(AttnPath, ModeArg, bool)],
+    _prompt_tokens: usize,
+    _warmup: usize,
+    _tokens: usize,
+    _repeats: usize,
+) -> Result<lockstep::bench::BenchReport> {
     Err(Error::BackendNotCompiled { backend: "cuda" })
 }
 

@@ -141,6 +141,26 @@ pub trait Backend {
         positions: &[usize],
     ) -> Result<(Self::Tensor, Self::Tensor, Self::Tensor)>;
 
+    /// The fused path for a forward pass: as `fused_qkv`, with k and v
+    /// appended to `cache` (rows at `positions`, which continue the cache)
+    /// and q returned. A backend whose fused op writes the cache itself
+    /// overrides this.
+    #[allow(clippy::too_many_arguments)]
+    fn fused_qkv_append(
+        &self,
+        x: &Self::Tensor,
+        qkv: &Self::Weight,
+        q_norm: &Self::Weight,
+        k_norm: &Self::Weight,
+        dims: &AttnDims,
+        positions: &[usize],
+        cache: &mut Self::Cache,
+    ) -> Result<Self::Tensor> {
+        let (q, k, v) = self.fused_qkv(x, qkv, q_norm, k_norm, dims, positions)?;
+        self.cache_append(cache, &k, &v)?;
+        Ok(q)
+    }
+
     fn new_cache(&self, dims: &AttnDims, capacity: usize) -> Result<Self::Cache>;
 
     /// Appends `k, v [n, kv_dim]` at the end of the cache.
@@ -181,6 +201,46 @@ pub trait Backend {
 
     /// Waits for queued work (MLX evaluates lazily here; CUDA synchronises).
     fn synchronize(&self) -> Result<()>;
+
+    /// The greedy token of the last row of `logits`: the largest value, ties
+    /// to the lower index. Backends may find it on the device.
+    fn argmax(&self, logits: &Self::Tensor) -> Result<u32> {
+        let (v, [rows, cols]) = self.to_host(logits)?;
+        Ok(crate::engine::record::argmax(&v[(rows - 1) * cols..]) as u32)
+    }
+
+    // Decode-step recording (CUDA graphs). The engine stages each decode
+    // step's token and position, runs one step normally (warm-up), records
+    // the next between `begin_step_capture` and `end_step_capture`, and then
+    // only replays it, advancing the caches itself. Backends without it keep
+    // these defaults and every step runs op by op.
+
+    /// Puts the next step's token and position where a recorded step reads them.
+    fn stage_step(&self, _token: u32, _position: usize) -> Result<()> {
+        Ok(())
+    }
+
+    /// Starts recording; false when the backend does not record steps.
+    fn begin_step_capture(&self) -> Result<bool> {
+        Ok(false)
+    }
+
+    fn end_step_capture(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn replay_step(&self) -> Result<()> {
+        Err(crate::error::Error::Backend {
+            backend: "engine",
+            problem: "this backend does not record decode steps".into(),
+        })
+    }
+
+    /// Counts `n` rows that a replayed step appended to `cache`.
+    fn cache_advance(&self, _cache: &mut Self::Cache, _n: usize) {}
+
+    /// Drops the recorded step.
+    fn release_step(&self) {}
 
     /// Free memory on the device in bytes, when the backend can tell: the
     /// engine refuses a model that cannot fit before uploading anything.

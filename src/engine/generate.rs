@@ -1,7 +1,7 @@
 //! Greedy generation and teacher-forced passes, producing recorded runs.
 
 use super::record::{Fingerprint, RecordedRun, StepRecord};
-use super::{Capture, Engine};
+use super::{Capture, Engine, Session};
 use crate::backend::{AttnPath, Backend};
 use crate::error::{Error, Result};
 
@@ -62,6 +62,13 @@ impl<B: Backend> Engine<B> {
         Ok(())
     }
 
+    /// Whether decode steps may be recorded and replayed: MoE routing runs
+    /// on the host, and per-layer captures copy to the host, both of which a
+    /// recorded step cannot do.
+    fn steps_recordable(&self, keep_hidden: bool) -> bool {
+        !keep_hidden && !(0..self.config.num_hidden_layers).any(|l| self.config.layer_is_moe(l))
+    }
+
     /// Greedy decoding: prefill the prompt, then one token per step.
     /// `on_step(i)` is called after each step (progress reporting).
     pub fn generate(
@@ -73,26 +80,36 @@ impl<B: Backend> Engine<B> {
         self.check_prompt(prompt, opts.max_tokens)?;
         let mut session = self.new_session(prompt.len() + opts.max_tokens)?;
         let mut steps = Vec::with_capacity(opts.max_tokens);
-        let mut input: Vec<u32> = prompt.to_vec();
         let mut hidden = opts.keep_hidden.then(Vec::new);
         let width = self.config.hidden_size;
+        let mut dec = Decoder::new(self, opts.path, self.steps_recordable(opts.keep_hidden));
         for i in 0..opts.max_tokens {
-            let mut cap = Capture {
-                layers: opts.keep_hidden.then(Vec::new),
-                qkv: None,
+            let v = if i == 0 || opts.keep_hidden {
+                let mut cap = Capture {
+                    layers: opts.keep_hidden.then(Vec::new),
+                    qkv: None,
+                };
+                let input = if i == 0 {
+                    prompt.to_vec()
+                } else {
+                    vec![steps.last().map_or(0, |s: &StepRecord| s.token)]
+                };
+                let logits = self.forward(&mut session, &input, opts.path, false, &mut cap)?;
+                if let (Some(h), Some(layers)) = (hidden.as_mut(), cap.layers) {
+                    h.push(
+                        layers
+                            .iter()
+                            .map(|l| l[l.len() - width..].iter().map(|&v| v as f32).collect())
+                            .collect(),
+                    );
+                }
+                self.backend.to_host(&logits)?.0
+            } else {
+                let token = steps.last().map_or(0, |s: &StepRecord| s.token);
+                let logits = dec.step(&mut session, token)?;
+                self.backend.to_host(logits)?.0
             };
-            let logits = self.forward(&mut session, &input, opts.path, false, &mut cap)?;
-            if let (Some(h), Some(layers)) = (hidden.as_mut(), cap.layers) {
-                h.push(
-                    layers
-                        .iter()
-                        .map(|l| l[l.len() - width..].iter().map(|&v| v as f32).collect())
-                        .collect(),
-                );
-            }
-            let (v, _) = self.backend.to_host(&logits)?;
             let step = StepRecord::from_logits(&v, opts.top_k, opts.keep_logits);
-            input = vec![step.token];
             steps.push(step);
             on_step(i + 1);
         }
@@ -103,6 +120,35 @@ impl<B: Backend> Engine<B> {
             steps,
             hidden,
         })
+    }
+
+    /// Greedy tokens only, picked on the backend (nothing but the token
+    /// crosses to the host): the loop `lockstep bench` times. `on_token(i)`
+    /// runs after token i is known.
+    pub fn decode_greedy(
+        &self,
+        prompt: &[u32],
+        n: usize,
+        path: AttnPath,
+        on_token: &mut dyn FnMut(usize),
+    ) -> Result<Vec<u32>> {
+        self.check_prompt(prompt, n)?;
+        let mut session = self.new_session(prompt.len() + n)?;
+        let mut dec = Decoder::new(self, path, self.steps_recordable(false));
+        let mut tokens = Vec::with_capacity(n);
+        for i in 0..n {
+            let token = if i == 0 {
+                let logits =
+                    self.forward(&mut session, prompt, path, false, &mut Capture::default())?;
+                self.backend.argmax(&logits)?
+            } else {
+                let logits = dec.step(&mut session, tokens[i - 1])?;
+                self.backend.argmax(logits)?
+            };
+            tokens.push(token);
+            on_token(i);
+        }
+        Ok(tokens)
     }
 
     /// One prefill over `tokens` returning every row's logits and, as asked,
@@ -121,5 +167,71 @@ impl<B: Backend> Engine<B> {
         Ok((0..rows)
             .map(|r| v[r * cols..(r + 1) * cols].to_vec())
             .collect())
+    }
+}
+
+/// Runs single-token decode steps; where the backend records steps, the
+/// first is a warm-up (it sizes every buffer), the second is recorded and
+/// every later one is a replay with a new token and position.
+struct Decoder<'e, B: Backend> {
+    engine: &'e Engine<B>,
+    path: AttnPath,
+    record: bool,
+    warm: bool,
+    recorded: Option<B::Tensor>,
+    last: Option<B::Tensor>,
+}
+
+impl<'e, B: Backend> Decoder<'e, B> {
+    fn new(engine: &'e Engine<B>, path: AttnPath, record: bool) -> Self {
+        Decoder {
+            engine,
+            path,
+            record,
+            warm: false,
+            recorded: None,
+            last: None,
+        }
+    }
+
+    /// Logits of the step that feeds `token` at the session's next position.
+    fn step(&mut self, session: &mut Session<B::Cache>, token: u32) -> Result<&B::Tensor> {
+        let (e, be) = (self.engine, &self.engine.backend);
+        if self.record {
+            be.stage_step(token, session.pos)?;
+            if self.recorded.is_some() {
+                be.replay_step()?;
+                session.pos += 1;
+                for c in session.caches.iter_mut() {
+                    be.cache_advance(c, 1);
+                }
+                return Ok(self.recorded.as_ref().expect("checked"));
+            }
+            if self.warm {
+                // The warm-up step's output goes back to the pool first: the
+                // recording must find every buffer the warm-up step used.
+                self.last = None;
+                if be.begin_step_capture()? {
+                    let out = e.forward(session, &[token], self.path, false, &mut Capture::default());
+                    let end = be.end_step_capture();
+                    let out = out?;
+                    end?;
+                    be.replay_step()?;
+                    return Ok(self.recorded.insert(out));
+                }
+                self.record = false;
+            }
+            self.warm = true;
+        }
+        let out = e.forward(session, &[token], self.path, false, &mut Capture::default())?;
+        Ok(self.last.insert(out))
+    }
+}
+
+impl<B: Backend> Drop for Decoder<'_, B> {
+    fn drop(&mut self) {
+        if self.recorded.is_some() {
+            self.engine.backend.release_step();
+        }
     }
 }

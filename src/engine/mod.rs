@@ -350,11 +350,22 @@ impl<B: Backend> Engine<B> {
         for (l, lw) in self.layers.iter().enumerate() {
             // 2. h = RMSNorm(x); q/k/v by the chosen path; cache append.
             let h = self.attention_norm(l, &x)?;
-            let (q, k, v) = self.attention_inputs(l, &h, &positions, path)?;
-            if let Some(c) = capture.qkv.as_mut() {
-                c.push([be.to_host(&q)?.0, be.to_host(&k)?.0, be.to_host(&v)?.0]);
-            }
-            be.cache_append(&mut session.caches[l], &k, &v)?;
+            let cache = &mut session.caches[l];
+            let q = match (path, capture.qkv.as_mut()) {
+                // The fused op may write k and v straight into the cache.
+                (AttnPath::Fused, None) => {
+                    let d = &self.dims;
+                    be.fused_qkv_append(&h, &lw.qkv, &lw.q_norm, &lw.k_norm, d, &positions, cache)?
+                }
+                (_, c) => {
+                    let (q, k, v) = self.attention_inputs(l, &h, &positions, path)?;
+                    if let Some(c) = c {
+                        c.push([be.to_host(&q)?.0, be.to_host(&k)?.0, be.to_host(&v)?.0]);
+                    }
+                    be.cache_append(cache, &k, &v)?;
+                    q
+                }
+            };
             // 3. attention [n, q_dim] -> o_proj [n, hidden]; residual add.
             let a = be.attention(&q, &session.caches[l], &self.dims, &positions)?;
             x = be.add(&x, &be.linear(&a, &lw.o)?)?;

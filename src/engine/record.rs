@@ -71,6 +71,11 @@ impl StepRecord {
 
 /// The `k` largest values with their indices; ties go to the lower index
 /// (torch.argmax's choice). Values compared as stored (f32).
+/// Index of the greedy token: the largest value, ties to the lower index.
+pub fn argmax(v: &[f64]) -> usize {
+    top_k_of(v, 1).first().map_or(0, |t| t.0 as usize)
+}
+
 pub fn top_k_of(v: &[f64], k: usize) -> Vec<(u32, f32)> {
     let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
     for (i, &x) in v.iter().enumerate() {

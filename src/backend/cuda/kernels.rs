@@ -21,10 +21,11 @@ pub enum Kernel {
     Attention,
     Elementwise,
     Moe,
+    Cache,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 8] = [
+    pub const ALL: [Kernel; 9] = [
         Kernel::Embed,
         Kernel::RmsNorm,
         Kernel::Linear,
@@ -33,6 +34,7 @@ impl Kernel {
         Kernel::Attention,
         Kernel::Elementwise,
         Kernel::Moe,
+        Kernel::Cache,
     ];
 
     pub fn file(self) -> &'static str {
@@ -45,6 +47,7 @@ impl Kernel {
             Kernel::Attention => "attention.cu",
             Kernel::Elementwise => "elementwise.cu",
             Kernel::Moe => "moe.cu",
+            Kernel::Cache => "cache.cu",
         }
     }
 
@@ -58,6 +61,7 @@ impl Kernel {
             Kernel::Attention => include_str!("kernels/attention.cu"),
             Kernel::Elementwise => include_str!("kernels/elementwise.cu"),
             Kernel::Moe => include_str!("kernels/moe.cu"),
+            Kernel::Cache => include_str!("kernels/cache.cu"),
         }
     }
 
@@ -66,12 +70,19 @@ impl Kernel {
         match self {
             Kernel::Embed => &["embed_bf16"],
             Kernel::RmsNorm => &["rms_norm_bf16"],
-            Kernel::Linear => &["linear_bf16"],
+            Kernel::Linear => &[
+                "gemv_bf16",
+                "gemv_atomic_bf16",
+                "f32_to_bf16_reset",
+                "linear_bf16",
+                "argmax_bf16",
+            ],
             Kernel::Rope => &["rope_bf16"],
             Kernel::QkvFused => &["qkv_fused_bf16"],
-            Kernel::Attention => &["attention_bf16"],
+            Kernel::Attention => &["attn_scores_bf16", "attn_exp_bf16", "attn_out_bf16"],
             Kernel::Elementwise => &["add_bf16", "swiglu_bf16"],
             Kernel::Moe => &["gather_rows_bf16", "moe_accumulate_bf16"],
+            Kernel::Cache => &["cache_append_bf16"],
         }
     }
 

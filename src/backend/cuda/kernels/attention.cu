@@ -1,40 +1,107 @@
-// Eager causal GQA attention with transformers' bf16 rounding:
-// s = bf16(bf16(q.k) * scale); softmax in f32; p = bf16(e / sum);
-// out = bf16(sum_j p_j v_j) with f32 accumulation in key order.
-// One block per (token, head); scores in dynamic shared memory.
-extern "C" __global__ void attention_bf16(
-    const bf16_t* q, const bf16_t* kc, const bf16_t* vc, bf16_t* out, const int* pos,
-    int n_heads, int n_kv, int head_dim, float scale) {
+// Causal GQA attention with transformers' eager bf16 rounding, split over
+// chunks of ATTN_CHUNK keys so long contexts use the whole GPU:
+//   s = bf16(bf16(q.k) * scale); e = exp(s - max) in f32;
+//   p = bf16(e / sum e); out = bf16(sum_j p_j v_j), f32 accumulation.
+// Three launches over grid (tokens, heads, chunks); scratch in global
+// memory: S [tokens * heads, stride] scores then exponentials, M and Z the
+// per-chunk max and sum, P the per-chunk partial outputs. Row r attends to
+// keys 0..=pos[r] (read on the device, so a recorded launch replays at any
+// position); chunks past that return at once.
+#define ATTN_CHUNK 256
+
+__device__ __forceinline__ int chunks_of(int len) { return (len + ATTN_CHUNK - 1) / ATTN_CHUNK; }
+
+// Pass 1: one warp per key (lanes over head_dim, butterfly), chunk max.
+extern "C" __global__ void attn_scores_bf16(
+    const bf16_t* q, const bf16_t* kc, float* S, float* M, const int* pos,
+    int n_heads, int n_kv, int head_dim, int stride, int max_chunks, float scale) {
     __shared__ float scratch[32];
     __shared__ float qs[256];
-    extern __shared__ float sc[];
-    int r = blockIdx.x, h = blockIdx.y, kvh = h / (n_heads / n_kv);
+    int r = blockIdx.x, h = blockIdx.y, c = blockIdx.z;
+    int len = pos[r] + 1, kvh = h / (n_heads / n_kv);
+    if (c * ATTN_CHUNK >= len) return;
     int qd = n_heads * head_dim, kd = n_kv * head_dim;
-    int len = pos[r] + 1;
+    size_t rh = (size_t)r * n_heads + h;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = bf2f(q[(size_t)r * qd + (size_t)h * head_dim + d]);
     __syncthreads();
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    int end = min(len, (c + 1) * ATTN_CHUNK);
     float m = NEG_INF;
-    for (int j = threadIdx.x; j < len; j += blockDim.x) {
+    for (int j = c * ATTN_CHUNK + warp; j < end; j += warps) {
         const bf16_t* kr = kc + (size_t)j * kd + (size_t)kvh * head_dim;
         float dot = 0.0f;
-        for (int d = 0; d < head_dim; d++) dot += qs[d] * bf2f(kr[d]);
+        for (int d = lane; d < head_dim; d += 32) dot += qs[d] * bf2f(kr[d]);
+        dot = warp_sum(dot);
         float s = r16(r16(dot) * scale);
-        sc[j] = s;
+        if (lane == 0) S[rh * stride + j] = s;
         m = fmaxf(m, s);
     }
     m = block_max(m, scratch);
+    if (threadIdx.x == 0) M[rh * max_chunks + c] = m;
+}
+
+// Pass 2: the row's max over chunk maxima, exponentials, chunk sums.
+extern "C" __global__ void attn_exp_bf16(
+    float* S, const float* M, float* Z, const int* pos, int n_heads, int stride, int max_chunks) {
+    __shared__ float scratch[32];
+    int r = blockIdx.x, h = blockIdx.y, c = blockIdx.z;
+    int len = pos[r] + 1;
+    if (c * ATTN_CHUNK >= len) return;
+    size_t rh = (size_t)r * n_heads + h;
+    float m = NEG_INF;
+    for (int i = 0; i < chunks_of(len); i++) m = fmaxf(m, M[rh * max_chunks + i]);
+    int end = min(len, (c + 1) * ATTN_CHUNK);
     float sum = 0.0f;
-    for (int j = threadIdx.x; j < len; j += blockDim.x) {
-        float e = expf(sc[j] - m);
-        sc[j] = e;
+    for (int j = c * ATTN_CHUNK + threadIdx.x; j < end; j += blockDim.x) {
+        float e = expf(S[rh * stride + j] - m);
+        S[rh * stride + j] = e;
         sum += e;
     }
     sum = block_sum(sum, scratch);
-    for (int j = threadIdx.x; j < len; j += blockDim.x) sc[j] = r16(sc[j] / sum);
+    if (threadIdx.x == 0) Z[rh * max_chunks + c] = sum;
+}
+
+// Pass 3: probabilities, the chunk's partial output, then the combination
+// over chunks. `atomic_combine` == 0 (deterministic mode): partials go to P
+// and the block finishing a row last adds them in chunk order. Otherwise
+// (fast mode): partials are added into the f32 accumulator O with atomics,
+// in arrival order, and the last block rounds O. Threads split into
+// blockDim / head_dim key groups (each owns one output element of a group),
+// combined in group order.
+extern "C" __global__ void attn_out_bf16(
+    const float* S, const float* Z, const bf16_t* vc, float* P, float* O, bf16_t* out,
+    unsigned int* counters, const int* pos,
+    int n_heads, int n_kv, int head_dim, int stride, int max_chunks, int atomic_combine) {
+    __shared__ float part[1024];
+    int r = blockIdx.x, h = blockIdx.y, c = blockIdx.z;
+    int len = pos[r] + 1, nch = chunks_of(len);
+    if (c >= nch) return;
+    int kvh = h / (n_heads / n_kv), qd = n_heads * head_dim, kd = n_kv * head_dim;
+    size_t rh = (size_t)r * n_heads + h;
+    float sum = 0.0f;
+    for (int i = 0; i < nch; i++) sum += Z[rh * max_chunks + i];
+    int groups = blockDim.x / head_dim, g = threadIdx.x / head_dim, d = threadIdx.x % head_dim;
+    int end = min(len, (c + 1) * ATTN_CHUNK);
+    float acc = 0.0f;
+    for (int j = c * ATTN_CHUNK + g; j < end; j += groups)
+        acc += r16(S[rh * stride + j] / sum) * bf2f(vc[(size_t)j * kd + (size_t)kvh * head_dim + d]);
+    part[threadIdx.x] = acc;
     __syncthreads();
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int j = 0; j < len; j++) acc += sc[j] * bf2f(vc[(size_t)j * kd + (size_t)kvh * head_dim + d]);
-        out[(size_t)r * qd + (size_t)h * head_dim + d] = f2bf(acc);
+    if (g == 0) {
+        float t = 0.0f;
+        for (int i = 0; i < groups; i++) t += part[i * head_dim + d];
+        if (atomic_combine) atomicAdd(&O[rh * head_dim + d], t);
+        else P[(rh * max_chunks + c) * head_dim + d] = t;
+    }
+    if (!last_block_of(&counters[rh], nch)) return;
+    if (g == 0) {
+        float t = 0.0f;
+        if (atomic_combine) {
+            t = __ldcg(&O[rh * head_dim + d]);
+            O[rh * head_dim + d] = 0.0f;
+        } else {
+            for (int i = 0; i < nch; i++) t += __ldcg(&P[(rh * max_chunks + i) * head_dim + d]);
+        }
+        out[(size_t)r * qd + (size_t)h * head_dim + d] = f2bf(t);
     }
 }

@@ -60,3 +60,60 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     __syncthreads();
     return r;
 }
+
+// Products of 8 bf16 pairs packed in two 16-byte words, added to `acc` in
+// element order. Element 2i of a word is its low half (little endian).
+__device__ __forceinline__ float dot8(uint4 a, uint4 b, float acc) {
+    unsigned int av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        acc += __uint_as_float(av[i] << 16) * __uint_as_float(bv[i] << 16);
+        acc += __uint_as_float(av[i] & 0xffff0000u) * __uint_as_float(bv[i] & 0xffff0000u);
+    }
+    return acc;
+}
+
+// A weight read once per launch: 16 bytes, not kept in L1.
+__device__ __forceinline__ uint4 load_stream(const uint4* p) { return __ldcs(p); }
+
+// Rows of a dot-product batch handled by one pass over a weight row.
+#define ROWS_PER_PASS 8
+
+// Partial dot products of one weight row `wr` (k / 8 chunks of 16 bytes)
+// with up to ROWS_PER_PASS activation rows: this warp takes chunks
+// part * 32 + lane, then every 32 * parts. Lane order, then the butterfly:
+// a fixed summation order for a given (k, parts). Every lane returns the
+// warp's sums in acc[0..n).
+__device__ __forceinline__ void warp_dot_rows(const bf16_t* x, const bf16_t* wr, int n, int k, int part, int parts, float* acc) {
+    int lane = threadIdx.x & 31, chunks = k >> 3;
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_PASS; r++) acc[r] = 0.0f;
+    const uint4* w4 = (const uint4*)wr;
+#pragma unroll 4
+    for (int c = part * 32 + lane; c < chunks; c += 32 * parts) {
+        uint4 wv = load_stream(w4 + c);
+#pragma unroll
+        for (int r = 0; r < ROWS_PER_PASS; r++)
+            if (r < n) acc[r] = dot8(((const uint4*)(x + (size_t)r * k))[c], wv, acc[r]);
+    }
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_PASS; r++) acc[r] = warp_sum(acc[r]);
+}
+
+// Signals that this block has finished its share of `counter`'s work item;
+// true in every thread of the one block that finished it last (which resets
+// the counter for the next launch). Results written before the call are
+// visible to that block through __ldcg. The counter only orders blocks: no
+// value is ever summed with an atomic, so results stay bitwise fixed.
+__device__ __forceinline__ bool last_block_of(unsigned int* counter, unsigned int blocks) {
+    __shared__ bool last;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        unsigned int done = atomicAdd(counter, 1u);
+        last = (done == blocks - 1);
+        if (last) *counter = 0u;
+    }
+    __syncthreads();
+    return last;
+}

@@ -1,6 +1,59 @@
-// y[r, o] = sum_k x[r, k] * w[o, k]: one warp per output column o, lanes
-// stride over k with f32 accumulation and a butterfly. No atomics: the same
-// bits on every run (the `deterministic` reduction mode).
+// Batch-1-to-8 matrix-vector products (decode), y[r, o] = sum_k x[r, k] w[o, k],
+// f32 accumulation, one rounding. Requires k % 8 == 0 (16-byte loads).
+// Block = 8 warps; `parts` warps (1, 2, 4 or 8) share one output row, each
+// over interleaved 16-byte chunks; grid.y walks groups of ROWS_PER_PASS
+// activation rows.
+
+// `deterministic` mode: the parts' sums are added in warp order in shared
+// memory. The order depends on (k, parts) only, never on timing or on how
+// many activation rows there are.
+extern "C" __global__ void gemv_bf16(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k, int m, int parts) {
+    __shared__ float partial[8][ROWS_PER_PASS];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int rows_per_block = 8 / parts;
+    int o = blockIdx.x * rows_per_block + warp / parts, part = warp % parts;
+    int r0 = blockIdx.y * ROWS_PER_PASS, nr = min(ROWS_PER_PASS, n - r0);
+    float acc[ROWS_PER_PASS];
+    if (o < m) warp_dot_rows(x + (size_t)r0 * k, w + (size_t)o * k, nr, k, part, parts, acc);
+    if (lane == 0 && o < m)
+        for (int r = 0; r < ROWS_PER_PASS; r++) partial[warp][r] = acc[r];
+    __syncthreads();
+    if (o < m && part == 0 && lane < nr) {
+        float t = 0.0f;
+        for (int p = 0; p < parts; p++) t += partial[warp + p][lane];
+        y[(size_t)(r0 + lane) * m + o] = f2bf(t);
+    }
+}
+
+// `fast` mode: each part adds its sum into an f32 output with an atomic, in
+// whatever order the warps finish (so results may differ run to run once
+// three or more parts meet); f32_to_bf16_reset rounds afterwards and
+// leaves y32 zeroed again for the next product.
+extern "C" __global__ void gemv_atomic_bf16(const bf16_t* x, const bf16_t* w, float* y32, int n, int k, int m, int parts) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int rows_per_block = 8 / parts;
+    int o = blockIdx.x * rows_per_block + warp / parts, part = warp % parts;
+    int r0 = blockIdx.y * ROWS_PER_PASS, nr = min(ROWS_PER_PASS, n - r0);
+    if (o >= m) return;
+    float acc[ROWS_PER_PASS];
+    warp_dot_rows(x + (size_t)r0 * k, w + (size_t)o * k, nr, k, part, parts, acc);
+    if (lane < nr) {
+        float mine = acc[0];
+        for (int r = 1; r < ROWS_PER_PASS; r++) if (lane == r) mine = acc[r];
+        atomicAdd(y32 + (size_t)(r0 + lane) * m + o, mine);
+    }
+}
+
+extern "C" __global__ void f32_to_bf16_reset(float* a, bf16_t* out, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        out[i] = f2bf(a[i]);
+        a[i] = 0.0f;
+    }
+}
+
+// Any k: one warp per output column, lanes stride over k. Used when k is
+// not a multiple of 8.
 extern "C" __global__ void linear_bf16(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k, int m) {
     int warps = blockDim.x >> 5;
     int o = blockIdx.x * warps + (threadIdx.x >> 5);
@@ -14,4 +67,32 @@ extern "C" __global__ void linear_bf16(const bf16_t* x, const bf16_t* w, bf16_t*
         acc = warp_sum(acc);
         if (lane == 0) y[(size_t)r * m + o] = f2bf(acc);
     }
+}
+
+// Greedy token of the last logits row: the largest value, ties to the
+// lower index, NaN never wins. One block of 1024 threads; fixed order.
+extern "C" __global__ void argmax_bf16(const bf16_t* logits, int n, unsigned int* out) {
+    __shared__ float best_v[1024];
+    __shared__ int best_i[1024];
+    float bv = NEG_INF;
+    int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = bf2f(logits[i]);
+        if (v > bv) { bv = v; bi = i; }
+    }
+    best_v[threadIdx.x] = bv;
+    best_i[threadIdx.x] = bi;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            float ov = best_v[threadIdx.x + s];
+            int oi = best_i[threadIdx.x + s];
+            if (ov > best_v[threadIdx.x] || (ov == best_v[threadIdx.x] && oi < best_i[threadIdx.x])) {
+                best_v[threadIdx.x] = ov;
+                best_i[threadIdx.x] = oi;
+            }
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) *out = best_i[0] == 0x7fffffff ? 0u : (unsigned int)best_i[0];
 }

@@ -1,37 +1,78 @@
-// The fused path: for one token and one head slot (q heads, then k heads,
-// then v heads of the packed weight), project with f32 accumulation, RMS-
-// normalise q and k in f32, rotate with unrounded f32 cos/sin, round once.
-// Block = head_dim threads (thread d owns output element d); grid =
-// (tokens, n_heads + 2 * n_kv). Every sum has a fixed order: no atomics,
-// so the kernel is bitwise deterministic by construction.
+// The fused path in one kernel: q, k, v projected from the packed weight
+// ([q heads | k heads | v heads] rows), q and k RMS-normalised per head in
+// f32, rotated with unrounded f32 cos/sin, each output rounded once; k and
+// v optionally written straight into the KV cache at their positions.
+//
+// Phase 1 spreads the projection over the whole GPU: block = 8 warps, each
+// row of the packed weight taken by `parts` warps (as in gemv_bf16, so the
+// projection sums in the same fixed order), raw f32 results to `raw`
+// [tokens, rows]. Phase 2 runs in the block that finishes a head slot last
+// (last_block_of): it reads that slot's raw values and normalises, rotates
+// and stores them for the token group. Every sum has a fixed order and no
+// value goes through an atomic, so the kernel is bitwise deterministic, and
+// a token's result never depends on the other tokens in the launch.
+//
+// grid = (row blocks, token groups of ROWS_PER_PASS); counters: one per
+// (token group, head slot), zero before the launch and reset by it.
 extern "C" __global__ void qkv_fused_bf16(
     const bf16_t* x, const bf16_t* w, const bf16_t* qn, const bf16_t* kn,
-    bf16_t* q, bf16_t* k, bf16_t* v, const int* pos,
-    int hidden, int n_heads, int n_kv, int head_dim, float eps, float theta) {
+    bf16_t* q, bf16_t* k, bf16_t* v, bf16_t* kc, bf16_t* vc, const int* pos,
+    float* raw, unsigned int* counters,
+    int n, int hidden, int n_heads, int n_kv, int head_dim, int parts, float eps, float theta) {
+    __shared__ float partial[8][ROWS_PER_PASS];
     __shared__ float scratch[32];
-    extern __shared__ float vals[];
-    int r = blockIdx.x, slot = blockIdx.y, d = threadIdx.x;
-    int qd = n_heads * head_dim, kd = n_kv * head_dim;
-    size_t row = (size_t)slot * head_dim + d; // row of the packed weight
-    const bf16_t* xr = x + (size_t)r * hidden;
-    const bf16_t* wr = w + row * hidden;
-    float acc = 0.0f;
-    for (int i = 0; i < hidden; i++) acc += bf2f(xr[i]) * bf2f(wr[i]);
-    if (slot >= n_heads + n_kv) { // v: plain projection
-        v[(size_t)r * kd + (slot - n_heads - n_kv) * head_dim + d] = f2bf(acc);
-        return;
-    }
-    bool is_q = slot < n_heads;
-    float ss = block_sum(acc * acc, scratch);
-    float rr = rsqrtf(ss / (float)head_dim + eps);
-    float nv = acc * rr * bf2f(is_q ? qn[d] : kn[d]);
-    vals[d] = nv;
+    __shared__ float vals[1024];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int rows_per_block = 8 / parts;
+    int rows = (n_heads + 2 * n_kv) * head_dim;
+    int o = blockIdx.x * rows_per_block + warp / parts, part = warp % parts;
+    int r0 = blockIdx.y * ROWS_PER_PASS, nr = min(ROWS_PER_PASS, n - r0);
+    float acc[ROWS_PER_PASS];
+    warp_dot_rows(x + (size_t)r0 * hidden, w + (size_t)o * hidden, nr, hidden, part, parts, acc);
+    if (lane == 0)
+        for (int r = 0; r < ROWS_PER_PASS; r++) partial[warp][r] = acc[r];
     __syncthreads();
-    int half = head_dim / 2, i = d % half;
-    float inv = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
-    float a = inv * (float)pos[r];
-    float c = cosf(a), s = sinf(a);
-    float out = d < half ? vals[d] * c - vals[d + half] * s : vals[d] * c + vals[d - half] * s;
-    if (is_q) q[(size_t)r * qd + (size_t)slot * head_dim + d] = f2bf(out);
-    else k[(size_t)r * kd + (size_t)(slot - n_heads) * head_dim + d] = f2bf(out);
+    if (part == 0 && lane < nr) {
+        float t = 0.0f;
+        for (int p = 0; p < parts; p++) t += partial[warp + p][lane];
+        raw[(size_t)(r0 + lane) * rows + o] = t;
+    }
+    int slot = (blockIdx.x * rows_per_block) / head_dim;
+    int slots = n_heads + 2 * n_kv;
+    if (!last_block_of(&counters[blockIdx.y * slots + slot], head_dim / rows_per_block)) return;
+
+    int qd = n_heads * head_dim, kd = n_kv * head_dim, d = threadIdx.x;
+    bool is_v = slot >= n_heads + n_kv, is_q = slot < n_heads;
+    int half = head_dim / 2;
+    for (int t = r0; t < r0 + nr; t++) {
+        float a = d < head_dim ? __ldcg(&raw[(size_t)t * rows + (size_t)slot * head_dim + d]) : 0.0f;
+        if (is_v) {
+            if (d < head_dim) {
+                size_t at = (size_t)(slot - n_heads - n_kv) * head_dim + d;
+                bf16_t b = f2bf(a);
+                if (v) v[(size_t)t * kd + at] = b;
+                if (vc) vc[(size_t)pos[t] * kd + at] = b;
+            }
+            continue;
+        }
+        float ss = block_sum(a * a, scratch);
+        float rr = rsqrtf(ss / (float)head_dim + eps);
+        if (d < head_dim) vals[d] = a * rr * bf2f(is_q ? qn[d] : kn[d]);
+        __syncthreads();
+        if (d < head_dim) {
+            int i = d % half;
+            float inv = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
+            float ang = inv * (float)pos[t];
+            float c = cosf(ang), s = sinf(ang);
+            float out = d < half ? vals[d] * c - vals[d + half] * s : vals[d] * c + vals[d - half] * s;
+            bf16_t b = f2bf(out);
+            if (is_q) q[(size_t)t * qd + (size_t)slot * head_dim + d] = b;
+            else {
+                size_t at = (size_t)(slot - n_heads) * head_dim + d;
+                if (k) k[(size_t)t * kd + at] = b;
+                if (kc) kc[(size_t)pos[t] * kd + at] = b;
+            }
+        }
+        __syncthreads();
+    }
 }

@@ -1,0 +1,125 @@
+//! Recycled device buffers. Every op's output comes from here and goes back
+//! on drop, so a decode step allocates nothing once warm: that is what lets
+//! a step be recorded as a CUDA graph (a recording may not allocate, and
+//! the replayed launches must find their buffers where they were), and it
+//! spares the allocator a call per op. While a step graph lives, the
+//! buffers it uses are taken out of circulation (`freeze`).
+
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, DriverError};
+use std::mem::ManuallyDrop;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex};
+
+/// Free buffers kept beyond this many bytes are released (outside a recording).
+const KEEP_BYTES: usize = 2 << 30;
+
+pub struct Pool<T> {
+    state: Mutex<PoolState<T>>,
+}
+
+struct PoolState<T> {
+    free: Vec<CudaSlice<T>>,
+    bytes: usize,
+    /// While set, a miss is an error and nothing is released.
+    recording: bool,
+}
+
+pub struct Buf<T: DeviceRepr> {
+    slice: ManuallyDrop<CudaSlice<T>>,
+    pool: Arc<Pool<T>>,
+}
+
+pub enum Take<T: DeviceRepr> {
+    Got(Buf<T>),
+    /// Nothing of that length is free while recording.
+    MissWhileRecording,
+}
+
+impl<T: DeviceRepr> Pool<T> {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Pool {
+            state: Mutex::new(PoolState {
+                free: Vec::new(),
+                bytes: 0,
+                recording: false,
+            }),
+        })
+    }
+
+    /// A buffer of exactly `len` elements (contents undefined).
+    pub fn take(self: &Arc<Self>, stream: &Arc<CudaStream>, len: usize) -> Result<Take<T>, DriverError> {
+        let len = len.max(1);
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = st.free.iter().position(|s| s.len() == len) {
+            let slice = st.free.swap_remove(i);
+            st.bytes -= len * std::mem::size_of::<T>();
+            return Ok(Take::Got(self.wrap(slice)));
+        }
+        if st.recording {
+            return Ok(Take::MissWhileRecording);
+        }
+        drop(st);
+        // SAFETY: the contents are undefined until written; every user writes
+        // the elements it later reads (kernels write their whole output).
+        let slice = unsafe { stream.alloc::<T>(len) }?;
+        Ok(Take::Got(self.wrap(slice)))
+    }
+
+    fn wrap(self: &Arc<Self>, slice: CudaSlice<T>) -> Buf<T> {
+        Buf {
+            slice: ManuallyDrop::new(slice),
+            pool: self.clone(),
+        }
+    }
+
+    pub fn set_recording(&self, on: bool) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).recording = on;
+    }
+
+    /// Takes every free buffer out of circulation (a step graph uses them).
+    pub fn freeze(&self) -> Vec<CudaSlice<T>> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.bytes = 0;
+        std::mem::take(&mut st.free)
+    }
+
+    /// Returns frozen buffers once their graph is gone.
+    pub fn thaw(&self, bufs: Vec<CudaSlice<T>>) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.bytes += bufs.iter().map(|b| b.len() * std::mem::size_of::<T>()).sum::<usize>();
+        st.free.extend(bufs);
+    }
+
+    fn give_back(&self, slice: CudaSlice<T>) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let size = slice.len() * std::mem::size_of::<T>();
+        if !st.recording && st.bytes + size > KEEP_BYTES {
+            drop(st);
+            drop(slice);
+            return;
+        }
+        st.bytes += size;
+        st.free.push(slice);
+    }
+}
+
+impl<T: DeviceRepr> Drop for Buf<T> {
+    fn drop(&mut self) {
+        // SAFETY: taken once, here; the field is never used again.
+        let slice = unsafe { ManuallyDrop::take(&mut self.slice) };
+        self.pool.give_back(slice);
+    }
+}
+
+impl<T: DeviceRepr> Deref for Buf<T> {
+    type Target = CudaSlice<T>;
+    fn deref(&self) -> &CudaSlice<T> {
+        &self.slice
+    }
+}
+
+impl<T: DeviceRepr> DerefMut for Buf<T> {
+    fn deref_mut(&mut self) -> &mut CudaSlice<T> {
+        &mut self.slice
+    }
+}

@@ -1,0 +1,196 @@
+//! Decode speed: same-process, warm, batch-1 greedy decoding timed per
+//! configuration, with the weight-bytes roofline of the device's measured
+//! copy bandwidth. Backend-neutral: the caller switches configurations.
+//! Speed is only ever measured here (by `lockstep bench`), never in tests.
+
+use crate::backend::{AttnPath, Backend};
+use crate::engine::record::Fingerprint;
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::model::layout::expected_tensors;
+use crate::model::Qwen3Config;
+use crate::progress::Progress;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// Bytes of weights one decode step reads: every tensor except the
+/// embedding table (one row of it), the lm_head once (the embedding when
+/// tied); for MoE only the routed experts (top_k of each layer's experts).
+pub fn weight_bytes_per_token(cfg: &Qwen3Config) -> usize {
+    let mut elems = 0usize;
+    for t in expected_tensors(cfg) {
+        let n: usize = t.shape.iter().product();
+        if t.name == "model.embed_tokens.weight" && !cfg.tie_word_embeddings {
+            continue;
+        }
+        if t.name.contains(".mlp.experts.") {
+            let m = cfg.moe.as_ref().expect("experts imply a moe config");
+            // Counted as the active fraction of the layer's experts.
+            elems += n * m.num_experts_per_tok / m.num_experts;
+            continue;
+        }
+        elems += n;
+    }
+    2 * elems
+}
+
+/// Deterministic prompt ids of a given length for a vocabulary.
+pub fn bench_prompt(len: usize, vocab: usize) -> Vec<u32> {
+    (0..len).map(|i| ((1 + i * 7919) % vocab) as u32).collect()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchRow {
+    pub path: AttnPath,
+    pub mode: String,
+    pub cuda_graphs: bool,
+    /// Decode tokens per second, best repeat and median repeat.
+    pub best_tok_s: f64,
+    pub median_tok_s: f64,
+    pub best_ms_per_token: f64,
+    /// Best tok/s as a percentage of the weight-bytes roofline.
+    pub pct_of_roofline: f64,
+    /// Every repeat's tok/s, in order.
+    pub repeats_tok_s: Vec<f64>,
+    /// Distinct greedy sequences over the repeats (1 when deterministic).
+    pub distinct_outputs: usize,
+    pub tokens: Vec<u32>,
+    pub fingerprint: Fingerprint,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub model_hash: String,
+    pub device: String,
+    /// Device-to-device copy bandwidth, (read + write bytes) / time, GB/s.
+    pub copy_bandwidth_gb_s: f64,
+    pub weight_bytes_per_token: usize,
+    /// copy bandwidth / weight bytes per token.
+    pub roofline_tok_s: f64,
+    pub prompt_tokens: usize,
+    pub warmup_tokens: usize,
+    pub measured_tokens: usize,
+    pub repeats: usize,
+    pub rows: Vec<BenchRow>,
+}
+
+/// One configuration: `repeats` greedy decodes of `warmup + tokens` steps
+/// after the prompt; the clock covers the last `tokens` steps only.
+pub fn time_config<B: Backend>(
+    e: &Engine<B>,
+    prompt: &[u32],
+    path: AttnPath,
+    warmup: usize,
+    tokens: usize,
+    repeats: usize,
+    progress: &mut Progress,
+    done: &mut usize,
+) -> Result<(Vec<f64>, Vec<Vec<u32>>)> {
+    let mut speeds = Vec::with_capacity(repeats);
+    let mut outputs = Vec::with_capacity(repeats);
+    for _ in 0..repeats {
+        let mut start = None;
+        let mut end = None;
+        let out = e.decode_greedy(prompt, warmup + tokens + 1, path, &mut |i| {
+            if i == warmup {
+                start = Some(Instant::now());
+            }
+            if i == warmup + tokens {
+                end = Some(Instant::now());
+            }
+        })?;
+        let secs = match (start, end) {
+            (Some(s), Some(t)) => (t - s).as_secs_f64(),
+            _ => f64::NAN,
+        };
+        speeds.push(tokens as f64 / secs);
+        outputs.push(out);
+        *done += 1;
+        progress.set(*done);
+    }
+    Ok((speeds, outputs))
+}
+
+pub fn row(
+    path: AttnPath,
+    mode: &str,
+    cuda_graphs: bool,
+    speeds: Vec<f64>,
+    outputs: Vec<Vec<u32>>,
+    roofline: f64,
+    fingerprint: Fingerprint,
+) -> BenchRow {
+    let mut sorted = speeds.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let best = sorted.last().copied().unwrap_or(f64::NAN);
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+    let mut distinct = outputs.clone();
+    distinct.sort();
+    distinct.dedup();
+    BenchRow {
+        path,
+        mode: mode.to_string(),
+        cuda_graphs,
+        best_tok_s: best,
+        median_tok_s: median,
+        best_ms_per_token: 1e3 / best,
+        pct_of_roofline: 100.0 * best / roofline,
+        repeats_tok_s: speeds,
+        distinct_outputs: distinct.len(),
+        tokens: outputs.into_iter().next().unwrap_or_default(),
+        fingerprint,
+    }
+}
+
+impl BenchReport {
+    pub fn to_text(&self) -> String {
+        let mut s = format!(
+            "model {} ({}) on {}\ncopy bandwidth {:.0} GB/s, {:.3} GB of weights per token, roofline {:.1} tok/s\nprompt {} tokens, warm-up {}, measured {}, best of {}\n\n",
+            self.model,
+            self.model_hash,
+            self.device,
+            self.copy_bandwidth_gb_s,
+            self.weight_bytes_per_token as f64 / 1e9,
+            self.roofline_tok_s,
+            self.prompt_tokens,
+            self.warmup_tokens,
+            self.measured_tokens,
+            self.repeats
+        );
+        s += "path   mode           graphs  best tok/s  median tok/s  ms/token  % roofline  distinct\n";
+        for r in &self.rows {
+            s += &format!(
+                "{:<6} {:<14} {:<7} {:>10.1} {:>13.1} {:>9.3} {:>11.1} {:>9}\n",
+                r.path.name(),
+                r.mode,
+                if r.cuda_graphs { "on" } else { "off" },
+                r.best_tok_s,
+                r.median_tok_s,
+                r.best_ms_per_token,
+                r.pct_of_roofline,
+                r.distinct_outputs
+            );
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::synth::preset_config;
+
+    #[test]
+    fn roofline_bytes_match_the_published_shapes() {
+        // qwen3-0.6b (tied): every parameter once, ~1.19 GB; qwen3-8b: all
+        // but the embedding table, ~15.1 GB (the 2517 and 198 tok/s
+        // at 3000 GB/s).
+        let small = weight_bytes_per_token(&preset_config("qwen3-0.6b").unwrap());
+        let big = weight_bytes_per_token(&preset_config("qwen3-8b").unwrap());
+        assert!((3000e9 / small as f64 - 2517.0).abs() < 10.0, "{small}");
+        assert!((3000e9 / big as f64 - 198.0).abs() < 2.0, "{big}");
+        let moe = weight_bytes_per_token(&preset_config("qwen3-30b-a3b").unwrap());
+        assert!(moe < big / 2, "active weights only: {moe}");
+    }
+}
