@@ -2,7 +2,7 @@
 # Runs on the GPU machine after ci/bundle.sh (device tool: carry .device):
 #   OUT=$OUT bash ci/device-cuda.sh STAGE...
 # Stages (in order given): tests, bench-small (tiny, 0.6b), bench-8b,
-# bench-30b, envelopes (0.6b op level N=100 and greedy N=20 x 256 per mode),
+# bench-30b, bench-hf-0.6b / bench-hf-8b (transformers on the same weights), envelopes (0.6b op level N=100 and greedy N=20 x 256 per mode),
 # parity-8b. Logs and JSON go to $OUT; one GPU, one thing at a time.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -24,7 +24,13 @@ for stage in "$@"; do
     bench-8b)
       step $L bench --model synth:qwen3-8b --graphs on,off --out "$OUT/bench-qwen3-8b.json" ;;
     bench-30b)
-      step $L bench --model synth:qwen3-30b-a3b --graphs off --out "$OUT/bench-qwen3-30b-a3b.json" ;;
+      step $L bench --model synth:qwen3-30b-a3b --graphs off --modes deterministic --warmup 8 \
+        --tokens 64 --repeats 2 --out "$OUT/bench-qwen3-30b-a3b.json" ;;
+    bench-hf-0.6b|bench-hf-8b)
+      preset=qwen3-${stage#bench-hf-}
+      dir=/tmp/lockstep-$preset
+      [ -d $dir ] || step $L synth --preset $preset --out $dir
+      step timeout 400 python3 ci/bench_transformers.py $dir "$OUT/transformers-$preset.json" ;;
     envelopes)
       for mode in deterministic fast; do
         for path in graph fused; do

@@ -77,6 +77,7 @@ pub struct BenchReport {
 
 /// One configuration: `repeats` greedy decodes of `warmup + tokens` steps
 /// after the prompt; the clock covers the last `tokens` steps only.
+#[allow(clippy::too_many_arguments)]
 pub fn time_config<B: Backend>(
     e: &Engine<B>,
     prompt: &[u32],

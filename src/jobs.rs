@@ -471,7 +471,15 @@ pub fn cpu_envelope(
     runs: usize,
 ) -> Result<Envelope> {
     let e = Engine::load(model, CpuBackend::with_faults(numerics, faults))?;
-    envelope_of(&e, model, EnvelopeLevel::Logits, path, tokens, runs, ulp_type(numerics))
+    envelope_of(
+        &e,
+        model,
+        EnvelopeLevel::Logits,
+        path,
+        tokens,
+        runs,
+        ulp_type(numerics),
+    )
 }
 
 pub fn cpu_containment(model: &Model, tokens: &[u32], graph_env: &Envelope) -> Result<Containment> {

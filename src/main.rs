@@ -116,7 +116,12 @@ enum Cmd {
         backend: BackendArg,
         #[arg(long, value_enum, value_delimiter = ',', default_value = "fused,graph")]
         paths: Vec<AttnPath>,
-        #[arg(long, value_enum, value_delimiter = ',', default_value = "deterministic,fast")]
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "deterministic,fast"
+        )]
         modes: Vec<ModeArg>,
         /// CUDA graphs settings to time: on, off or both.
         #[arg(long, value_delimiter = ',', default_value = "on")]
@@ -472,7 +477,10 @@ fn run(cmd: Cmd) -> Result<()> {
                 .map(|g| match g.as_str() {
                     "on" => Ok(true),
                     "off" => Ok(false),
-                    other => Err(Error::invalid("--graphs", format!("{other:?} is not on or off"))),
+                    other => Err(Error::invalid(
+                        "--graphs",
+                        format!("{other:?} is not on or off"),
+                    )),
                 })
                 .collect::<Result<Vec<bool>>>()?;
             let mut configs: Vec<(AttnPath, ModeArg, bool)> = Vec::new();
@@ -537,7 +545,9 @@ fn run(cmd: Cmd) -> Result<()> {
                     };
                     lockstep::jobs::envelope_of(&e, &m, level, path, &prompt_ids, runs, ulp)?
                 }
-                BackendArg::Cuda => cuda_envelope(&m, level, path, &prompt_ids, runs, cuda.options())?,
+                BackendArg::Cuda => {
+                    cuda_envelope(&m, level, path, &prompt_ids, runs, cuda.options())?
+                }
                 BackendArg::Mlx => return Err(Error::BackendNotCompiled { backend: "mlx" }),
             };
             if json {
@@ -708,12 +718,21 @@ fn cuda_bench(
     let mut done = 0;
     let mut rows = Vec::new();
     for &(path, mode, graphs) in configs {
-        e.backend.set_options(lockstep::backend::cuda::CudaOptions {
-            mode: mode.mode(),
-            graphs,
-        })?;
-        let (speeds, outputs) =
-            bench::time_config(&e, &prompt, path, warmup, tokens, repeats, &mut progress, &mut done)?;
+        e.backend
+            .set_options(lockstep::backend::cuda::CudaOptions {
+                mode: mode.mode(),
+                graphs,
+            })?;
+        let (speeds, outputs) = bench::time_config(
+            &e,
+            &prompt,
+            path,
+            warmup,
+            tokens,
+            repeats,
+            &mut progress,
+            &mut done,
+        )?;
         rows.push(bench::row(
             path,
             mode.mode().name(),

@@ -229,7 +229,10 @@ mod gpu {
             assert_eq!(plain, replayed, "{}: replayed steps differ", path.name());
             let tokens: Vec<u32> = plain.iter().map(|t| t[0].0).collect();
             assert_eq!(tokens, fast, "{}: device argmax differs", path.name());
-            println!("{}: 40 recorded steps bit-identical to op-by-op", path.name());
+            println!(
+                "{}: 40 recorded steps bit-identical to op-by-op",
+                path.name()
+            );
         }
     }
 
@@ -264,16 +267,18 @@ mod gpu {
             .map(|(a, b)| diff(a, b).rel_rms)
             .fold(0.0, f64::max);
         println!("tiny: fast vs deterministic logits, worst-row rel RMS {worst:.3e}");
-        assert!(worst < tol("cuda_vs_cpu_bf16_logits_rel_rms"), "{worst:.3e}");
+        assert!(
+            worst < tol("cuda_vs_cpu_bf16_logits_rel_rms"),
+            "{worst:.3e}"
+        );
         // Op level on qwen3-0.6b, where the split products have enough parts
         // for atomics to matter; each layer's input is held fixed.
         let m = Model::open("synth:qwen3-0.6b").unwrap();
         let e = Engine::load(&m, e.backend).unwrap();
         for path in [AttnPath::Graph, AttnPath::Fused] {
             let level = lockstep::jobs::EnvelopeLevel::Op;
-            let env =
-                lockstep::jobs::envelope_of(&e, &m, level, path, &PROMPT, 100, UlpType::Bf16)
-                    .unwrap();
+            let env = lockstep::jobs::envelope_of(&e, &m, level, path, &PROMPT, 100, UlpType::Bf16)
+                .unwrap();
             println!("{}", env.to_text());
             if path == AttnPath::Fused {
                 assert_eq!(env.distinct, 1, "{}", env.to_text());
@@ -329,7 +334,11 @@ mod gpu {
         }
         let want = run(&cpu, &dims, &k, &v, &q, &positions);
         for mode in [ReductionMode::Deterministic, ReductionMode::Fast] {
-            be.set_options(CudaOptions { mode, graphs: false }).unwrap();
+            be.set_options(CudaOptions {
+                mode,
+                graphs: false,
+            })
+            .unwrap();
             let got = run(&be, &dims, &k, &v, &q, &positions);
             let d = diff(&got, &want);
             println!(

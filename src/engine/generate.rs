@@ -205,14 +205,18 @@ impl<'e, B: Backend> Decoder<'e, B> {
                 for c in session.caches.iter_mut() {
                     be.cache_advance(c, 1);
                 }
-                return Ok(self.recorded.as_ref().expect("checked"));
+                return self.recorded.as_ref().ok_or_else(|| Error::Backend {
+                    backend: "engine",
+                    problem: "the recorded step's output is gone".into(),
+                });
             }
             if self.warm {
                 // The warm-up step's output goes back to the pool first: the
                 // recording must find every buffer the warm-up step used.
                 self.last = None;
                 if be.begin_step_capture()? {
-                    let out = e.forward(session, &[token], self.path, false, &mut Capture::default());
+                    let out =
+                        e.forward(session, &[token], self.path, false, &mut Capture::default());
                     let end = be.end_step_capture();
                     let out = out?;
                     end?;

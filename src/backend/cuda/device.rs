@@ -48,15 +48,18 @@ struct StepInputs {
     pos: CudaSlice<i32>,
 }
 
+/// Pooled buffers out of circulation while a recorded step uses them.
+type Frozen = (
+    Vec<CudaSlice<u16>>,
+    Vec<CudaSlice<f32>>,
+    Vec<CudaSlice<i32>>,
+    Vec<CudaSlice<u32>>,
+);
+
 /// A recorded decode step and the pooled buffers its launches use.
 struct Recorded {
     graph: CudaGraph,
-    frozen: (
-        Vec<CudaSlice<u16>>,
-        Vec<CudaSlice<f32>>,
-        Vec<CudaSlice<i32>>,
-        Vec<CudaSlice<u32>>,
-    ),
+    frozen: Frozen,
 }
 
 #[derive(Default)]
@@ -107,7 +110,7 @@ const BLOCK: u32 = 256;
 /// Activation rows one GEMV pass takes (ROWS_PER_PASS in common.cuh).
 const ROWS_PER_PASS: usize = 8;
 /// Keys per attention chunk (ATTN_CHUNK in attention.cu).
-const ATTN_CHUNK: usize = 256;
+const ATTN_CHUNK: usize = 64;
 const COUNTERS: usize = 1 << 20;
 /// Attention score scratch per launch; longer prefills go in row batches.
 const ATTN_SCRATCH_BYTES: usize = 256 << 20;
@@ -260,9 +263,14 @@ impl CudaBackend {
         Ok(())
     }
 
-    fn blas_atomics(blas: &CudaBlas, mode: ReductionMode) -> std::result::Result<(), cudarc::cublas::result::CublasError> {
+    fn blas_atomics(
+        blas: &CudaBlas,
+        mode: ReductionMode,
+    ) -> std::result::Result<(), cudarc::cublas::result::CublasError> {
         let atomics = match mode {
-            ReductionMode::Deterministic => blas_sys::cublasAtomicsMode_t::CUBLAS_ATOMICS_NOT_ALLOWED,
+            ReductionMode::Deterministic => {
+                blas_sys::cublasAtomicsMode_t::CUBLAS_ATOMICS_NOT_ALLOWED
+            }
             ReductionMode::Fast => blas_sys::cublasAtomicsMode_t::CUBLAS_ATOMICS_ALLOWED,
         };
         // SAFETY: a live handle; this only sets handle state.
@@ -338,9 +346,7 @@ impl CudaBackend {
         }
         self.no_host_transfer(what)?;
         let mut b = self.buf(pool, what, vals.len())?;
-        self.stream
-            .memcpy_htod(vals, &mut *b)
-            .map_err(err(what))?;
+        self.stream.memcpy_htod(vals, &mut *b).map_err(err(what))?;
         Ok(DevArg {
             ptr: self.ptr(&b),
             _keep: Some(b),
@@ -366,10 +372,13 @@ impl CudaBackend {
         let mut z = self.zeros.lock().unwrap_or_else(|p| p.into_inner());
         if z.len() < n {
             self.no_host_transfer("growing the accumulators")?;
-            *z = self.stream.alloc_zeros::<f32>(n).map_err(|e| Error::Backend {
-                backend: "cuda",
-                problem: format!("allocating {n} f32 accumulators: {e}"),
-            })?;
+            *z = self
+                .stream
+                .alloc_zeros::<f32>(n)
+                .map_err(|e| Error::Backend {
+                    backend: "cuda",
+                    problem: format!("allocating {n} f32 accumulators: {e}"),
+                })?;
         }
         Ok(self.ptr(&z))
     }
@@ -580,11 +589,7 @@ impl CudaBackend {
             .arg(&pi)
             .arg(&eps)
             .arg(&theta);
-        let grid = (
-            (qkv.rows / (8 / parts)) as u32,
-            groups as u32,
-            1,
-        );
+        let grid = ((qkv.rows / (8 / parts)) as u32, groups as u32, 1);
         // SAFETY: the packed weight has slots * head_dim rows of hidden
         // (checked), head_dim is a multiple of 8 / parts so every block lies in
         // one slot; outputs and the cache hold the rows' elements (positions
@@ -791,7 +796,18 @@ impl Backend for CudaBackend {
         }
         let pos = self.positions(positions)?;
         let mut q = self.tensor("fused q", x.rows, dims.q_dim())?;
-        self.launch_fused(x, qkv, q_norm, k_norm, dims, &pos, &mut q, 0, 0, Some(cache))?;
+        self.launch_fused(
+            x,
+            qkv,
+            q_norm,
+            k_norm,
+            dims,
+            &pos,
+            &mut q,
+            0,
+            0,
+            Some(cache),
+        )?;
         cache.len += x.rows;
         Ok(q)
     }
@@ -860,11 +876,12 @@ impl Backend for CudaBackend {
             || len > cache.len
             || hd > BLOCK as usize
             || BLOCK as usize % hd != 0
+            || hd % 8 != 0
         {
             return Err(shape(
                 "attention",
                 format!(
-                    "q {}x{}, cache {} rows, head_dim {hd} (must divide {BLOCK})",
+                    "q {}x{}, cache {} rows, head_dim {hd} (must divide {BLOCK}, a multiple of 8)",
                     q.rows, q.cols, cache.len
                 ),
             ));
@@ -886,11 +903,27 @@ impl Backend for CudaBackend {
             .min(q.rows);
         let fast = self.options().mode == ReductionMode::Fast;
         let s = self.buf(&self.f32s, "attention scores", batch * heads * stride)?;
-        let m = self.buf(&self.f32s, "attention chunk maxima", batch * heads * max_chunks)?;
-        let z = self.buf(&self.f32s, "attention chunk sums", batch * heads * max_chunks)?;
-        let p_len = if fast { 1 } else { batch * heads * max_chunks * hd };
+        let m = self.buf(
+            &self.f32s,
+            "attention chunk maxima",
+            batch * heads * max_chunks,
+        )?;
+        let z = self.buf(
+            &self.f32s,
+            "attention chunk sums",
+            batch * heads * max_chunks,
+        )?;
+        let p_len = if fast {
+            1
+        } else {
+            batch * heads * max_chunks * hd
+        };
         let p = self.buf(&self.f32s, "attention partial outputs", p_len)?;
-        let o = if fast { self.zeroed(batch * heads * hd)? } else { 0 };
+        let o = if fast {
+            self.zeroed(batch * heads * hd)?
+        } else {
+            0
+        };
         let counters = self.counters(batch * heads, "attention")?;
         let (nh, nkv, hdi, st, mc) = (
             heads as i32,
@@ -913,19 +946,35 @@ impl Backend for CudaBackend {
             let mut l = self.stream.launch_builder(self.func("attn_scores_bf16")?);
             l.arg(&qr).arg(&cache.k).arg(&sp).arg(&mp).arg(&posr);
             l.arg(&nh).arg(&nkv).arg(&hdi).arg(&st).arg(&mc).arg(&scale);
-            // SAFETY: rows x heads x chunks blocks; scratch holds batch rows of
-            // heads x stride scores and max_chunks maxima; positions are below
-            // the cache length (checked); head_dim <= 256.
-            unsafe { l.launch(cfg(grid)) }.map_err(err("attn_scores_bf16"))?;
+            let per_key = LaunchConfig {
+                grid_dim: grid,
+                block_dim: (ATTN_CHUNK as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: rows x heads x chunks blocks of one thread per key;
+            // scratch holds batch rows of heads x stride scores and max_chunks
+            // maxima; positions are below the cache length (checked);
+            // head_dim <= 256 and a multiple of 8 (16-byte key loads).
+            unsafe { l.launch(per_key) }.map_err(err("attn_scores_bf16"))?;
             let mut l = self.stream.launch_builder(self.func("attn_exp_bf16")?);
             l.arg(&sp).arg(&mp).arg(&zp).arg(&posr);
             l.arg(&nh).arg(&st).arg(&mc);
             // SAFETY: the same grid over the same scratch.
-            unsafe { l.launch(cfg(grid)) }.map_err(err("attn_exp_bf16"))?;
+            unsafe { l.launch(per_key) }.map_err(err("attn_exp_bf16"))?;
             let mut l = self.stream.launch_builder(self.func("attn_out_bf16")?);
-            l.arg(&sp).arg(&zp).arg(&cache.v).arg(&pp).arg(&o).arg(&outr);
+            l.arg(&sp)
+                .arg(&zp)
+                .arg(&cache.v)
+                .arg(&pp)
+                .arg(&o)
+                .arg(&outr);
             l.arg(&counters).arg(&posr);
-            l.arg(&nh).arg(&nkv).arg(&hdi).arg(&st).arg(&mc).arg(&atomic);
+            l.arg(&nh)
+                .arg(&nkv)
+                .arg(&hdi)
+                .arg(&st)
+                .arg(&mc)
+                .arg(&atomic);
             // SAFETY: the same grid; P holds max_chunks partials per (row,
             // head) in deterministic mode, O heads x head_dim zeroed f32 per
             // row in fast mode; counters cover rows x heads; out holds q's shape.
@@ -970,8 +1019,7 @@ impl Backend for CudaBackend {
                 .arg(&mut *xe.data)
                 .arg(&width);
             // SAFETY: every index is a row of x; xe holds idx.len() rows.
-            unsafe { l.launch(cfg((idx.len() as u32, 1, 1))) }
-                .map_err(err("gather_rows_bf16"))?;
+            unsafe { l.launch(cfg((idx.len() as u32, 1, 1))) }.map_err(err("gather_rows_bf16"))?;
             let ew = &w.experts[ex];
             let h = self.swiglu(&self.linear(&xe, &ew.gate)?, &self.linear(&xe, &ew.up)?)?;
             let y = self.linear(&h, &ew.down)?;
@@ -1095,7 +1143,10 @@ impl Backend for CudaBackend {
         self.f32s.set_recording(true);
         self.i32s.set_recording(true);
         self.u32s.set_recording(true);
-        self.recording.lock().unwrap_or_else(|p| p.into_inner()).active = true;
+        self.recording
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .active = true;
         self.stream
             .begin_capture(
                 cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
@@ -1138,7 +1189,9 @@ impl Backend for CudaBackend {
             backend: "cuda",
             problem: "no recorded decode step to replay".into(),
         })?;
-        step.graph.launch().map_err(err("replaying the decode step"))
+        step.graph
+            .launch()
+            .map_err(err("replaying the decode step"))
     }
 
     fn cache_advance(&self, cache: &mut CudaCache, n: usize) {

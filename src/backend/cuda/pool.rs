@@ -47,7 +47,11 @@ impl<T: DeviceRepr> Pool<T> {
     }
 
     /// A buffer of exactly `len` elements (contents undefined).
-    pub fn take(self: &Arc<Self>, stream: &Arc<CudaStream>, len: usize) -> Result<Take<T>, DriverError> {
+    pub fn take(
+        self: &Arc<Self>,
+        stream: &Arc<CudaStream>,
+        len: usize,
+    ) -> Result<Take<T>, DriverError> {
         let len = len.max(1);
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = st.free.iter().position(|s| s.len() == len) {
@@ -73,7 +77,10 @@ impl<T: DeviceRepr> Pool<T> {
     }
 
     pub fn set_recording(&self, on: bool) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).recording = on;
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .recording = on;
     }
 
     /// Takes every free buffer out of circulation (a step graph uses them).
@@ -86,7 +93,10 @@ impl<T: DeviceRepr> Pool<T> {
     /// Returns frozen buffers once their graph is gone.
     pub fn thaw(&self, bufs: Vec<CudaSlice<T>>) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.bytes += bufs.iter().map(|b| b.len() * std::mem::size_of::<T>()).sum::<usize>();
+        st.bytes += bufs
+            .iter()
+            .map(|b| b.len() * std::mem::size_of::<T>())
+            .sum::<usize>();
         st.free.extend(bufs);
     }
 

@@ -7,11 +7,12 @@
 // per-chunk max and sum, P the per-chunk partial outputs. Row r attends to
 // keys 0..=pos[r] (read on the device, so a recorded launch replays at any
 // position); chunks past that return at once.
-#define ATTN_CHUNK 256
+#define ATTN_CHUNK 64
 
 __device__ __forceinline__ int chunks_of(int len) { return (len + ATTN_CHUNK - 1) / ATTN_CHUNK; }
 
-// Pass 1: one warp per key (lanes over head_dim, butterfly), chunk max.
+// Pass 1: one thread per key (16-byte loads over head_dim, in order, so
+// every key's loads are in flight at once), chunk max. Block = ATTN_CHUNK.
 extern "C" __global__ void attn_scores_bf16(
     const bf16_t* q, const bf16_t* kc, float* S, float* M, const int* pos,
     int n_heads, int n_kv, int head_dim, int stride, int max_chunks, float scale) {
@@ -24,23 +25,31 @@ extern "C" __global__ void attn_scores_bf16(
     size_t rh = (size_t)r * n_heads + h;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = bf2f(q[(size_t)r * qd + (size_t)h * head_dim + d]);
     __syncthreads();
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    int end = min(len, (c + 1) * ATTN_CHUNK);
+    int j = c * ATTN_CHUNK + threadIdx.x;
     float m = NEG_INF;
-    for (int j = c * ATTN_CHUNK + warp; j < end; j += warps) {
-        const bf16_t* kr = kc + (size_t)j * kd + (size_t)kvh * head_dim;
+    if (j < len) {
+        const uint4* kr = (const uint4*)(kc + (size_t)j * kd + (size_t)kvh * head_dim);
         float dot = 0.0f;
-        for (int d = lane; d < head_dim; d += 32) dot += qs[d] * bf2f(kr[d]);
-        dot = warp_sum(dot);
+#pragma unroll 4
+        for (int i = 0; i < head_dim / 8; i++) {
+            uint4 kv = kr[i];
+            unsigned int w[4] = {kv.x, kv.y, kv.z, kv.w};
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                dot += qs[8 * i + 2 * e] * __uint_as_float(w[e] << 16);
+                dot += qs[8 * i + 2 * e + 1] * __uint_as_float(w[e] & 0xffff0000u);
+            }
+        }
         float s = r16(r16(dot) * scale);
-        if (lane == 0) S[rh * stride + j] = s;
-        m = fmaxf(m, s);
+        S[rh * stride + j] = s;
+        m = s;
     }
     m = block_max(m, scratch);
     if (threadIdx.x == 0) M[rh * max_chunks + c] = m;
 }
 
 // Pass 2: the row's max over chunk maxima, exponentials, chunk sums.
+// Block = ATTN_CHUNK (one thread per key).
 extern "C" __global__ void attn_exp_bf16(
     float* S, const float* M, float* Z, const int* pos, int n_heads, int stride, int max_chunks) {
     __shared__ float scratch[32];
@@ -80,11 +89,15 @@ extern "C" __global__ void attn_out_bf16(
     size_t rh = (size_t)r * n_heads + h;
     float sum = 0.0f;
     for (int i = 0; i < nch; i++) sum += Z[rh * max_chunks + i];
+    __shared__ float p[ATTN_CHUNK];
+    int end = min(len, (c + 1) * ATTN_CHUNK), n = end - c * ATTN_CHUNK;
+    if (threadIdx.x < n) p[threadIdx.x] = r16(S[rh * stride + c * ATTN_CHUNK + threadIdx.x] / sum);
+    __syncthreads();
     int groups = blockDim.x / head_dim, g = threadIdx.x / head_dim, d = threadIdx.x % head_dim;
-    int end = min(len, (c + 1) * ATTN_CHUNK);
+    const bf16_t* vb = vc + (size_t)c * ATTN_CHUNK * kd + (size_t)kvh * head_dim + d;
     float acc = 0.0f;
-    for (int j = c * ATTN_CHUNK + g; j < end; j += groups)
-        acc += r16(S[rh * stride + j] / sum) * bf2f(vc[(size_t)j * kd + (size_t)kvh * head_dim + d]);
+#pragma unroll 8
+    for (int j = g; j < n; j += groups) acc += p[j] * bf2f(vb[(size_t)j * kd]);
     part[threadIdx.x] = acc;
     __syncthreads();
     if (g == 0) {
