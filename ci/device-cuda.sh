@@ -2,7 +2,8 @@
 # Runs on the GPU machine after ci/bundle.sh (device tool: carry .device):
 #   OUT=$OUT bash ci/device-cuda.sh STAGE...
 # Stages (in order given): tests, bench-small (tiny, 0.6b), bench-8b,
-# bench-30b, bench-hf-0.6b / bench-hf-8b (transformers on the same weights), envelopes (0.6b op level N=100 and greedy N=20 x 256 per mode),
+# bench-30b, big (qwen3-8b parity; LOCKSTEP_BIG_MODELS), profile (nsys),
+# bench-hf-0.6b / bench-hf-8b (transformers on the same weights), envelopes (0.6b op level N=100 and greedy N=20 x 256 per mode),
 # parity-8b. Logs and JSON go to $OUT; one GPU, one thing at a time.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -18,6 +19,14 @@ for stage in "$@"; do
       step .device/tests/cuda_kernels --test-threads 1 --nocapture
       step .device/tests/cuda_backend --test-threads 1 --nocapture
       step $L env --json ;;
+    big)
+      step .device/tests/cuda_backend --test-threads 1 --nocapture --ignored large_models ;;
+    profile)
+      if command -v nsys >/dev/null; then
+        step nsys profile -o "$OUT/profile" --force-overwrite true --cuda-graph-trace=node --stats=true \
+          $L bench --model synth:qwen3-0.6b --paths fused,graph --modes deterministic --graphs on \
+          --warmup 4 --tokens 64 --repeats 1
+      else echo "nsys is not installed" | tee -a "$OUT/log.txt"; fi ;;
     bench-small)
       step $L bench --model synth:tiny --graphs on,off --tokens 128 --out "$OUT/bench-tiny.json"
       step $L bench --model synth:qwen3-0.6b --graphs on,off --out "$OUT/bench-qwen3-0.6b.json" ;;

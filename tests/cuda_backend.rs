@@ -356,6 +356,116 @@ mod gpu {
         }
     }
 
+    /// The large shapes (run by `ci/device-cuda.sh big`, ignored otherwise:
+    /// minutes of loading): fused vs graph at op level within the contract,
+    /// and CUDA logits against the CPU reference (bf16) on 8 tokens.
+    /// LOCKSTEP_BIG_MODELS picks the presets (default qwen3-8b).
+    #[test]
+    #[ignore = "large models: run with --ignored on a GPU machine (ci/device-cuda.sh big)"]
+    fn large_models_fused_vs_graph_and_cpu() {
+        let specs = std::env::var("LOCKSTEP_BIG_MODELS").unwrap_or("synth:qwen3-8b".into());
+        for spec in specs.split(',') {
+            let Some((_g, be)) = gpu("large_models_fused_vs_graph_and_cpu") else {
+                return;
+            };
+            let m = Model::open(spec).unwrap();
+            let e = Engine::load(&m, be).unwrap();
+            let rec = e
+                .record_attention_inputs(&PROMPT, &[AttnPath::Graph, AttnPath::Fused])
+                .unwrap();
+            let limit = tol("fused_vs_graph_rms");
+            let mut worst = [0.0f64; 3];
+            for l in &rec {
+                let (g, f) = (&l.by_path[0].1, &l.by_path[1].1);
+                for i in 0..3 {
+                    let d = diff(&f[i], &g[i]);
+                    assert!(
+                        d.finite_ok() && d.rms < limit,
+                        "{spec} layer {} tensor {i}: {:.3e}",
+                        l.layer,
+                        d.rms
+                    );
+                    worst[i] = worst[i].max(d.rms);
+                }
+            }
+            println!(
+                "{spec}: fused vs graph over {} layers, worst RMS q {:.3e} k {:.3e} v {:.3e}",
+                rec.len(),
+                worst[0],
+                worst[1],
+                worst[2]
+            );
+            if m.config.moe.is_some() {
+                println!(
+                    "{spec}: CPU reference comparison skipped (too large for host memory twice)"
+                );
+                continue;
+            }
+            let cpu = Engine::load(&m, CpuBackend::new(Numerics::Bf16)).unwrap();
+            assert_eq!(cpu.model_hash, e.model_hash);
+            for path in [AttnPath::Graph, AttnPath::Fused] {
+                let a = e
+                    .teacher_forced(&PROMPT, path, &mut Default::default())
+                    .unwrap();
+                let b = cpu
+                    .teacher_forced(&PROMPT, path, &mut Default::default())
+                    .unwrap();
+                let w = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(x, y)| diff(x, y).rel_rms)
+                    .fold(0.0, f64::max);
+                println!(
+                    "{spec} {}: cuda vs cpu bf16 logits, worst-row rel RMS {w:.3e}",
+                    path.name()
+                );
+                assert!(w < tol("cuda_vs_cpu_bf16_logits_rel_rms"), "{w:.3e}");
+            }
+        }
+    }
+
+    /// The decode fusions (residual add + RMSNorm; gate and up products +
+    /// SwiGLU in one pass) give the bits of the separate ops.
+    #[test]
+    fn decode_fusions_equal_their_separate_ops() {
+        let Some((_g, be)) = gpu("decode_fusions_equal_their_separate_ops") else {
+            return;
+        };
+        let m = Model::open("synth:qwen3-0.6b").unwrap();
+        let up = |n: &str| be.upload(n, &m.tensor(n).unwrap()).unwrap();
+        let (gate, upw, norm) = (
+            up("model.layers.0.mlp.gate_proj.weight"),
+            up("model.layers.0.mlp.up_proj.weight"),
+            up("model.layers.0.post_attention_layernorm.weight"),
+        );
+        let width = m.config.hidden_size;
+        let val = |i: usize, s: usize| ((i * 7919 + s * 104729) % 2001) as f64 / 1000.0 - 1.0;
+        let x: Vec<f64> = (0..width).map(|i| val(i, 1)).collect();
+        let r: Vec<f64> = (0..width).map(|i| val(i, 2) * 0.25).collect();
+        let (xt, rt) = (
+            be.activation_from_host(&x, 1, width).unwrap(),
+            be.activation_from_host(&r, 1, width).unwrap(),
+        );
+        let (sum, normed) = be.add_rms_norm(&xt, &rt, &norm, 1e-6).unwrap();
+        let sum2 = be.add(&xt, &rt).unwrap();
+        let normed2 = be.rms_norm(&sum2, &norm, 1e-6).unwrap();
+        assert_eq!(be.to_host(&sum).unwrap(), be.to_host(&sum2).unwrap());
+        assert_eq!(be.to_host(&normed).unwrap(), be.to_host(&normed2).unwrap());
+        let h = be.gate_up_swiglu(&normed, &gate, &upw).unwrap();
+        let h2 = be
+            .swiglu(
+                &be.linear(&normed, &gate).unwrap(),
+                &be.linear(&normed, &upw).unwrap(),
+            )
+            .unwrap();
+        let (a, b) = (be.to_host(&h).unwrap(), be.to_host(&h2).unwrap());
+        assert!(
+            a.0.iter().any(|&v| v != 0.0),
+            "the MLP input is not all zero"
+        );
+        assert_eq!(a, b);
+    }
+
     /// A row's fused output is bit-identical whether it is computed alone or
     /// among 1..64 rows.
     #[test]

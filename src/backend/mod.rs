@@ -186,6 +186,31 @@ pub trait Backend {
     /// `silu(gate) * up`.
     fn swiglu(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Result<Self::Tensor>;
 
+    /// `x + r` (the new residual stream) and its RMSNorm: one launch on
+    /// backends that fuse them, with the same bits as `add` then `rms_norm`.
+    fn add_rms_norm(
+        &self,
+        x: &Self::Tensor,
+        r: &Self::Tensor,
+        w: &Self::Weight,
+        eps: f64,
+    ) -> Result<(Self::Tensor, Self::Tensor)> {
+        let sum = self.add(x, r)?;
+        let normed = self.rms_norm(&sum, w, eps)?;
+        Ok((sum, normed))
+    }
+
+    /// `swiglu(x @ gate^T, x @ up^T)`: the dense MLP's input to its down
+    /// product, fused where a backend can (same bits as the separate ops).
+    fn gate_up_swiglu(
+        &self,
+        x: &Self::Tensor,
+        gate: &Self::Weight,
+        up: &Self::Weight,
+    ) -> Result<Self::Tensor> {
+        self.swiglu(&self.linear(x, gate)?, &self.linear(x, up)?)
+    }
+
     /// Softmax router, top-k (renormalised if asked), expert SwiGLU MLPs,
     /// weighted sum in ascending expert order.
     fn moe(&self, x: &Self::Tensor, w: &MoeWeights<Self::Weight>) -> Result<Self::Tensor>;

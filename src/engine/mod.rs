@@ -345,11 +345,12 @@ impl<B: Backend> Engine<B> {
             )));
         }
         let positions: Vec<usize> = (session.pos..end).collect();
-        // 1. x [n, hidden] = embedding rows.
+        // 1. x [n, hidden] = embedding rows; h = the first layer's input norm.
         let mut x = be.embed(&self.embed, ids)?;
+        let mut h = self.attention_norm(0, &x)?;
+        let n_layers = self.layers.len();
         for (l, lw) in self.layers.iter().enumerate() {
-            // 2. h = RMSNorm(x); q/k/v by the chosen path; cache append.
-            let h = self.attention_norm(l, &x)?;
+            // 2. q/k/v by the chosen path from h; cache append.
             let cache = &mut session.caches[l];
             let q = match (path, capture.qkv.as_mut()) {
                 // The fused op may write k and v straight into the cache.
@@ -366,20 +367,24 @@ impl<B: Backend> Engine<B> {
                     q
                 }
             };
-            // 3. attention [n, q_dim] -> o_proj [n, hidden]; residual add.
+            // 3. attention [n, q_dim] -> o_proj [n, hidden]; residual add and
+            // the MLP's input norm.
             let a = be.attention(&q, &session.caches[l], &self.dims, &positions)?;
-            x = be.add(&x, &be.linear(&a, &lw.o)?)?;
-            // 4. MLP on RMSNorm(x); residual add.
-            let h2 = be.rms_norm(&x, &lw.post_norm, self.dims.eps)?;
+            let (x1, h2) =
+                be.add_rms_norm(&x, &be.linear(&a, &lw.o)?, &lw.post_norm, self.dims.eps)?;
+            // 4. MLP; residual add and the next layer's input norm.
             let m = match &lw.mlp {
                 Mlp::Dense { gate, up, down } => {
-                    let g = be.linear(&h2, gate)?;
-                    let u = be.linear(&h2, up)?;
-                    be.linear(&be.swiglu(&g, &u)?, down)?
+                    be.linear(&be.gate_up_swiglu(&h2, gate, up)?, down)?
                 }
                 Mlp::Moe(w) => be.moe(&h2, w)?,
             };
-            x = be.add(&x, &m)?;
+            if l + 1 < n_layers {
+                let next = &self.layers[l + 1].input_norm;
+                (x, h) = be.add_rms_norm(&x1, &m, next, self.dims.eps)?;
+            } else {
+                x = be.add(&x1, &m)?;
+            }
             if let Some(c) = capture.layers.as_mut() {
                 c.push(be.to_host(&x)?.0);
             }

@@ -419,13 +419,14 @@ impl CudaBackend {
         let (ni, ki, mi, pi) = (n as i32, k as i32, m as i32, parts as i32);
         match self.options().mode {
             ReductionMode::Deterministic => {
-                let mut l = self.stream.launch_builder(self.func("gemv_bf16")?);
+                let name = if n == 1 { "gemv1_bf16" } else { "gemv_bf16" };
+                let mut l = self.stream.launch_builder(self.func(name)?);
                 l.arg(&*x.data).arg(&w.data).arg(&mut *out.data);
                 l.arg(&ni).arg(&ki).arg(&mi).arg(&pi);
                 // SAFETY: x is n x k, w m x k, out n x m, k % 8 == 0 (16-byte
                 // loads; cudarc allocations are 256-byte aligned); warps past
                 // m and rows past n do nothing.
-                unsafe { l.launch(cfg(grid)) }.map_err(err("gemv_bf16"))?;
+                unsafe { l.launch(cfg(grid)) }.map_err(err(name))?;
             }
             ReductionMode::Fast => {
                 let acc = self.zeroed(n * m)?;
@@ -569,7 +570,12 @@ impl CudaBackend {
             parts as i32,
         );
         let (eps, theta) = (dims.eps as f32, dims.rope_theta as f32);
-        let mut l = self.stream.launch_builder(self.func("qkv_fused_bf16")?);
+        let name = if x.rows == 1 {
+            "qkv_fused1_bf16"
+        } else {
+            "qkv_fused_bf16"
+        };
+        let mut l = self.stream.launch_builder(self.func(name)?);
         l.arg(&*x.data)
             .arg(&qkv.data)
             .arg(&q_norm.data)
@@ -595,7 +601,7 @@ impl CudaBackend {
         // one slot; outputs and the cache hold the rows' elements (positions
         // below the cache capacity: checked by the caller); counters cover
         // groups * slots.
-        unsafe { l.launch(cfg(grid)) }.map_err(err("qkv_fused_bf16"))?;
+        unsafe { l.launch(cfg(grid)) }.map_err(err(name))?;
         Ok(())
     }
 }
@@ -982,6 +988,68 @@ impl Backend for CudaBackend {
             r0 += rows;
         }
         Ok(out)
+    }
+
+    fn add_rms_norm(
+        &self,
+        x: &CudaTensor,
+        r: &CudaTensor,
+        w: &CudaWeight,
+        eps: f64,
+    ) -> Result<(CudaTensor, CudaTensor)> {
+        check::same_shape("add_rms_norm", (x.rows, x.cols), (r.rows, r.cols))?;
+        let width = w.rows * w.cols;
+        check::rms_norm(x.cols, width)?;
+        let groups = x.rows * x.cols / width;
+        let mut sum = self.tensor("residual sum", x.rows, x.cols)?;
+        let mut out = self.tensor("rms_norm output", x.rows, x.cols)?;
+        let (wi, e) = (width as i32, eps as f32);
+        let mut l = self.stream.launch_builder(self.func("add_rms_norm_bf16")?);
+        l.arg(&*x.data).arg(&*r.data).arg(&w.data);
+        l.arg(&mut *sum.data).arg(&mut *out.data).arg(&wi).arg(&e);
+        // SAFETY: x, r, sum and out hold groups * width elements; w holds width.
+        unsafe {
+            l.launch(LaunchConfig {
+                grid_dim: (groups as u32, 1, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            })
+        }
+        .map_err(err("add_rms_norm_bf16"))?;
+        Ok((sum, out))
+    }
+
+    fn gate_up_swiglu(
+        &self,
+        x: &CudaTensor,
+        gate: &CudaWeight,
+        up: &CudaWeight,
+    ) -> Result<CudaTensor> {
+        let one_pass = x.rows == 1
+            && x.cols % 8 == 0
+            && self.options().mode == ReductionMode::Deterministic
+            && (gate.rows, gate.cols) == (up.rows, up.cols);
+        if !one_pass {
+            return self.swiglu(&self.linear(x, gate)?, &self.linear(x, up)?);
+        }
+        check::linear((x.rows, x.cols), &gate.name, (gate.rows, gate.cols))?;
+        let (k, m) = (x.cols, gate.rows);
+        let parts = self.parts(m, k);
+        let mut h = self.tensor("swiglu output", 1, m)?;
+        let (ki, mi, pi) = (k as i32, m as i32, parts as i32);
+        let mut l = self
+            .stream
+            .launch_builder(self.func("gate_up_swiglu_bf16")?);
+        l.arg(&*x.data)
+            .arg(&gate.data)
+            .arg(&up.data)
+            .arg(&mut *h.data);
+        l.arg(&ki).arg(&mi).arg(&pi);
+        // SAFETY: x is 1 x k, gate and up m x k (checked equal), h 1 x m,
+        // k % 8 == 0; warps past m do nothing.
+        unsafe { l.launch(cfg((m.div_ceil(8 / parts) as u32, 1, 1))) }
+            .map_err(err("gate_up_swiglu_bf16"))?;
+        Ok(h)
     }
 
     fn add(&self, a: &CudaTensor, b: &CudaTensor) -> Result<CudaTensor> {

@@ -69,16 +69,18 @@ impl Kernel {
     pub fn functions(self) -> &'static [&'static str] {
         match self {
             Kernel::Embed => &["embed_bf16"],
-            Kernel::RmsNorm => &["rms_norm_bf16"],
+            Kernel::RmsNorm => &["rms_norm_bf16", "add_rms_norm_bf16"],
             Kernel::Linear => &[
                 "gemv_bf16",
+                "gemv1_bf16",
+                "gate_up_swiglu_bf16",
                 "gemv_atomic_bf16",
                 "f32_to_bf16_reset",
                 "linear_bf16",
                 "argmax_bf16",
             ],
             Kernel::Rope => &["rope_bf16"],
-            Kernel::QkvFused => &["qkv_fused_bf16"],
+            Kernel::QkvFused => &["qkv_fused_bf16", "qkv_fused1_bf16"],
             Kernel::Attention => &["attn_scores_bf16", "attn_exp_bf16", "attn_out_bf16"],
             Kernel::Elementwise => &["add_bf16", "swiglu_bf16"],
             Kernel::Moe => &["gather_rows_bf16", "moe_accumulate_bf16"],

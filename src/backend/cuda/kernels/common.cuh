@@ -80,24 +80,26 @@ __device__ __forceinline__ uint4 load_stream(const uint4* p) { return __ldcs(p);
 #define ROWS_PER_PASS 8
 
 // Partial dot products of one weight row `wr` (k / 8 chunks of 16 bytes)
-// with up to ROWS_PER_PASS activation rows: this warp takes chunks
-// part * 32 + lane, then every 32 * parts. Lane order, then the butterfly:
-// a fixed summation order for a given (k, parts). Every lane returns the
-// warp's sums in acc[0..n).
+// with up to R activation rows (R = 1 for decode, ROWS_PER_PASS for small
+// batches: the same order either way, so a row's sums do not depend on how
+// many rows share the pass): this warp takes chunks part * 32 + lane, then
+// every 32 * parts. Lane order, then the butterfly: a fixed summation order
+// for a given (k, parts). Every lane returns the warp's sums in acc[0..n).
+template <int R>
 __device__ __forceinline__ void warp_dot_rows(const bf16_t* x, const bf16_t* wr, int n, int k, int part, int parts, float* acc) {
     int lane = threadIdx.x & 31, chunks = k >> 3;
 #pragma unroll
-    for (int r = 0; r < ROWS_PER_PASS; r++) acc[r] = 0.0f;
+    for (int r = 0; r < R; r++) acc[r] = 0.0f;
     const uint4* w4 = (const uint4*)wr;
-#pragma unroll 4
+#pragma unroll 8
     for (int c = part * 32 + lane; c < chunks; c += 32 * parts) {
         uint4 wv = load_stream(w4 + c);
 #pragma unroll
-        for (int r = 0; r < ROWS_PER_PASS; r++)
-            if (r < n) acc[r] = dot8(((const uint4*)(x + (size_t)r * k))[c], wv, acc[r]);
+        for (int r = 0; r < R; r++)
+            if (R == 1 || r < n) acc[r] = dot8(__ldg((const uint4*)(x + (size_t)r * k) + c), wv, acc[r]);
     }
 #pragma unroll
-    for (int r = 0; r < ROWS_PER_PASS; r++) acc[r] = warp_sum(acc[r]);
+    for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
 }
 
 // Signals that this block has finished its share of `counter`'s work item;

@@ -14,23 +14,24 @@
 //
 // grid = (row blocks, token groups of ROWS_PER_PASS); counters: one per
 // (token group, head slot), zero before the launch and reset by it.
-extern "C" __global__ void qkv_fused_bf16(
+template <int R>
+__device__ __forceinline__ void qkv_fused_body(
     const bf16_t* x, const bf16_t* w, const bf16_t* qn, const bf16_t* kn,
     bf16_t* q, bf16_t* k, bf16_t* v, bf16_t* kc, bf16_t* vc, const int* pos,
     float* raw, unsigned int* counters,
     int n, int hidden, int n_heads, int n_kv, int head_dim, int parts, float eps, float theta) {
-    __shared__ float partial[8][ROWS_PER_PASS];
+    __shared__ float partial[8][R];
     __shared__ float scratch[32];
     __shared__ float vals[1024];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int rows_per_block = 8 / parts;
     int rows = (n_heads + 2 * n_kv) * head_dim;
     int o = blockIdx.x * rows_per_block + warp / parts, part = warp % parts;
-    int r0 = blockIdx.y * ROWS_PER_PASS, nr = min(ROWS_PER_PASS, n - r0);
-    float acc[ROWS_PER_PASS];
-    warp_dot_rows(x + (size_t)r0 * hidden, w + (size_t)o * hidden, nr, hidden, part, parts, acc);
+    int r0 = blockIdx.y * R, nr = min(R, n - r0);
+    float acc[R];
+    warp_dot_rows<R>(x + (size_t)r0 * hidden, w + (size_t)o * hidden, nr, hidden, part, parts, acc);
     if (lane == 0)
-        for (int r = 0; r < ROWS_PER_PASS; r++) partial[warp][r] = acc[r];
+        for (int r = 0; r < R; r++) partial[warp][r] = acc[r];
     __syncthreads();
     if (part == 0 && lane < nr) {
         float t = 0.0f;
@@ -76,3 +77,15 @@ extern "C" __global__ void qkv_fused_bf16(
         __syncthreads();
     }
 }
+
+#define QKV_FUSED_ARGS \
+    const bf16_t* x, const bf16_t* w, const bf16_t* qn, const bf16_t* kn, \
+    bf16_t* q, bf16_t* k, bf16_t* v, bf16_t* kc, bf16_t* vc, const int* pos, \
+    float* raw, unsigned int* counters, \
+    int n, int hidden, int n_heads, int n_kv, int head_dim, int parts, float eps, float theta
+#define QKV_FUSED_PASS x, w, qn, kn, q, k, v, kc, vc, pos, raw, counters, n, hidden, n_heads, n_kv, head_dim, parts, eps, theta
+
+extern "C" __global__ void qkv_fused_bf16(QKV_FUSED_ARGS) { qkv_fused_body<ROWS_PER_PASS>(QKV_FUSED_PASS); }
+
+// One token (a decode step); the same sums as the batched entry point.
+extern "C" __global__ void qkv_fused1_bf16(QKV_FUSED_ARGS) { qkv_fused_body<1>(QKV_FUSED_PASS); }
