@@ -158,12 +158,15 @@ enum GoldenAction {
         root: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Only this backend's goldens (cpu, mlx); default: every backend compiled in.
+        #[arg(long)]
+        backend: Option<String>,
     },
     /// Rewrite the goldens (explicit, atomic, refused under CI).
     Regen {
         #[arg(long, default_value = ".")]
         root: PathBuf,
-        /// Only this backend's goldens (cpu; others when compiled in).
+        /// Only this backend's goldens (cpu, mlx); default: every backend compiled in.
         #[arg(long)]
         backend: Option<String>,
     },
@@ -238,7 +241,7 @@ fn run(cmd: Cmd) -> Result<()> {
                     load_cpu(&m, numerics)?.generate(&ids, &opts, &mut |i| p.set(i))?
                 }
                 BackendArg::Cuda => cuda_generate(&m, &ids, &opts, &mut |i| p.set(i))?,
-                BackendArg::Mlx => return Err(Error::BackendNotCompiled { backend: "mlx" }),
+                BackendArg::Mlx => mlx_generate(&m, numerics, &ids, &opts, &mut |i| p.set(i))?,
             };
             if json {
                 println!(
@@ -317,6 +320,7 @@ fn run(cmd: Cmd) -> Result<()> {
             if let Ok(i) = cuda {
                 infos.push(i);
             }
+            infos.extend(mlx_info());
             if json {
                 let v = serde_json::json!({
                     "lockstep_version": env!("CARGO_PKG_VERSION"),
@@ -419,8 +423,12 @@ fn run(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Golden { action } => match action {
-            GoldenAction::Check { root, json } => {
-                let results = lockstep::jobs::golden_check(&root)?;
+            GoldenAction::Check {
+                root,
+                json,
+                backend,
+            } => {
+                let results = lockstep::jobs::golden_check_on(&root, backend.as_deref())?;
                 let mut failed = 0;
                 for (name, r) in &results {
                     let ok = r.as_ref().is_ok_and(|o| o.passes());
@@ -475,6 +483,7 @@ fn run(cmd: Cmd) -> Result<()> {
                         &lockstep::backend::cpu::CpuBackend::new(n),
                     )
                 })
+                .chain(mlx_info())
                 .collect();
             if json {
                 let v = serde_json::json!({
@@ -536,6 +545,48 @@ fn cuda_generate(
     _on_step: &mut dyn FnMut(usize),
 ) -> Result<lockstep::engine::record::RecordedRun> {
     Err(Error::BackendNotCompiled { backend: "cuda" })
+}
+
+/// The MLX backend's fingerprint, when this build has MLX.
+#[cfg(feature = "mlx")]
+fn mlx_info() -> Option<lockstep::backend::DeviceInfo> {
+    let b = lockstep::backend::mlx::MlxBackend::new().ok()?;
+    Some(lockstep::backend::Backend::device_info(&b))
+}
+
+#[cfg(not(feature = "mlx"))]
+fn mlx_info() -> Option<lockstep::backend::DeviceInfo> {
+    None
+}
+
+/// Greedy generation on MLX, which computes in bf16 only: `--numerics f64`
+/// is refused rather than silently ignored.
+#[cfg(feature = "mlx")]
+fn mlx_generate(
+    m: &Model,
+    numerics: Numerics,
+    ids: &[u32],
+    opts: &GenerateOptions,
+    on_step: &mut dyn FnMut(usize),
+) -> Result<lockstep::engine::record::RecordedRun> {
+    if numerics != Numerics::Bf16 {
+        return Err(Error::invalid(
+            "--numerics",
+            "the MLX backend computes in bf16 only; f64 truth is the CPU reference's",
+        ));
+    }
+    lockstep::jobs::mlx::load(m)?.generate(ids, opts, on_step)
+}
+
+#[cfg(not(feature = "mlx"))]
+fn mlx_generate(
+    _m: &Model,
+    _numerics: Numerics,
+    _ids: &[u32],
+    _opts: &GenerateOptions,
+    _on_step: &mut dyn FnMut(usize),
+) -> Result<lockstep::engine::record::RecordedRun> {
+    Err(Error::BackendNotCompiled { backend: "mlx" })
 }
 
 fn compare_reference(path: &std::path::Path, model: Option<String>, json: bool) -> Result<()> {
