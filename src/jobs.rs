@@ -19,6 +19,9 @@ use crate::verify::parity::{op_parity, run_parity, ParityReport};
 use crate::verify::reference::{judge, Reference, ReferenceReport};
 use crate::verify::summary::{CheckResult, Status};
 
+pub mod generic;
+pub mod mlx;
+
 /// Loads `model` on the CPU reference with a progress bar.
 pub fn load_cpu(model: &Model, numerics: Numerics) -> Result<Engine<CpuBackend>> {
     let mut p = Progress::new("loading", model.expected_tensors().len());
@@ -244,22 +247,7 @@ pub fn verify(
                 &seq,
                 ENVELOPE_RUNS,
             )?;
-            push(
-                CheckResult {
-                    check: "envelope".into(),
-                    case: env.case.clone(),
-                    metric: format!("bitwise-distinct of {}", env.runs),
-                    value: Some(env.distinct as f64),
-                    threshold: "1 (deterministic backend)".into(),
-                    status: if env.distinct == 1 {
-                        Status::Pass
-                    } else {
-                        Status::Fail
-                    },
-                    detail: format!("max pairwise RMS {:.3e}", env.pairwise_rms.max),
-                },
-                &mut out,
-            );
+            push(envelope_row(&env), &mut out);
             if path == AttnPath::Graph {
                 graph_env = Some(env);
             }
@@ -291,35 +279,17 @@ pub fn verify(
         );
         for case in golden_cases().iter().filter(|c| c.preset == preset) {
             let (now, _) = golden_run(case)?;
-            let name = now.name();
-            let res = golden::load(&golden_path(golden_root, &name))
-                .and_then(|g| golden::compare(&g, &now));
-            push(
-                CheckResult {
-                    check: "golden".into(),
-                    case: format!("{name}@cpu"),
-                    metric: "first token change".into(),
-                    value: match &res {
-                        Ok(
-                            GoldenOutcome::NearTie { step, .. }
-                            | GoldenOutcome::Regression { step, .. },
-                        ) => Some(*step as f64),
-                        _ => None,
-                    },
-                    threshold: "none, or at a recorded near-tie".into(),
-                    status: match &res {
-                        Ok(o) if o.passes() => Status::Pass,
-                        _ => Status::Fail,
-                    },
-                    detail: match res {
-                        Ok(o) => format!("{o:?}"),
-                        Err(e) => e.to_string(),
-                    },
-                },
-                &mut out,
-            );
+            push(golden_row(&now, golden_root, "cpu"), &mut out);
         }
-        for (backend, reason) in [("mlx", mlx_unavailable()), ("cuda", cuda_unavailable())] {
+        // MLX's rows when this build has MLX, else one skipped row saying why.
+        let mlx_skipped =
+            match mlx::verify_rows(&model, &seq, golden_root, &mut |r| push(r, &mut out)) {
+                Ok(()) => None,
+                Err(e @ crate::error::Error::BackendNotCompiled { .. }) => Some(e.to_string()),
+                Err(e) => return Err(e),
+            };
+        for (backend, reason) in [("mlx", mlx_skipped), ("cuda", Some(cuda_unavailable()))] {
+            let Some(reason) = reason else { continue };
             push(
                 CheckResult::skipped(
                     "parity-op",
@@ -333,10 +303,48 @@ pub fn verify(
     Ok(out)
 }
 
-fn mlx_unavailable() -> String {
-    match crate::backend::mlx::MlxBackend::new() {
-        Err(e) => e.to_string(),
-        Ok(_) => "MLX checks run in tests/mlx_backend.rs; not yet part of verify".into(),
+/// The `verify` row of an envelope: a deterministic backend gives one
+/// bitwise result however often it runs.
+fn envelope_row(env: &Envelope) -> CheckResult {
+    CheckResult {
+        check: "envelope".into(),
+        case: env.case.clone(),
+        metric: format!("bitwise-distinct of {}", env.runs),
+        value: Some(env.distinct as f64),
+        threshold: "1 (deterministic backend)".into(),
+        status: if env.distinct == 1 {
+            Status::Pass
+        } else {
+            Status::Fail
+        },
+        detail: format!("max pairwise RMS {:.3e}", env.pairwise_rms.max),
+    }
+}
+
+/// The `verify` row of a fresh golden run `now` of `backend` against the
+/// golden under `golden_root`.
+fn golden_row(now: &GoldenBody, golden_root: &std::path::Path, backend: &str) -> CheckResult {
+    let name = now.name();
+    let res = golden::load(&golden_path(golden_root, &name)).and_then(|g| golden::compare(&g, now));
+    CheckResult {
+        check: "golden".into(),
+        case: format!("{name}@{backend}"),
+        metric: "first token change".into(),
+        value: match &res {
+            Ok(GoldenOutcome::NearTie { step, .. } | GoldenOutcome::Regression { step, .. }) => {
+                Some(*step as f64)
+            }
+            _ => None,
+        },
+        threshold: "none, or at a recorded near-tie".into(),
+        status: match &res {
+            Ok(o) if o.passes() => Status::Pass,
+            _ => Status::Fail,
+        },
+        detail: match res {
+            Ok(o) => format!("{o:?}"),
+            Err(e) => e.to_string(),
+        },
     }
 }
 
@@ -371,12 +379,6 @@ pub enum EnvelopeLevel {
     /// Greedy generations: each step's logits (the top 8 when the vocabulary
     /// is larger than 4096, to keep N runs of long generations in memory).
     Greedy { steps: usize },
-}
-
-fn preset_of(model: &Model) -> &str {
-    model
-        .synth()
-        .map_or(model.origin.as_str(), |s| s.preset.as_str())
 }
 
 /// `runs` runs of one input on one engine, and their spread.
@@ -447,7 +449,7 @@ pub fn envelope_of<B: crate::backend::Backend>(
         .map_or(String::new(), |m| format!("mode={m},"));
     let case = format!(
         "{kind}(preset={},numerics={},path={},{mode}{size})@{}",
-        preset_of(model),
+        generic::model_name(model),
         info.numerics,
         path.name(),
         info.backend
@@ -631,31 +633,85 @@ pub fn golden_cases() -> Vec<GoldenCase> {
     v
 }
 
-/// A fresh run of a golden case, as a golden body, with its fingerprint.
+/// A fresh run of a golden case on the CPU reference, as a golden body,
+/// with its fingerprint.
 pub fn golden_run(case: &GoldenCase) -> Result<(GoldenBody, crate::engine::record::Fingerprint)> {
     let model = Model::open(&format!("synth:{}:0", case.preset))?;
-    let e = Engine::load(&model, CpuBackend::new(case.numerics))?;
-    let opts = GenerateOptions {
-        max_tokens: GOLDEN_STEPS,
-        path: case.path,
-        ..Default::default()
-    };
-    let run = e.generate(&DEFAULT_PROMPT, &opts, &mut |_| {})?;
-    Ok((
-        GoldenBody::from_run(case.preset, 0, &run, GOLDEN_TOP_K),
-        run.fingerprint,
-    ))
+    generic::golden_run_on(&Engine::load(&model, CpuBackend::new(case.numerics))?, case)
 }
 
-/// Checks every golden under `root`: (name, outcome or error text).
+/// The golden cases of `backend` (`None`: of every backend this build can
+/// run), each with its backend's name.
+pub fn golden_set(backend: Option<&str>) -> Result<Vec<(&'static str, GoldenCase)>> {
+    let cpu = || golden_cases().into_iter().map(|c| ("cpu", c));
+    let mlx = || mlx::golden_cases().into_iter().map(|c| ("mlx", c));
+    match backend {
+        None if cfg!(feature = "mlx") => Ok(cpu().chain(mlx()).collect()),
+        None | Some("cpu") => Ok(cpu().collect()),
+        Some("mlx") if cfg!(feature = "mlx") => Ok(mlx().collect()),
+        Some("mlx") => Err(crate::error::Error::BackendNotCompiled { backend: "mlx" }),
+        // CUDA goldens are checked only when asked for (a GPU may be absent).
+        Some("cuda") if cfg!(feature = "cuda") => {
+            Ok(mlx::golden_cases().into_iter().map(|c| ("cuda", c)).collect())
+        }
+        Some("cuda") => Err(crate::error::Error::BackendNotCompiled { backend: "cuda" }),
+        Some(other) => Err(crate::error::Error::invalid(
+            "golden",
+            format!("unknown backend `{other}` (cpu, mlx, cuda)"),
+        )),
+    }
+}
+
+/// A fresh run of a golden case on `backend` (a name from `golden_set`).
+pub fn golden_run_for(
+    backend: &str,
+    case: &GoldenCase,
+) -> Result<(GoldenBody, crate::engine::record::Fingerprint)> {
+    match backend {
+        "mlx" => mlx::golden_run(case),
+        "cuda" => cuda_golden_run(case),
+        _ => golden_run(case),
+    }
+}
+
+/// A golden case on GPU 0 in the default CUDA settings (deterministic
+/// reductions, no step recording): the card is named in the fingerprint.
+#[cfg(feature = "cuda")]
+fn cuda_golden_run(case: &GoldenCase) -> Result<(GoldenBody, crate::engine::record::Fingerprint)> {
+    let model = Model::open(&format!("synth:{}", case.preset))?;
+    let be = std::panic::catch_unwind(|| crate::backend::cuda::CudaBackend::new(0)).map_err(|_| {
+        crate::error::Error::Backend {
+            backend: "cuda",
+            problem: "the CUDA driver library could not be loaded".into(),
+        }
+    })??;
+    generic::golden_run_on(&Engine::load(&model, be)?, case)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_golden_run(_case: &GoldenCase) -> Result<(GoldenBody, crate::engine::record::Fingerprint)> {
+    Err(crate::error::Error::BackendNotCompiled { backend: "cuda" })
+}
+
+/// Checks every golden under `root` of the backends this build can run:
+/// (name, outcome or error text).
 pub fn golden_check(
     root: &std::path::Path,
 ) -> Result<Vec<(String, std::result::Result<GoldenOutcome, String>)>> {
+    golden_check_on(root, None)
+}
+
+/// `golden_check` for one backend's goldens (`None`: every backend this
+/// build can run).
+pub fn golden_check_on(
+    root: &std::path::Path,
+    backend: Option<&str>,
+) -> Result<Vec<(String, std::result::Result<GoldenOutcome, String>)>> {
     let mut out = Vec::new();
-    let cases = golden_cases();
+    let cases = golden_set(backend)?;
     let mut p = Progress::new("goldens", cases.len());
-    for (i, case) in cases.iter().enumerate() {
-        let (now, _) = golden_run(case)?;
+    for (i, (b, case)) in cases.iter().enumerate() {
+        let (now, _) = golden_run_for(b, case)?;
         let name = now.name();
         let path = golden_path(root, &name);
         let res = golden::load(&path)
@@ -682,14 +738,9 @@ pub fn golden_regen(root: &std::path::Path, backend: Option<&str>) -> Result<Vec
             "refusing to rewrite goldens under CI (CI is set); regenerate on a workstation and commit",
         ));
     }
-    if let Some(b) = backend.filter(|b| *b != "cpu") {
-        return Err(crate::error::Error::BackendNotCompiled {
-            backend: if b == "cuda" { "cuda" } else { "mlx" },
-        });
-    }
     let mut lines = Vec::new();
-    for case in golden_cases() {
-        let (now, fp) = golden_run(&case)?;
+    for (b, case) in golden_set(backend)? {
+        let (now, fp) = golden_run_for(b, &case)?;
         let name = now.name();
         let path = golden_path(root, &name);
         let change = match golden::load(&path) {

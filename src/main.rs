@@ -237,12 +237,15 @@ enum GoldenAction {
         root: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Only this backend's goldens (cpu, mlx); default: every backend compiled in.
+        #[arg(long)]
+        backend: Option<String>,
     },
     /// Rewrite the goldens (explicit, atomic, refused under CI).
     Regen {
         #[arg(long, default_value = ".")]
         root: PathBuf,
-        /// Only this backend's goldens (cpu; others when compiled in).
+        /// Only this backend's goldens (cpu, mlx); default: every backend compiled in.
         #[arg(long)]
         backend: Option<String>,
     },
@@ -320,7 +323,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 BackendArg::Cuda => {
                     cuda_generate(&m, &ids, &opts, cuda.options(), &mut |i| p.set(i))?
                 }
-                BackendArg::Mlx => return Err(Error::BackendNotCompiled { backend: "mlx" }),
+                BackendArg::Mlx => mlx_generate(&m, numerics, &ids, &opts, &mut |i| p.set(i))?,
             };
             if json {
                 println!(
@@ -399,6 +402,7 @@ fn run(cmd: Cmd) -> Result<()> {
             if let Ok(i) = cuda {
                 infos.push(i);
             }
+            infos.extend(mlx_info());
             if json {
                 let v = serde_json::json!({
                     "lockstep_version": env!("CARGO_PKG_VERSION"),
@@ -548,7 +552,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 BackendArg::Cuda => {
                     cuda_envelope(&m, level, path, &prompt_ids, runs, cuda.options())?
                 }
-                BackendArg::Mlx => return Err(Error::BackendNotCompiled { backend: "mlx" }),
+                BackendArg::Mlx => mlx_envelope(&m, level, path, &prompt_ids, runs)?,
             };
             if json {
                 println!(
@@ -567,8 +571,12 @@ fn run(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Golden { action } => match action {
-            GoldenAction::Check { root, json } => {
-                let results = lockstep::jobs::golden_check(&root)?;
+            GoldenAction::Check {
+                root,
+                json,
+                backend,
+            } => {
+                let results = lockstep::jobs::golden_check_on(&root, backend.as_deref())?;
                 let mut failed = 0;
                 for (name, r) in &results {
                     let ok = r.as_ref().is_ok_and(|o| o.passes());
@@ -623,6 +631,7 @@ fn run(cmd: Cmd) -> Result<()> {
                         &lockstep::backend::cpu::CpuBackend::new(n),
                     )
                 })
+                .chain(mlx_info())
                 .collect();
             if json {
                 let v = serde_json::json!({
@@ -791,6 +800,72 @@ fn cuda_bench(
     _repeats: usize,
 ) -> Result<lockstep::bench::BenchReport> {
     Err(Error::BackendNotCompiled { backend: "cuda" })
+}
+
+#[cfg(feature = "mlx")]
+fn mlx_envelope(
+    m: &Model,
+    level: lockstep::jobs::EnvelopeLevel,
+    path: AttnPath,
+    tokens: &[u32],
+    runs: usize,
+) -> Result<lockstep::verify::envelope::Envelope> {
+    let e = lockstep::jobs::mlx::load(m)?;
+    let ulp = lockstep::verify::envelope::UlpType::Bf16;
+    lockstep::jobs::envelope_of(&e, m, level, path, tokens, runs, ulp)
+}
+
+#[cfg(not(feature = "mlx"))]
+fn mlx_envelope(
+    _m: &Model,
+    _level: lockstep::jobs::EnvelopeLevel,
+    _path: AttnPath,
+    _tokens: &[u32],
+    _runs: usize,
+) -> Result<lockstep::verify::envelope::Envelope> {
+    Err(Error::BackendNotCompiled { backend: "mlx" })
+}
+
+/// The MLX backend's fingerprint, when this build has MLX.
+#[cfg(feature = "mlx")]
+fn mlx_info() -> Option<lockstep::backend::DeviceInfo> {
+    let b = lockstep::backend::mlx::MlxBackend::new().ok()?;
+    Some(lockstep::backend::Backend::device_info(&b))
+}
+
+#[cfg(not(feature = "mlx"))]
+fn mlx_info() -> Option<lockstep::backend::DeviceInfo> {
+    None
+}
+
+/// Greedy generation on MLX, which computes in bf16 only: `--numerics f64`
+/// is refused rather than silently ignored.
+#[cfg(feature = "mlx")]
+fn mlx_generate(
+    m: &Model,
+    numerics: Numerics,
+    ids: &[u32],
+    opts: &GenerateOptions,
+    on_step: &mut dyn FnMut(usize),
+) -> Result<lockstep::engine::record::RecordedRun> {
+    if numerics != Numerics::Bf16 {
+        return Err(Error::invalid(
+            "--numerics",
+            "the MLX backend computes in bf16 only; f64 truth is the CPU reference's",
+        ));
+    }
+    lockstep::jobs::mlx::load(m)?.generate(ids, opts, on_step)
+}
+
+#[cfg(not(feature = "mlx"))]
+fn mlx_generate(
+    _m: &Model,
+    _numerics: Numerics,
+    _ids: &[u32],
+    _opts: &GenerateOptions,
+    _on_step: &mut dyn FnMut(usize),
+) -> Result<lockstep::engine::record::RecordedRun> {
+    Err(Error::BackendNotCompiled { backend: "mlx" })
 }
 
 fn compare_reference(path: &std::path::Path, model: Option<String>, json: bool) -> Result<()> {

@@ -44,13 +44,14 @@ fn skipped(test: &str) {
 mod mlx {
     pub use super::common::{cpu_engine, PROMPT};
     pub use lockstep::backend::cpu::Numerics;
-    pub use lockstep::backend::mlx::{MlxBackend, MlxFaults, RowRouting};
+    pub use lockstep::backend::mlx::{MlxBackend, MlxFaults};
     pub use lockstep::backend::{AttnPath, Backend};
     pub use lockstep::engine::generate::GenerateOptions;
     pub use lockstep::engine::{Capture, Engine};
     pub use lockstep::model::Model;
     pub use lockstep::verify::metrics::diff;
     pub use lockstep::verify::reference::first_divergence;
+    pub use lockstep::verify::rows;
     pub use lockstep::verify::tolerances::tol;
     use std::collections::BTreeSet;
 
@@ -101,17 +102,13 @@ mod mlx {
         RoutingNearTie { row: usize, gap: f32, layer: usize },
     }
 
-    /// The row rule of (a) and (d). Dense models: every row within
-    /// `mlx_bf16_vs_cpu_bf16_logits_rel_rms`. MoE models: a router choice at a
-    /// near-tie can go either way between two correct bf16 implementations,
-    /// and the other expert moves that token's output by O(1) (the MoE op
-    /// itself is checked bitwise on equal inputs by
-    /// `mlx_moe_matches_cpu_bf16_bitwise_on_the_same_input`). Attention is
-    /// causal, so rows before such a flip are untouched: every row up to the
-    /// first one beyond the tolerance must be within it, and that row must
-    /// carry a routing near-tie (`moe_routing_near_tie_bf16`) in MLX's record;
-    /// later rows are reported, not judged, as a greedy run is not judged
-    /// after its first divergence. Err carries the failure message.
+    /// The row rule of (a) and (d): `lockstep::verify::rows` (dense models:
+    /// every row within `mlx_bf16_vs_cpu_bf16_logits_rel_rms`; MoE models: up
+    /// to the first row beyond it, which must carry a routing near-tie in
+    /// MLX's record), here with a per-row table. The MoE op itself is checked
+    /// bitwise on equal inputs by
+    /// `mlx_moe_matches_cpu_bf16_bitwise_on_the_same_input`. Err carries the
+    /// failure message.
     pub fn judge_rows(
         spec: &str,
         cpu: &Engine<lockstep::backend::cpu::CpuBackend>,
@@ -133,46 +130,41 @@ mod mlx {
         );
         let (limit, tie) = (tol(name), tol(tie_name));
         let rows: Vec<f64> = m.iter().zip(&c).map(|(m, c)| diff(m, c).rel_rms).collect();
+        let ties = lockstep::jobs::mlx::nearest_ties(&routing, rows.len());
         println!("row  mlx-cpu rel_rms  nearest MLX routing tie (gap, MoE layer)");
         for (r, d) in rows.iter().enumerate() {
-            println!(
-                "{r:>3}  {d:.3e}        {:?}",
-                nearest_routing_tie(&routing, r)
-            );
+            println!("{r:>3}  {d:.3e}        {:?}", ties[r]);
         }
-        let Some(r) = rows.iter().position(|&d| d.is_nan() || d > limit) else {
-            println!(
-                "{spec}: all {} rows within {name} {limit} (worst {:.3e})",
-                rows.len(),
-                rows.iter().cloned().fold(0.0, f64::max)
-            );
-            return Ok(RowVerdict::AllWithin);
-        };
-        let worst = rows[..r].iter().cloned().fold(0.0, f64::max);
-        match nearest_routing_tie(&routing, r) {
-            Some((gap, layer)) if (gap as f64) <= tie => {
+        match lockstep::verify::rows::judge_rows(&rows, &ties, name) {
+            rows::RowVerdict::AllWithin { worst } => {
                 println!(
-                    "{spec}: rows 0..{r} within {name} {limit} (worst {worst:.3e}); row {r} ({:.3e}) follows a routing \
-                     near-tie (gap {gap:.3e} at MoE layer {layer}, {tie_name} {tie}); later rows not judged",
-                    rows[r]
+                    "{spec}: all {} rows within {name} {limit} (worst {worst:.3e})",
+                    rows.len()
                 );
-                Ok(RowVerdict::RoutingNearTie { row: r, gap, layer })
+                Ok(RowVerdict::AllWithin)
             }
-            near => Err(format!(
-                "{spec}: MLX logits row {r} is {:.3e} (relative RMS) from the CPU reference, above {name} {limit}, \
-                 and no routing near-tie explains it (nearest MLX routing tie of that row: {near:?}, {tie_name} {tie})",
-                rows[r]
+            rows::RowVerdict::RoutingNearTie {
+                row,
+                value,
+                worst_before,
+                gap,
+                layer,
+            } => {
+                println!(
+                    "{spec}: rows 0..{row} within {name} {limit} (worst {worst_before:.3e}); row {row} ({value:.3e}) follows a routing \
+                     near-tie (gap {gap:.3e} at MoE layer {layer}, {tie_name} {tie}); later rows not judged"
+                );
+                Ok(RowVerdict::RoutingNearTie { row, gap, layer })
+            }
+            rows::RowVerdict::Outside {
+                row,
+                value,
+                nearest_tie,
+            } => Err(format!(
+                "{spec}: MLX logits row {row} is {value:.3e} (relative RMS) from the CPU reference, above {name} {limit}, \
+                 and no routing near-tie explains it (nearest MLX routing tie of that row: {nearest_tie:?}, {tie_name} {tie})"
             )),
         }
-    }
-
-    /// The smallest routing boundary gap of row `row` over the recorded MoE
-    /// calls of one forward pass, with its call (= MoE layer) index.
-    pub fn nearest_routing_tie(log: &[Vec<RowRouting>], row: usize) -> Option<(f32, usize)> {
-        log.iter()
-            .enumerate()
-            .filter_map(|(l, rows)| rows.get(row).map(|r| (r.boundary_gap, l)))
-            .min_by(|a, b| a.0.total_cmp(&b.0))
     }
 
     /// (a) MLX graph vs CPU bf16, teacher-forced: every level reported
@@ -545,5 +537,86 @@ mlx_test! {
         let verdict = judge_rows("synth:tiny-moe (seed 1 vs 0)", &cpu, &other, &seq);
         assert!(verdict.is_err(), "logits of another model passed the row rule");
         println!("refused as expected: {}", verdict.err().unwrap_or_default());
+    }
+}
+
+/// The committed MLX goldens (golden/*__mlx__*.snap), written by
+/// `lockstep golden regen --backend mlx`.
+#[cfg(feature = "mlx")]
+mod goldens {
+    use lockstep::verify::golden::{self, golden_path, GoldenOutcome};
+    use std::path::Path;
+
+    pub fn root() -> &'static Path {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    /// Every MLX golden case: a fresh run and the committed golden.
+    pub fn fresh_and_committed() -> Vec<(String, golden::GoldenBody, golden::GoldenBody)> {
+        lockstep::jobs::mlx::golden_cases()
+            .iter()
+            .map(|case| {
+                let (now, _) = lockstep::jobs::mlx::golden_run(case).unwrap();
+                let name = now.name();
+                let committed = golden::load(&golden_path(root(), &name)).unwrap_or_else(|e| {
+                    panic!("{name}: {e}\n(write it with `cargo run --features mlx -- golden regen --backend mlx`)")
+                });
+                (name, now, committed)
+            })
+            .collect()
+    }
+
+    pub fn outcome(
+        name: &str,
+        committed: &golden::GoldenBody,
+        now: &golden::GoldenBody,
+    ) -> GoldenOutcome {
+        let out = golden::compare(committed, now).unwrap_or_else(|e| panic!("{name}: {e}"));
+        println!("{name}: {out:?}");
+        out
+    }
+}
+
+mlx_test! {
+    fn fresh_mlx_runs_match_the_committed_mlx_goldens() {
+        let all = goldens::fresh_and_committed();
+        assert_eq!(all.len(), 4, "tiny and tiny-moe on both paths");
+        for (name, now, committed) in all {
+            assert_eq!(now.backend, "mlx");
+            match goldens::outcome(&name, &committed, &now) {
+                lockstep::verify::golden::GoldenOutcome::NearTie { step, margin, threshold } => eprintln!(
+                    "warning: {name}: tokens differ from step {step}, a recorded near-tie (margin {margin:.4} < {threshold})"
+                ),
+                // Identical passes; anything else fails with insta's diff and
+                // leaves a .snap.new for `cargo insta review`.
+                _ => {
+                    let mut s = insta::Settings::clone_current();
+                    s.set_snapshot_path(goldens::root().join("golden"));
+                    s.set_prepend_module_to_snapshot(false);
+                    s.bind(|| insta::assert_snapshot!(name.as_str(), now.render()));
+                }
+            }
+        }
+    }
+}
+
+mlx_test! {
+    /// Negative control: an MLX golden with one token changed at a confident
+    /// step must fail the check against a fresh MLX run.
+    fn an_mlx_golden_edited_at_a_confident_step_fails_the_check() {
+        let (name, now, mut g) = goldens::fresh_and_committed().swap_remove(0);
+        let step = g
+            .steps
+            .iter()
+            .position(|s| s.margin >= 0.5)
+            .expect("a confident step");
+        g.tokens[step] += 1;
+        g.steps[step].token += 1;
+        let out = goldens::outcome(&name, &g, &now);
+        assert!(
+            matches!(out, lockstep::verify::golden::GoldenOutcome::Regression { step: s, .. } if s == step),
+            "{out:?}"
+        );
+        assert!(!out.passes());
     }
 }

@@ -7,5 +7,6 @@ pub mod golden;
 pub mod metrics;
 pub mod parity;
 pub mod reference;
+pub mod rows;
 pub mod summary;
 pub mod tolerances;

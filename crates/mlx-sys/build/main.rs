@@ -120,6 +120,17 @@ fn build_mlxc(
     macos: bool,
 ) -> PathBuf {
     let build = out.join("mlxc-build");
+    // A target folder copied from another checkout carries a CMake cache
+    // naming the old folder's paths (its libmlx among them), and CMake
+    // refuses or, worse, half-reuses it. A stamp records which folder the
+    // cache belongs to; without a matching one, configure afresh.
+    let stamp = out.join("mlxc-build.dir");
+    let here = build.display().to_string();
+    if build.exists() && fs::read_to_string(&stamp).ok().as_deref() != Some(here.as_str()) {
+        eprintln!("mlx-sys: {here} was not configured here; removing it");
+        fs::remove_dir_all(&build).unwrap_or_else(|e| panic!("{here}: {e}"));
+    }
+    fs::write(&stamp, &here).unwrap_or_else(|e| panic!("{}: {e}", stamp.display()));
     fs::create_dir_all(&build).unwrap_or_else(|e| panic!("{}: {e}", build.display()));
     println!("cargo:rerun-if-env-changed=MLX_SYS_JOBS");
     let jobs: usize = env::var("MLX_SYS_JOBS")

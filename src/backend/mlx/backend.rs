@@ -78,6 +78,9 @@ pub struct MlxBackend {
     /// Routing of every `moe` call, when recording (diagnostics).
     routing_log: RefCell<Option<Vec<Vec<RowRouting>>>>,
     mlx_version: String,
+    /// The fused path's Metal kernel, on a GPU stream only (untested).
+    #[cfg(any(target_os = "macos", feature = "mlx-metal-check"))]
+    metal: Option<super::metal::QkNormRopeKernel>,
 }
 
 /// Maps MLX's exceptions into the crate's error, naming the op.
@@ -149,7 +152,33 @@ impl MlxBackend {
             pending: RefCell::new(Vec::new()),
             routing_log: RefCell::new(None),
             mlx_version: loaded_mlx_version(),
+            #[cfg(any(target_os = "macos", feature = "mlx-metal-check"))]
+            metal: None,
         })
+    }
+
+    /// A backend on MLX's GPU stream (Metal) whose fused path is the custom
+    /// Metal kernel of `metal.rs`. UNTESTED: written and type-checked on
+    /// Linux, never run (docs/mlx.md).
+    #[cfg(any(target_os = "macos", feature = "mlx-metal-check"))]
+    pub fn metal_gpu() -> Result<Self> {
+        let kernel = super::metal::QkNormRopeKernel::new().or_err("metal kernel")?;
+        Ok(MlxBackend {
+            stream: Stream::gpu(),
+            metal: Some(kernel),
+            ..Self::new()?
+        })
+    }
+
+    /// Whether the fused path runs as the Metal kernel.
+    #[cfg(any(target_os = "macos", feature = "mlx-metal-check"))]
+    fn on_metal(&self) -> bool {
+        self.metal.is_some()
+    }
+
+    #[cfg(not(any(target_os = "macos", feature = "mlx-metal-check")))]
+    fn on_metal(&self) -> bool {
+        false
     }
 
     /// The MLX version reported by the loaded library.
@@ -221,7 +250,8 @@ impl Backend for MlxBackend {
         details.insert("mlx".into(), self.mlx_version.clone());
         details.insert("mlx-c".into(), "0.7.0".into());
         details.insert("mlx-rs".into(), "0.33.0".into());
-        details.insert("mlx_device".into(), "cpu".into());
+        let device = if self.on_metal() { "gpu" } else { "cpu" };
+        details.insert("mlx_device".into(), device.into());
         details.insert(
             "matmul".into(),
             "MLX CPU simd_gemm: bf16 inputs, f32 accumulation in 16-wide k blocks, one rounding"
@@ -229,7 +259,11 @@ impl Backend for MlxBackend {
         );
         details.insert(
             "fused".into(),
-            "transforms::compile(packed matmul + fast::rms_norm + fast::rope)".into(),
+            if self.on_metal() {
+                "packed matmul + Metal kernel lockstep_qk_norm_rope (untested)".into()
+            } else {
+                "transforms::compile(packed matmul + fast::rms_norm + fast::rope)".into()
+            },
         );
         details.insert(
             "compile_cpu_jit".into(),
@@ -244,7 +278,11 @@ impl Backend for MlxBackend {
         }
         DeviceInfo {
             backend: "mlx".into(),
-            device: format!("MLX cpu: {}", crate::backend::host_cpu_name()),
+            device: if self.on_metal() {
+                "MLX gpu (Metal)".into()
+            } else {
+                format!("MLX cpu: {}", crate::backend::host_cpu_name())
+            },
             numerics: "bf16".into(),
             details,
         }
@@ -338,6 +376,14 @@ impl Backend for MlxBackend {
             ));
         }
         let pos = self.positions(positions, self.faults.fused_rope_position_offset)?;
+        #[cfg(any(target_os = "macos", feature = "mlx-metal-check"))]
+        if let (Some(kernel), true) = (&self.metal, x.rows > 0) {
+            let outs = self.on("fused_qkv (metal)", || {
+                let proj = ops::linear(&x.array, &qkv.array)?;
+                kernel.apply(&proj, &q_norm.flat()?, &k_norm.flat()?, &pos, dims)
+            })?;
+            return self.fused_outputs(outs, x.rows, qd, kd);
+        }
         let key = FusedKey::new(dims);
         let mut cache = self.fused.borrow_mut();
         let outs = self.on("fused_qkv", || {
@@ -353,18 +399,7 @@ impl Backend for MlxBackend {
                 pos,
             ])
         })?;
-        let [q, k, v]: [Array; 3] = outs.try_into().map_err(|o: Vec<Array>| Error::Backend {
-            backend: "mlx",
-            problem: format!(
-                "fused_qkv: compiled function returned {} arrays, not 3",
-                o.len()
-            ),
-        })?;
-        Ok((
-            self.out(q, x.rows, qd),
-            self.out(k, x.rows, kd),
-            self.out(v, x.rows, kd),
-        ))
+        self.fused_outputs(outs, x.rows, qd, kd)
     }
 
     fn new_cache(&self, dims: &AttnDims, _capacity: usize) -> Result<MlxCache> {
@@ -568,6 +603,25 @@ impl Backend for MlxBackend {
 }
 
 impl MlxBackend {
+    /// The fused path's q, k, v from its output arrays.
+    fn fused_outputs(
+        &self,
+        outs: Vec<Array>,
+        rows: usize,
+        qd: usize,
+        kd: usize,
+    ) -> Result<(MlxTensor, MlxTensor, MlxTensor)> {
+        let [q, k, v]: [Array; 3] = outs.try_into().map_err(|o: Vec<Array>| Error::Backend {
+            backend: "mlx",
+            problem: format!("fused_qkv: {} output arrays, not 3", o.len()),
+        })?;
+        Ok((
+            self.out(q, rows, qd),
+            self.out(k, rows, kd),
+            self.out(v, rows, kd),
+        ))
+    }
+
     /// Evaluates `a` and copies it out as f32 (exact for bf16 values).
     fn host_f32(&self, a: &Array, op: &str) -> Result<Vec<f32>> {
         if a.size() == 0 {

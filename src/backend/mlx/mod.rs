@@ -13,7 +13,9 @@
 //!   queued and the set of evaluated arrays does not depend on which one the
 //!   caller reads first).
 //! - The fused path (`fused_qkv`) is one function compiled by
-//!   `mlx_rs::transforms::compile`, one per attention geometry.
+//!   `mlx_rs::transforms::compile`, one per attention geometry; on a Mac's
+//!   GPU (`MlxBackend::metal_gpu`, macOS only, untested) the packed matmul
+//!   followed by one custom Metal kernel (`metal.rs`).
 //!
 //! docs/mlx.md describes the build, MLX's precision for bf16 inputs and the
 //! measured parity and determinism figures.
@@ -22,6 +24,8 @@
 mod backend;
 #[cfg(feature = "mlx")]
 mod fused;
+#[cfg(all(feature = "mlx", any(target_os = "macos", feature = "mlx-metal-check")))]
+mod metal;
 #[cfg(feature = "mlx")]
 mod ops;
 
