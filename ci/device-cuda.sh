@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine after ci/bundle.sh (device tool: carry .device):
 #   OUT=$OUT bash ci/device-cuda.sh STAGE...
-# Stages (in order given): tests, bench-small (tiny, 0.6b), bench-8b,
+# Stages (in order given): goldens (regen CUDA goldens), tests, bench-small (tiny, 0.6b), bench-8b,
 # bench-30b, big (qwen3-8b parity; LOCKSTEP_BIG_MODELS), profile (nsys),
 # bench-hf-0.6b / bench-hf-8b (transformers on the same weights), envelopes (0.6b op level N=100 and greedy N=20 x 256 per mode),
 # parity-8b. Logs and JSON go to $OUT; one GPU, one thing at a time.
@@ -19,6 +19,11 @@ for stage in "$@"; do
       step .device/tests/cuda_kernels --test-threads 1 --nocapture
       step .device/tests/cuda_backend --test-threads 1 --nocapture
       step $L env --json ;;
+    goldens)
+      # Writes golden/*__cuda__*.snap in this copy (checked by the tests that
+      # follow) and a copy under $OUT to commit.
+      step $L golden regen --backend cuda --root .
+      mkdir -p "$OUT/golden" && cp golden/*__cuda__*.snap "$OUT/golden/" ;;
     big)
       step .device/tests/cuda_backend --test-threads 1 --nocapture --ignored large_models ;;
     profile)
@@ -39,7 +44,7 @@ for stage in "$@"; do
       preset=qwen3-${stage#bench-hf-}
       dir=/tmp/lockstep-$preset
       [ -d $dir ] || step $L synth --preset $preset --out $dir
-      step timeout 400 python3 ci/bench_transformers.py $dir "$OUT/transformers-$preset.json" ;;
+      step timeout 400 python3 ci/bench_transformers.py $dir "$OUT/transformers-$preset.json" ${HF_ARGS:-} ;;
     envelopes)
       for mode in deterministic fast; do
         for path in graph fused; do

@@ -651,9 +651,10 @@ pub fn golden_set(backend: Option<&str>) -> Result<Vec<(&'static str, GoldenCase
         Some("mlx") if cfg!(feature = "mlx") => Ok(mlx().collect()),
         Some("mlx") => Err(crate::error::Error::BackendNotCompiled { backend: "mlx" }),
         // CUDA goldens are checked only when asked for (a GPU may be absent).
-        Some("cuda") if cfg!(feature = "cuda") => {
-            Ok(mlx::golden_cases().into_iter().map(|c| ("cuda", c)).collect())
-        }
+        Some("cuda") if cfg!(feature = "cuda") => Ok(mlx::golden_cases()
+            .into_iter()
+            .map(|c| ("cuda", c))
+            .collect()),
         Some("cuda") => Err(crate::error::Error::BackendNotCompiled { backend: "cuda" }),
         Some(other) => Err(crate::error::Error::invalid(
             "golden",
@@ -679,12 +680,12 @@ pub fn golden_run_for(
 #[cfg(feature = "cuda")]
 fn cuda_golden_run(case: &GoldenCase) -> Result<(GoldenBody, crate::engine::record::Fingerprint)> {
     let model = Model::open(&format!("synth:{}", case.preset))?;
-    let be = std::panic::catch_unwind(|| crate::backend::cuda::CudaBackend::new(0)).map_err(|_| {
-        crate::error::Error::Backend {
+    let be = std::panic::catch_unwind(|| crate::backend::cuda::CudaBackend::new(0)).map_err(
+        |_| crate::error::Error::Backend {
             backend: "cuda",
             problem: "the CUDA driver library could not be loaded".into(),
-        }
-    })??;
+        },
+    )??;
     generic::golden_run_on(&Engine::load(&model, be)?, case)
 }
 

@@ -424,6 +424,71 @@ mod gpu {
         }
     }
 
+    /// Faults name what failed: a model larger than the device's free memory
+    /// is refused before anything is uploaded, with the estimate; an
+    /// allocation the device cannot satisfy names the buffer and its size.
+    #[test]
+    fn memory_faults_name_the_model_and_the_allocation() {
+        let Some((_g, be)) = gpu("memory_faults_name_the_model_and_the_allocation") else {
+            return;
+        };
+        be.set_memory_limit(Some(1 << 20));
+        let m = Model::open("synth:qwen3-0.6b").unwrap();
+        let msg = match Engine::load(&m, be) {
+            Ok(_) => panic!("a 1.5 GB model loaded into a 1 MiB limit"),
+            Err(e) => e.to_string(),
+        };
+        println!("{msg}");
+        assert!(
+            msg.contains("synth:qwen3-0.6b") && msg.contains("GiB"),
+            "{msg}"
+        );
+        let be = CudaBackend::new(0).unwrap();
+        let dims = lockstep::backend::AttnDims {
+            n_heads: 8,
+            n_kv_heads: 8,
+            head_dim: 128,
+            eps: 1e-6,
+            rope_theta: 1e6,
+        };
+        // 2^30 positions x 1024 values x 2 bytes = 2 TiB per cache half.
+        let msg = match be.new_cache(&dims, 1 << 30) {
+            Ok(_) => panic!("a 2 TiB cache was allocated"),
+            Err(e) => e.to_string(),
+        };
+        println!("{msg}");
+        assert!(
+            msg.contains("key cache") && msg.contains("2199023255552 bytes"),
+            "{msg}"
+        );
+    }
+
+    /// The committed CUDA goldens (tiny, tiny-moe, both paths; written by
+    /// `lockstep golden regen --backend cuda` on an H200) reproduce: same
+    /// tokens, or a change at a near tie.
+    #[test]
+    fn cuda_goldens_reproduce() {
+        let Some((_g, _be)) = gpu("cuda_goldens_reproduce") else {
+            return;
+        };
+        let root = [env!("CARGO_MANIFEST_DIR"), "."]
+            .into_iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.join("golden/tiny__cuda__graph__bf16.snap").exists())
+            .expect("golden/ with the CUDA goldens (run from the repository root)");
+        let results = lockstep::jobs::golden_check_on(&root, Some("cuda")).unwrap();
+        assert_eq!(results.len(), 4);
+        for (name, r) in results {
+            println!("{name}: {r:?}");
+            match r {
+                Ok(lockstep::verify::golden::GoldenOutcome::Identical)
+                | Ok(lockstep::verify::golden::GoldenOutcome::ValuesMoved { .. })
+                | Ok(lockstep::verify::golden::GoldenOutcome::NearTie { .. }) => {}
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
     /// The decode fusions (residual add + RMSNorm; gate and up products +
     /// SwiGLU in one pass) give the bits of the separate ops.
     #[test]

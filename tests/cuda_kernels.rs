@@ -24,6 +24,30 @@ fn every_kernel_compiles_for_sm_90() {
     }
 }
 
+/// A kernel that does not compile fails with the file's name and NVRTC's
+/// own log (the line and the undefined name), not a bare status code.
+#[cfg(feature = "cuda")]
+#[test]
+fn a_broken_kernel_reports_nvrtc_s_log() {
+    use lockstep::backend::cuda::kernels::compile_source;
+    let src =
+        "extern \"C\" __global__ void broken(float* y) {\n  y[0] = not_declared_anywhere;\n}\n";
+    let Ok(result) = std::panic::catch_unwind(|| compile_source("broken.cu", src.into(), "sm_90"))
+    else {
+        skip(
+            Need::Gpu,
+            "a_broken_kernel_reports_nvrtc_s_log",
+            "NVRTC (libnvrtc.so) could not be loaded",
+        );
+        return;
+    };
+    let msg = result.expect_err("the kernel must not compile").to_string();
+    println!("{msg}");
+    assert!(msg.contains("kernels/broken.cu"), "{msg}");
+    assert!(msg.contains("not_declared_anywhere"), "{msg}");
+    assert!(msg.contains("sm_90"), "{msg}");
+}
+
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn every_kernel_compiles_for_sm_90() {

@@ -88,6 +88,9 @@ pub struct CudaBackend {
     step: Mutex<StepInputs>,
     step_ptrs: (u64, u64),
     recording: Mutex<Recording>,
+    /// Reports at most this much free memory (a smaller card, for tests and
+    /// for planning a deployment).
+    memory_limit: Mutex<Option<usize>>,
 }
 
 // SAFETY: one stream, and every method that touches shared state goes
@@ -217,6 +220,7 @@ impl CudaBackend {
             }),
             step_ptrs,
             recording: Mutex::new(Recording::default()),
+            memory_limit: Mutex::new(None),
             stream,
         })
     }
@@ -243,6 +247,12 @@ impl CudaBackend {
             Ok(()) => (Some(blas), "cublas".into()),
             Err(e) => (None, format!("own kernels (cuBLAS settings: {e:?})")),
         }
+    }
+
+    /// Makes `free_memory` report at most `bytes`: the engine then refuses
+    /// models as it would on a card of that size.
+    pub fn set_memory_limit(&self, bytes: Option<usize>) {
+        *self.memory_limit.lock().unwrap_or_else(|p| p.into_inner()) = bytes;
     }
 
     pub fn options(&self) -> CudaOptions {
@@ -1179,11 +1189,9 @@ impl Backend for CudaBackend {
     }
 
     fn free_memory(&self) -> Option<usize> {
-        self.stream
-            .context()
-            .mem_get_info()
-            .ok()
-            .map(|(free, _)| free)
+        let free = self.stream.context().mem_get_info().ok().map(|(f, _)| f)?;
+        let limit = *self.memory_limit.lock().unwrap_or_else(|p| p.into_inner());
+        Some(limit.map_or(free, |l| free.min(l)))
     }
 
     fn stage_step(&self, token: u32, position: usize) -> Result<()> {

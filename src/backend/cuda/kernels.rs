@@ -108,17 +108,23 @@ pub fn compile_options(arch: &'static str) -> CompileOptions {
 
 /// Compiles one file to PTX; errors carry the file and NVRTC's log.
 pub fn compile(kernel: Kernel, arch: &'static str) -> Result<cudarc::nvrtc::Ptx> {
-    compile_ptx_with_opts(kernel.source(), compile_options(arch)).map_err(|e| {
+    compile_source(kernel.file(), kernel.source(), arch)
+}
+
+/// Compiles `source` (named `file` in errors) with the kernels' options.
+pub fn compile_source(
+    file: &str,
+    source: String,
+    arch: &'static str,
+) -> Result<cudarc::nvrtc::Ptx> {
+    compile_ptx_with_opts(source, compile_options(arch)).map_err(|e| {
         let detail = match &e {
             CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
             other => format!("{other:?}"),
         };
         Error::Backend {
             backend: "cuda",
-            problem: format!(
-                "NVRTC failed on kernels/{} for {arch}:\n{detail}",
-                kernel.file()
-            ),
+            problem: format!("NVRTC failed on kernels/{file} for {arch}:\n{detail}"),
         }
     })
 }
