@@ -38,7 +38,7 @@ for stage in "$@"; do
     bench-8b)
       step $L bench --model synth:qwen3-8b --graphs on,off --out "$OUT/bench-qwen3-8b.json" ;;
     bench-30b)
-      step $L bench --model synth:qwen3-30b-a3b --graphs off --modes deterministic --warmup 8 \
+      step $L bench --model synth:qwen3-30b-a3b --graphs on,off --modes deterministic --warmup 8 \
         --tokens 64 --repeats 2 --out "$OUT/bench-qwen3-30b-a3b.json" ;;
     bench-hf-0.6b|bench-hf-8b)
       preset=qwen3-${stage#bench-hf-}

@@ -424,6 +424,64 @@ mod gpu {
         }
     }
 
+    /// A decode step gives the bits of the same row in a teacher-forced pass
+    /// of up to 8 tokens (the one-row and small-batch kernels sum in the same
+    /// order), on the dense and the MoE preset; on tiny-moe the decode steps
+    /// route on the device and the teacher-forced pass on the host, so this
+    /// also pins device routing to the host's. With and without recorded steps.
+    #[test]
+    fn decode_steps_equal_teacher_forced_rows() {
+        let Some((_g, be)) = gpu("decode_steps_equal_teacher_forced_rows") else {
+            return;
+        };
+        let mut be = Some(be);
+        for spec in ["synth:tiny", "synth:tiny-moe"] {
+            let m = Model::open(spec).unwrap();
+            let e = Engine::load(&m, be.take().unwrap()).unwrap();
+            for graphs in [false, true] {
+                e.backend
+                    .set_options(CudaOptions {
+                        mode: ReductionMode::Deterministic,
+                        graphs,
+                    })
+                    .unwrap();
+                for path in [AttnPath::Graph, AttnPath::Fused] {
+                    let prompt = &PROMPT[..3];
+                    let opts = GenerateOptions {
+                        max_tokens: 6,
+                        path,
+                        keep_logits: true,
+                        ..Default::default()
+                    };
+                    let run = e.generate(prompt, &opts, &mut |_| {}).unwrap();
+                    let seq: Vec<u32> = [prompt, &run.tokens[..5]].concat();
+                    let tf = e
+                        .teacher_forced(&seq, path, &mut Default::default())
+                        .unwrap();
+                    for (i, step) in run.steps.iter().enumerate() {
+                        let want = &tf[prompt.len() - 1 + i];
+                        let got: Vec<f64> = step
+                            .logits
+                            .as_ref()
+                            .unwrap()
+                            .iter()
+                            .map(|&v| v as f64)
+                            .collect();
+                        assert_eq!(
+                            &got,
+                            want,
+                            "{spec} {} graphs={graphs}: step {i}",
+                            path.name()
+                        );
+                    }
+                }
+            }
+            println!("{spec}: 6 decode steps bit-identical to teacher-forced rows (both paths, graphs on/off)");
+            e.backend.set_options(CudaOptions::default()).unwrap();
+            be = Some(e.backend);
+        }
+    }
+
     /// Faults name what failed: a model larger than the device's free memory
     /// is refused before anything is uploaded, with the estimate; an
     /// allocation the device cannot satisfy names the buffer and its size.

@@ -62,11 +62,12 @@ impl<B: Backend> Engine<B> {
         Ok(())
     }
 
-    /// Whether decode steps may be recorded and replayed: MoE routing runs
-    /// on the host, and per-layer captures copy to the host, both of which a
-    /// recorded step cannot do.
+    /// Whether decode steps may be recorded and replayed: per-layer captures
+    /// copy to the host, which a recorded step cannot do. (A backend that
+    /// needs the host inside a step, e.g. for MoE routing, fails the
+    /// recording with an error that says so.)
     fn steps_recordable(&self, keep_hidden: bool) -> bool {
-        !keep_hidden && !(0..self.config.num_hidden_layers).any(|l| self.config.layer_is_moe(l))
+        !keep_hidden
     }
 
     /// Greedy decoding: prefill the prompt, then one token per step.

@@ -91,6 +91,16 @@ pub struct CudaBackend {
     /// Reports at most this much free memory (a smaller card, for tests and
     /// for planning a deployment).
     memory_limit: Mutex<Option<usize>>,
+    /// Per MoE layer (keyed by its router weight's address): the device
+    /// tables of expert weight addresses the grouped decode kernels index.
+    moe_tables: Mutex<BTreeMap<u64, ExpertTables>>,
+}
+
+/// Device arrays of each expert's gate, up and down weight addresses.
+struct ExpertTables {
+    gate: CudaSlice<u64>,
+    up: CudaSlice<u64>,
+    down: CudaSlice<u64>,
 }
 
 // SAFETY: one stream, and every method that touches shared state goes
@@ -221,6 +231,7 @@ impl CudaBackend {
             step_ptrs,
             recording: Mutex::new(Recording::default()),
             memory_limit: Mutex::new(None),
+            moe_tables: Mutex::new(BTreeMap::new()),
             stream,
         })
     }
@@ -613,6 +624,91 @@ impl CudaBackend {
         // groups * slots.
         unsafe { l.launch(cfg(grid)) }.map_err(err(name))?;
         Ok(())
+    }
+}
+
+impl CudaBackend {
+    fn expert_tables(&self, w: &MoeWeights<CudaWeight>) -> Result<u64> {
+        let key = self.ptr(&w.router.data);
+        let mut tables = self.moe_tables.lock().unwrap_or_else(|p| p.into_inner());
+        if let std::collections::btree_map::Entry::Vacant(slot) = tables.entry(key) {
+            self.no_host_transfer("building the expert tables")?;
+            let addrs = |f: &dyn Fn(&crate::backend::ExpertWeights<CudaWeight>) -> &CudaWeight| {
+                let v: Vec<u64> = w.experts.iter().map(|e| self.ptr(&f(e).data)).collect();
+                self.stream.clone_htod(&v).map_err(err("expert tables"))
+            };
+            slot.insert(ExpertTables {
+                gate: addrs(&|e| &e.gate)?,
+                up: addrs(&|e| &e.up)?,
+                down: addrs(&|e| &e.down)?,
+            });
+        }
+        Ok(key)
+    }
+
+    /// One token's MoE entirely on the device: routing, the selected
+    /// experts' products as grouped launches, the ordered weighted sum.
+    /// Same bits as the host-routed path whenever the routing agrees.
+    fn moe_decode(&self, x: &CudaTensor, w: &MoeWeights<CudaWeight>) -> Result<CudaTensor> {
+        let e0 = &w.experts[0];
+        let (hidden, inter, k) = (x.cols, e0.gate.rows, w.top_k);
+        check::linear((1, hidden), &e0.gate.name, (e0.gate.rows, e0.gate.cols))?;
+        check::linear((1, inter), &e0.down.name, (e0.down.rows, e0.down.cols))?;
+        let key = self.expert_tables(w)?;
+        let logits = self.linear(x, &w.router)?;
+        let mut sel = self.buf(&self.i32s, "moe selection", k)?;
+        let mut wsel = self.buf(&self.f32s, "moe weights", k)?;
+        let (ne, ki, renorm) = (w.experts.len() as i32, k as i32, w.norm_topk_prob as i32);
+        let mut l = self.stream.launch_builder(self.func("moe_route_bf16")?);
+        l.arg(&*logits.data).arg(&ne).arg(&ki).arg(&renorm);
+        l.arg(&mut *sel).arg(&mut *wsel);
+        // SAFETY: one thread reads n_experts logits and writes top_k <= 64 entries.
+        unsafe {
+            l.launch(LaunchConfig {
+                grid_dim: (1, 1, 1),
+                block_dim: (32, 1, 1),
+                shared_mem_bytes: 0,
+            })
+        }
+        .map_err(err("moe_route_bf16"))?;
+        let tables = self.moe_tables.lock().unwrap_or_else(|p| p.into_inner());
+        let t = tables.get(&key).expect("built above");
+        let mut h = self.tensor("expert activations", k, inter)?;
+        let parts = self.parts(inter, hidden);
+        let (hk, im, pi) = (hidden as i32, inter as i32, parts as i32);
+        let mut l = self.stream.launch_builder(self.func("moe_gate_up_bf16")?);
+        l.arg(&*x.data)
+            .arg(&t.gate)
+            .arg(&t.up)
+            .arg(&*sel)
+            .arg(&mut *h.data);
+        l.arg(&hk).arg(&im).arg(&pi);
+        // SAFETY: every expert's gate and up are inter x hidden (checked on
+        // expert 0; all experts share a shape, checked at upload by name);
+        // selections are expert indices below n_experts; h holds k x inter.
+        unsafe { l.launch(cfg((inter.div_ceil(8 / parts) as u32, k as u32, 1))) }
+            .map_err(err("moe_gate_up_bf16"))?;
+        let mut y = self.tensor("expert outputs", k, hidden)?;
+        let parts = self.parts(hidden, inter);
+        let (dk, dm, pi) = (inter as i32, hidden as i32, parts as i32);
+        let mut l = self.stream.launch_builder(self.func("moe_down_bf16")?);
+        l.arg(&*h.data).arg(&t.down).arg(&*sel).arg(&mut *y.data);
+        l.arg(&dk).arg(&dm).arg(&pi);
+        // SAFETY: every down is hidden x inter; y holds k x hidden.
+        unsafe { l.launch(cfg((hidden.div_ceil(8 / parts) as u32, k as u32, 1))) }
+            .map_err(err("moe_down_bf16"))?;
+        drop(tables);
+        let mut out = self.tensor("moe output", 1, hidden)?;
+        let (wi, ki) = (hidden as i32, k as i32);
+        let mut l = self.stream.launch_builder(self.func("moe_combine_bf16")?);
+        l.arg(&*y.data)
+            .arg(&*wsel)
+            .arg(&mut *out.data)
+            .arg(&wi)
+            .arg(&ki);
+        // SAFETY: y holds k rows of width; out one row.
+        unsafe { l.launch(cfg((grid_for(hidden), 1, 1))) }.map_err(err("moe_combine_bf16"))?;
+        Ok(out)
     }
 }
 
@@ -1071,7 +1167,14 @@ impl Backend for CudaBackend {
     }
 
     fn moe(&self, x: &CudaTensor, w: &MoeWeights<CudaWeight>) -> Result<CudaTensor> {
-        self.no_host_transfer("MoE routing")?;
+        let e0 = w
+            .experts
+            .first()
+            .ok_or_else(|| shape("moe", "no experts".into()))?;
+        if x.rows == 1 && x.cols % 8 == 0 && e0.gate.rows % 8 == 0 && w.top_k <= 64 {
+            return self.moe_decode(x, w);
+        }
+        self.no_host_transfer("MoE routing of several tokens")?;
         let logits = self.linear(x, &w.router)?;
         let (lh, [_, e]) = self.to_host(&logits)?;
         let mut per_expert: Vec<Vec<(i32, f32)>> = vec![Vec::new(); e];

@@ -83,7 +83,14 @@ impl Kernel {
             Kernel::QkvFused => &["qkv_fused_bf16", "qkv_fused1_bf16"],
             Kernel::Attention => &["attn_scores_bf16", "attn_exp_bf16", "attn_out_bf16"],
             Kernel::Elementwise => &["add_bf16", "swiglu_bf16"],
-            Kernel::Moe => &["gather_rows_bf16", "moe_accumulate_bf16"],
+            Kernel::Moe => &[
+                "gather_rows_bf16",
+                "moe_accumulate_bf16",
+                "moe_route_bf16",
+                "moe_gate_up_bf16",
+                "moe_down_bf16",
+                "moe_combine_bf16",
+            ],
             Kernel::Cache => &["cache_append_bf16"],
         }
     }

@@ -17,3 +17,109 @@ extern "C" __global__ void moe_accumulate_bf16(bf16_t* out, const bf16_t* y, con
     for (int c = threadIdx.x; c < width; c += blockDim.x)
         out[o * width + c] = f2bf(bf2f(out[o * width + c]) + r16(bf2f(y[i * width + c]) * wi));
 }
+
+// Decode-step MoE on the device, so a MoE step can be recorded (CUDA graphs)
+// and its experts run as one grouped launch per product.
+//
+// Routing of one token, as backend::route does it on the host: softmax in
+// f32 (sequential sum), top-k by probability with ties to the lower expert,
+// renormalised over the selection (summed in selection order) if asked,
+// weights rounded to bf16, selection sorted by expert index. One thread:
+// a few hundred operations. expf may differ from the host's exp in the
+// last ulp of a probability; the weights are rounded to bf16 afterwards.
+extern "C" __global__ void moe_route_bf16(const bf16_t* logits, int n_experts, int top_k, int renorm, int* sel, float* wsel) {
+    if (threadIdx.x != 0 || blockIdx.x != 0) return;
+    float m = NEG_INF;
+    for (int i = 0; i < n_experts; i++) m = fmaxf(m, bf2f(logits[i]));
+    float s = 0.0f;
+    for (int i = 0; i < n_experts; i++) s += expf(bf2f(logits[i]) - m);
+    int idx[64];
+    float p[64];
+    for (int j = 0; j < top_k; j++) {
+        int best = -1;
+        float bp = 0.0f;
+        for (int i = 0; i < n_experts; i++) {
+            bool taken = false;
+            for (int t = 0; t < j; t++) taken |= idx[t] == i;
+            if (taken) continue;
+            float pi = expf(bf2f(logits[i]) - m) / s;
+            if (best < 0 || pi > bp) { best = i; bp = pi; }
+        }
+        idx[j] = best;
+        p[j] = bp;
+    }
+    if (renorm) {
+        float t = 0.0f;
+        for (int j = 0; j < top_k; j++) t += p[j];
+        for (int j = 0; j < top_k; j++) p[j] = p[j] / t;
+    }
+    for (int j = 0; j < top_k; j++) p[j] = r16(p[j]);
+    // ascending expert order (insertion sort of at most 64)
+    for (int a = 1; a < top_k; a++)
+        for (int b = a; b > 0 && idx[b - 1] > idx[b]; b--) {
+            int ti = idx[b]; idx[b] = idx[b - 1]; idx[b - 1] = ti;
+            float tp = p[b]; p[b] = p[b - 1]; p[b - 1] = tp;
+        }
+    for (int j = 0; j < top_k; j++) { sel[j] = idx[j]; wsel[j] = p[j]; }
+}
+
+// h[slot] = bf16(bf16(silu(bf16(x.gate_e))) * bf16(x.up_e)) for the selected
+// expert e = sel[slot] (grid.y = slot): the sums of gate_up_swiglu_bf16.
+extern "C" __global__ void moe_gate_up_bf16(const bf16_t* x, const unsigned long long* gates, const unsigned long long* ups,
+                                            const int* sel, bf16_t* h, int k, int m, int parts) {
+    __shared__ float partial[2][8];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int rows_per_block = 8 / parts;
+    int o = blockIdx.x * rows_per_block + warp / parts, part = warp % parts;
+    int e = sel[blockIdx.y];
+    const bf16_t* wg = (const bf16_t*)gates[e];
+    const bf16_t* wu = (const bf16_t*)ups[e];
+    float g[1], u[1];
+    if (o < m) {
+        warp_dot_rows<1>(x, wg + (size_t)o * k, 1, k, part, parts, g);
+        warp_dot_rows<1>(x, wu + (size_t)o * k, 1, k, part, parts, u);
+    }
+    if (lane == 0 && o < m) {
+        partial[0][warp] = g[0];
+        partial[1][warp] = u[0];
+    }
+    __syncthreads();
+    if (o < m && part == 0 && lane == 0) {
+        float tg = 0.0f, tu = 0.0f;
+        for (int p = 0; p < parts; p++) {
+            tg += partial[0][warp + p];
+            tu += partial[1][warp + p];
+        }
+        float gv = r16(tg), uv = r16(tu);
+        h[(size_t)blockIdx.y * m + o] = f2bf(r16(gv / (1.0f + expf(-gv))) * uv);
+    }
+}
+
+// y[slot] = bf16(h[slot] . down_e) for e = sel[slot]: the sums of gemv1_bf16.
+extern "C" __global__ void moe_down_bf16(const bf16_t* h, const unsigned long long* downs, const int* sel, bf16_t* y, int k, int m, int parts) {
+    __shared__ float partial[8];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int rows_per_block = 8 / parts;
+    int o = blockIdx.x * rows_per_block + warp / parts, part = warp % parts;
+    const bf16_t* w = (const bf16_t*)downs[sel[blockIdx.y]];
+    float acc[1];
+    if (o < m) warp_dot_rows<1>(h + (size_t)blockIdx.y * k, w + (size_t)o * k, 1, k, part, parts, acc);
+    if (lane == 0 && o < m) partial[warp] = acc[0];
+    __syncthreads();
+    if (o < m && part == 0 && lane == 0) {
+        float t = 0.0f;
+        for (int p = 0; p < parts; p++) t += partial[warp + p];
+        y[(size_t)blockIdx.y * m + o] = f2bf(t);
+    }
+}
+
+// out = sum over the selection in ascending expert order, rounded after
+// each add: out = bf16(out + bf16(y[slot] * w[slot])), from zero (as
+// moe_accumulate_bf16 launched once per expert).
+extern "C" __global__ void moe_combine_bf16(const bf16_t* y, const float* wsel, bf16_t* out, int width, int top_k) {
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < width; c += gridDim.x * blockDim.x) {
+        float acc = 0.0f;
+        for (int j = 0; j < top_k; j++) acc = r16(acc + r16(bf2f(y[(size_t)j * width + c]) * wsel[j]));
+        out[c] = f2bf(acc);
+    }
+}
