@@ -662,11 +662,13 @@ impl CudaBackend {
         let mut l = self.stream.launch_builder(self.func("moe_route_bf16")?);
         l.arg(&*logits.data).arg(&ne).arg(&ki).arg(&renorm);
         l.arg(&mut *sel).arg(&mut *wsel);
-        // SAFETY: one thread reads n_experts logits and writes top_k <= 64 entries.
+        let threads = (w.experts.len().div_ceil(32) * 32) as u32;
+        // SAFETY: one block, a thread per expert (<= 1024, checked by the
+        // caller), reads n_experts logits and writes top_k <= 64 entries.
         unsafe {
             l.launch(LaunchConfig {
                 grid_dim: (1, 1, 1),
-                block_dim: (32, 1, 1),
+                block_dim: (threads, 1, 1),
                 shared_mem_bytes: 0,
             })
         }
@@ -1171,7 +1173,12 @@ impl Backend for CudaBackend {
             .experts
             .first()
             .ok_or_else(|| shape("moe", "no experts".into()))?;
-        if x.rows == 1 && x.cols % 8 == 0 && e0.gate.rows % 8 == 0 && w.top_k <= 64 {
+        if x.rows == 1
+            && x.cols % 8 == 0
+            && e0.gate.rows % 8 == 0
+            && w.top_k <= 64
+            && w.experts.len() <= 1024
+        {
             return self.moe_decode(x, w);
         }
         self.no_host_transfer("MoE routing of several tokens")?;

@@ -24,43 +24,54 @@ extern "C" __global__ void moe_accumulate_bf16(bf16_t* out, const bf16_t* y, con
 // Routing of one token, as backend::route does it on the host: softmax in
 // f32 (sequential sum), top-k by probability with ties to the lower expert,
 // renormalised over the selection (summed in selection order) if asked,
-// weights rounded to bf16, selection sorted by expert index. One thread:
-// a few hundred operations. expf may differ from the host's exp in the
-// last ulp of a probability; the weights are rounded to bf16 afterwards.
+// weights rounded to bf16, selection sorted by expert index. One block,
+// a thread per expert (n_experts <= 1024): each finds its probability and
+// its rank; thread 0 does the short sequential parts. expf may differ from
+// the host's exp in the last ulp of a probability; the weights are rounded
+// to bf16 afterwards.
 extern "C" __global__ void moe_route_bf16(const bf16_t* logits, int n_experts, int top_k, int renorm, int* sel, float* wsel) {
-    if (threadIdx.x != 0 || blockIdx.x != 0) return;
-    float m = NEG_INF;
-    for (int i = 0; i < n_experts; i++) m = fmaxf(m, bf2f(logits[i]));
-    float s = 0.0f;
-    for (int i = 0; i < n_experts; i++) s += expf(bf2f(logits[i]) - m);
-    int idx[64];
-    float p[64];
-    for (int j = 0; j < top_k; j++) {
-        int best = -1;
-        float bp = 0.0f;
-        for (int i = 0; i < n_experts; i++) {
-            bool taken = false;
-            for (int t = 0; t < j; t++) taken |= idx[t] == i;
-            if (taken) continue;
-            float pi = expf(bf2f(logits[i]) - m) / s;
-            if (best < 0 || pi > bp) { best = i; bp = pi; }
-        }
-        idx[j] = best;
-        p[j] = bp;
+    __shared__ float p[1024];
+    __shared__ float scratch[32];
+    __shared__ int by_rank[64];
+    int i = threadIdx.x;
+    float l = i < n_experts ? bf2f(logits[i]) : NEG_INF;
+    float m = block_max(l, scratch);
+    float e = i < n_experts ? expf(l - m) : 0.0f;
+    p[i] = e;
+    __syncthreads();
+    if (i == 0) {
+        float s = 0.0f;
+        for (int j = 0; j < n_experts; j++) s += p[j];
+        scratch[0] = s;
     }
-    if (renorm) {
-        float t = 0.0f;
-        for (int j = 0; j < top_k; j++) t += p[j];
-        for (int j = 0; j < top_k; j++) p[j] = p[j] / t;
+    __syncthreads();
+    float pi = e / scratch[0];
+    __syncthreads();
+    p[i] = pi;
+    __syncthreads();
+    if (i < n_experts) {
+        int rank = 0;
+        for (int j = 0; j < n_experts; j++) rank += (p[j] > pi) || (p[j] == pi && j < i);
+        if (rank < top_k) by_rank[rank] = i;
     }
-    for (int j = 0; j < top_k; j++) p[j] = r16(p[j]);
-    // ascending expert order (insertion sort of at most 64)
-    for (int a = 1; a < top_k; a++)
-        for (int b = a; b > 0 && idx[b - 1] > idx[b]; b--) {
-            int ti = idx[b]; idx[b] = idx[b - 1]; idx[b - 1] = ti;
-            float tp = p[b]; p[b] = p[b - 1]; p[b - 1] = tp;
+    __syncthreads();
+    if (i == 0) {
+        int idx[64];
+        float w[64];
+        for (int r = 0; r < top_k; r++) { idx[r] = by_rank[r]; w[r] = p[idx[r]]; }
+        if (renorm) {
+            float t = 0.0f;
+            for (int r = 0; r < top_k; r++) t += w[r];
+            for (int r = 0; r < top_k; r++) w[r] = w[r] / t;
         }
-    for (int j = 0; j < top_k; j++) { sel[j] = idx[j]; wsel[j] = p[j]; }
+        for (int r = 0; r < top_k; r++) w[r] = r16(w[r]);
+        for (int a = 1; a < top_k; a++)
+            for (int b = a; b > 0 && idx[b - 1] > idx[b]; b--) {
+                int ti = idx[b]; idx[b] = idx[b - 1]; idx[b - 1] = ti;
+                float tw = w[b]; w[b] = w[b - 1]; w[b - 1] = tw;
+            }
+        for (int r = 0; r < top_k; r++) { sel[r] = idx[r]; wsel[r] = w[r]; }
+    }
 }
 
 // h[slot] = bf16(bf16(silu(bf16(x.gate_e))) * bf16(x.up_e)) for the selected
