@@ -140,6 +140,16 @@ fn cfg(grid: (u32, u32, u32)) -> LaunchConfig {
     }
 }
 
+/// One 128-thread block per normalised group (the RMSNorm kernels' order
+/// depends on this block size: both kernels must use it).
+fn per_group(groups: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (groups as u32, 1, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// A device pointer for a kernel argument, and what keeps it alive.
 struct DevArg<T: DeviceRepr> {
     ptr: u64,
@@ -790,14 +800,7 @@ impl Backend for CudaBackend {
             .arg(&wi)
             .arg(&e);
         // SAFETY: groups * width elements in x and out; w holds width elements.
-        unsafe {
-            l.launch(LaunchConfig {
-                grid_dim: (groups as u32, 1, 1),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: 0,
-            })
-        }
-        .map_err(err("rms_norm_bf16"))?;
+        unsafe { l.launch(per_group(groups)) }.map_err(err("rms_norm_bf16"))?;
         Ok(out)
     }
 
@@ -1116,14 +1119,7 @@ impl Backend for CudaBackend {
         l.arg(&*x.data).arg(&*r.data).arg(&w.data);
         l.arg(&mut *sum.data).arg(&mut *out.data).arg(&wi).arg(&e);
         // SAFETY: x, r, sum and out hold groups * width elements; w holds width.
-        unsafe {
-            l.launch(LaunchConfig {
-                grid_dim: (groups as u32, 1, 1),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: 0,
-            })
-        }
-        .map_err(err("add_rms_norm_bf16"))?;
+        unsafe { l.launch(per_group(groups)) }.map_err(err("add_rms_norm_bf16"))?;
         Ok((sum, out))
     }
 

@@ -119,3 +119,55 @@ __device__ __forceinline__ bool last_block_of(unsigned int* counter, unsigned in
     __syncthreads();
     return last;
 }
+
+// SwiGLU MLP input in one pass for one activation row: warp group o computes
+// the gate and up rows o, rounds each (as the separate products would), and
+// writes h[o] = bf16(bf16(silu(gate)) * up). Same sums as gemv1_bf16 on
+// each row. Shared by the dense MLP and the MoE experts.
+__device__ __forceinline__ void gate_up_swiglu_row(const bf16_t* x, const bf16_t* wg, const bf16_t* wu, bf16_t* h, int k, int m, int parts) {
+    __shared__ float partial[2][8];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int rows_per_block = 8 / parts;
+    int o = blockIdx.x * rows_per_block + warp / parts, part = warp % parts;
+    float g[1], u[1];
+    if (o < m) {
+        warp_dot_rows<1>(x, wg + (size_t)o * k, 1, k, part, parts, g);
+        warp_dot_rows<1>(x, wu + (size_t)o * k, 1, k, part, parts, u);
+    }
+    if (lane == 0 && o < m) {
+        partial[0][warp] = g[0];
+        partial[1][warp] = u[0];
+    }
+    __syncthreads();
+    if (o < m && part == 0 && lane == 0) {
+        float tg = 0.0f, tu = 0.0f;
+        for (int p = 0; p < parts; p++) {
+            tg += partial[0][warp + p];
+            tu += partial[1][warp + p];
+        }
+        float gv = r16(tg), uv = r16(tu);
+        h[o] = f2bf(r16(gv / (1.0f + expf(-gv))) * uv);
+    }
+}
+
+// y[r, o] = bf16(sum_k x[r, k] w[o, k]) for the R-row group `group`:
+// `parts` warps per output row, their sums added in warp order. The body of
+// gemv_bf16 / gemv1_bf16, and of the MoE down products.
+template <int R>
+__device__ __forceinline__ void gemv_body(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k, int m, int parts, int group) {
+    __shared__ float partial[8][R];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int rows_per_block = 8 / parts;
+    int o = blockIdx.x * rows_per_block + warp / parts, part = warp % parts;
+    int r0 = group * R, nr = min(R, n - r0);
+    float acc[R];
+    if (o < m) warp_dot_rows<R>(x + (size_t)r0 * k, w + (size_t)o * k, nr, k, part, parts, acc);
+    if (lane == 0 && o < m)
+        for (int r = 0; r < R; r++) partial[warp][r] = acc[r];
+    __syncthreads();
+    if (o < m && part == 0 && lane < nr) {
+        float t = 0.0f;
+        for (int p = 0; p < parts; p++) t += partial[warp + p][lane];
+        y[(size_t)(r0 + lane) * m + o] = f2bf(t);
+    }
+}

@@ -78,50 +78,14 @@ extern "C" __global__ void moe_route_bf16(const bf16_t* logits, int n_experts, i
 // expert e = sel[slot] (grid.y = slot): the sums of gate_up_swiglu_bf16.
 extern "C" __global__ void moe_gate_up_bf16(const bf16_t* x, const unsigned long long* gates, const unsigned long long* ups,
                                             const int* sel, bf16_t* h, int k, int m, int parts) {
-    __shared__ float partial[2][8];
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int rows_per_block = 8 / parts;
-    int o = blockIdx.x * rows_per_block + warp / parts, part = warp % parts;
     int e = sel[blockIdx.y];
-    const bf16_t* wg = (const bf16_t*)gates[e];
-    const bf16_t* wu = (const bf16_t*)ups[e];
-    float g[1], u[1];
-    if (o < m) {
-        warp_dot_rows<1>(x, wg + (size_t)o * k, 1, k, part, parts, g);
-        warp_dot_rows<1>(x, wu + (size_t)o * k, 1, k, part, parts, u);
-    }
-    if (lane == 0 && o < m) {
-        partial[0][warp] = g[0];
-        partial[1][warp] = u[0];
-    }
-    __syncthreads();
-    if (o < m && part == 0 && lane == 0) {
-        float tg = 0.0f, tu = 0.0f;
-        for (int p = 0; p < parts; p++) {
-            tg += partial[0][warp + p];
-            tu += partial[1][warp + p];
-        }
-        float gv = r16(tg), uv = r16(tu);
-        h[(size_t)blockIdx.y * m + o] = f2bf(r16(gv / (1.0f + expf(-gv))) * uv);
-    }
+    gate_up_swiglu_row(x, (const bf16_t*)gates[e], (const bf16_t*)ups[e], h + (size_t)blockIdx.y * m, k, m, parts);
 }
 
 // y[slot] = bf16(h[slot] . down_e) for e = sel[slot]: the sums of gemv1_bf16.
 extern "C" __global__ void moe_down_bf16(const bf16_t* h, const unsigned long long* downs, const int* sel, bf16_t* y, int k, int m, int parts) {
-    __shared__ float partial[8];
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int rows_per_block = 8 / parts;
-    int o = blockIdx.x * rows_per_block + warp / parts, part = warp % parts;
-    const bf16_t* w = (const bf16_t*)downs[sel[blockIdx.y]];
-    float acc[1];
-    if (o < m) warp_dot_rows<1>(h + (size_t)blockIdx.y * k, w + (size_t)o * k, 1, k, part, parts, acc);
-    if (lane == 0 && o < m) partial[warp] = acc[0];
-    __syncthreads();
-    if (o < m && part == 0 && lane == 0) {
-        float t = 0.0f;
-        for (int p = 0; p < parts; p++) t += partial[warp + p];
-        y[(size_t)blockIdx.y * m + o] = f2bf(t);
-    }
+    int slot = blockIdx.y;
+    gemv_body<1>(h + (size_t)slot * k, (const bf16_t*)downs[sel[slot]], y + (size_t)slot * m, 1, k, m, parts, 0);
 }
 
 // out = sum over the selection in ascending expert order, rounded after
