@@ -1,7 +1,7 @@
 //! The kernel registry: one variant per `.cu` file, its source embedded with
-//! `include_str!`, compiled once per backend by NVRTC for the device's
-//! architecture. Compile options live in one function; a failed compile
-//! reports the file and NVRTC's log.
+//! `include_str!`, compiled by NVRTC for the device's architecture once per
+//! process (the PTX is kept for later backends). Compile options live in one
+//! function; a failed compile reports the file and NVRTC's log.
 
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaContext, CudaFunction};
@@ -136,6 +136,27 @@ pub fn compile_source(
     })
 }
 
+/// PTX compiled in this process, per (kernel, architecture): every backend
+/// after the first loads its modules without running NVRTC again.
+static COMPILED: std::sync::Mutex<BTreeMap<(Kernel, &'static str), cudarc::nvrtc::Ptx>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+fn compiled(kernel: Kernel, arch: &'static str) -> Result<cudarc::nvrtc::Ptx> {
+    if let Some(p) = COMPILED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&(kernel, arch))
+    {
+        return Ok(p.clone());
+    }
+    let ptx = compile(kernel, arch)?;
+    COMPILED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert((kernel, arch), ptx.clone());
+    Ok(ptx)
+}
+
 /// Every entry point, loaded into `ctx`.
 pub fn load_all(
     ctx: &Arc<CudaContext>,
@@ -144,7 +165,7 @@ pub fn load_all(
     let mut out = BTreeMap::new();
     for k in Kernel::ALL {
         let module = ctx
-            .load_module(compile(k, arch)?)
+            .load_module(compiled(k, arch)?)
             .map_err(|e| Error::Backend {
                 backend: "cuda",
                 problem: format!("loading kernels/{}: {e}", k.file()),
