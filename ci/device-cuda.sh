@@ -2,7 +2,7 @@
 # Runs on the GPU machine after ci/bundle.sh (device tool: carry .device):
 #   OUT=$OUT bash ci/device-cuda.sh STAGE...
 # Stages (in order given): goldens (regen CUDA goldens), tests, bench-small (tiny, 0.6b), bench-8b,
-# bench-30b, big (qwen3-8b parity; LOCKSTEP_BIG_MODELS), profile (nsys),
+# bench-30b, big (qwen3-8b parity; LOCKSTEP_BIG_MODELS), profile (ncu per kernel),
 # bench-hf-0.6b / bench-hf-8b (transformers on the same weights), envelopes (0.6b op level N=100 and greedy N=20 x 256 per mode),
 # parity-8b. Logs and JSON go to $OUT; one GPU, one thing at a time.
 set -uo pipefail
@@ -27,11 +27,18 @@ for stage in "$@"; do
     big)
       step .device/tests/cuda_backend --test-threads 1 --nocapture --ignored large_models ;;
     profile)
-      if command -v nsys >/dev/null; then
-        step nsys profile -o "$OUT/profile" --force-overwrite true --cuda-graph-trace=node --stats=true \
-          $L bench --model synth:qwen3-0.6b --paths fused,graph --modes deterministic --graphs on \
-          --warmup 4 --tokens 64 --repeats 1
-      else echo "nsys is not installed" | tee -a "$OUT/log.txt"; fi ;;
+      # Nsight Compute, one pass per kernel: its duration and DRAM bytes, the
+      # clocks left alone and caches not flushed (as in a decode step), graphs off
+      # so every launch is seen. ci/ncu_summary.py turns the CSV into a table.
+      NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+      for preset in ${PROFILE_PRESETS:-qwen3-0.6b qwen3-8b}; do
+        step "$NCU" --clock-control none --cache-control none \
+          --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__grid_size,launch__block_size,launch__registers_per_thread \
+          --csv --page raw --log-file "$OUT/ncu-$preset.csv" \
+          $L bench --model synth:$preset --paths ${PROFILE_PATHS:-fused,graph} --modes deterministic --graphs off \
+          --warmup 2 --tokens 4 --repeats 1
+        python3 ci/ncu_summary.py "$OUT/ncu-$preset.csv" | tee -a "$OUT/log.txt"
+      done ;;
     bench-small)
       step $L bench --model synth:tiny --graphs on,off --tokens 128 --out "$OUT/bench-tiny.json"
       step $L bench --model synth:qwen3-0.6b --graphs on,off --out "$OUT/bench-qwen3-0.6b.json" ;;
