@@ -356,6 +356,107 @@ mod gpu {
         }
     }
 
+    /// The device argmax over a vocabulary-sized row (many blocks, then the
+    /// last block's pick): the largest value wins, ties go to the lower
+    /// index, NaN never wins, wherever the winner sits among the blocks.
+    #[test]
+    fn device_argmax_picks_the_first_largest_value() {
+        let Some((_g, be)) = gpu("device_argmax_picks_the_first_largest_value") else {
+            return;
+        };
+        let n = 151_936;
+        let base: Vec<f64> = (0..n)
+            .map(|i| ((i * 7919) % 1000) as f64 / 1000.0)
+            .collect();
+        type Case = (&'static str, Vec<(usize, f64)>, u32);
+        let cases: [Case; 5] = [
+            ("first element", vec![(0, 5.0)], 0),
+            ("last element", vec![(n - 1, 5.0)], (n - 1) as u32),
+            (
+                "a tie across blocks",
+                vec![(150_000, 5.0), (1_500, 5.0)],
+                1_500,
+            ),
+            (
+                "a tie in one block",
+                vec![(70_001, 5.0), (70_000, 5.0)],
+                70_000,
+            ),
+            ("NaN never wins", vec![(3, f64::NAN), (90_000, 5.0)], 90_000),
+        ];
+        for (what, plant, want) in cases {
+            let mut row = base.clone();
+            for (i, v) in plant {
+                row[i] = v;
+            }
+            // Two rows: the argmax is taken over the last one.
+            let rows = [vec![9.0; n], row].concat();
+            let t = be.activation_from_host(&rows, 2, n).unwrap();
+            assert_eq!(be.argmax(&t).unwrap(), want, "{what}");
+        }
+    }
+
+    /// Decode attention in one launch (short caches) equals the three-pass
+    /// split attention bit for bit: the same query row asked alone (one
+    /// launch) and twice in a two-row batch (three passes), at lengths on
+    /// and across chunk (64) and half-chunk (32) boundaries, for head_dim
+    /// 128 and 64 and both GQA shapes. A planted difference must show: the
+    /// one-launch result for a shorter row differs.
+    #[test]
+    fn one_launch_decode_attention_equals_the_split_passes() {
+        let Some((_g, be)) = gpu("one_launch_decode_attention_equals_the_split_passes") else {
+            return;
+        };
+        use lockstep::backend::AttnDims;
+        let val = |i: usize, salt: usize| {
+            let h = (i * 2654435761 + salt * 40503) % 1000;
+            (h as f64 / 500.0 - 1.0) * 0.5
+        };
+        let mut checked = 0;
+        for (n_heads, n_kv_heads, head_dim) in [(16, 8, 128), (8, 2, 64), (4, 4, 128)] {
+            let dims = AttnDims {
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                eps: 1e-6,
+                rope_theta: 1e6,
+            };
+            let cap = 2048;
+            let kv = dims.kv_dim();
+            let k: Vec<f64> = (0..cap * kv).map(|i| val(i, 1)).collect();
+            let v: Vec<f64> = (0..cap * kv).map(|i| val(i, 2)).collect();
+            let mut c = be.new_cache(&dims, cap).unwrap();
+            let kt = be.activation_from_host(&k, cap, kv).unwrap();
+            let vt = be.activation_from_host(&v, cap, kv).unwrap();
+            be.cache_append(&mut c, &kt, &vt).unwrap();
+            let q: Vec<f64> = (0..dims.q_dim()).map(|i| val(i, 3) * 4.0).collect();
+            let q1 = be.activation_from_host(&q, 1, dims.q_dim()).unwrap();
+            let q2 = be
+                .activation_from_host(&[q.clone(), q.clone()].concat(), 2, dims.q_dim())
+                .unwrap();
+            let mut prev: Option<Vec<f64>> = None;
+            for len in [
+                1, 2, 31, 32, 33, 63, 64, 65, 96, 97, 128, 129, 200, 511, 513, 1000, 2047, 2048,
+            ] {
+                let one = be.attention(&q1, &c, &dims, &[len - 1]).unwrap();
+                let one = be.to_host(&one).unwrap().0;
+                let split = be.attention(&q2, &c, &dims, &[len - 1, len - 1]).unwrap();
+                let split = be.to_host(&split).unwrap().0;
+                assert_eq!(
+                    one,
+                    split[..dims.q_dim()],
+                    "{n_heads}/{n_kv_heads} heads, head_dim {head_dim}, {len} keys"
+                );
+                if let Some(p) = &prev {
+                    assert_ne!(p, &one, "the control: {len} keys must differ from fewer");
+                }
+                prev = Some(one);
+                checked += 1;
+            }
+        }
+        println!("one-launch decode attention bit-identical to the split passes at {checked} (shape, length) pairs");
+    }
+
     /// The large shapes (run by `ci/device-cuda.sh big`, ignored otherwise:
     /// minutes of loading): fused vs graph at op level within the contract,
     /// and CUDA logits against the CPU reference (bf16) on 8 tokens.

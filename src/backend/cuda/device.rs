@@ -13,8 +13,8 @@ use crate::model::safetensors::{Dtype, HostTensor};
 use crate::util::bf16_bits;
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
-    DeviceRepr, DriverError, LaunchConfig, PushKernelArg,
+    sys, CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
+    DeviceRepr, DriverError, LaunchConfig,
 };
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -74,6 +74,9 @@ pub struct CudaBackend {
     info: DeviceInfo,
     options: Mutex<CudaOptions>,
     sms: usize,
+    /// Launch with programmatic dependent launch (compute capability 9.0
+    /// and later, unless LOCKSTEP_CUDA_PDL=0).
+    pdl: bool,
     blas: Option<CudaBlas>,
     u16s: Arc<Pool<u16>>,
     f32s: Arc<Pool<f32>>,
@@ -125,6 +128,10 @@ const ROWS_PER_PASS: usize = 8;
 /// Keys per attention chunk (ATTN_CHUNK in attention.cu).
 const ATTN_CHUNK: usize = 64;
 const COUNTERS: usize = 1 << 20;
+/// Decode attention takes one launch (attn_decode_bf16) while a step covers
+/// at most this many keys (with CUDA graphs: the cache's capacity); longer
+/// contexts are split over the GPU in three launches.
+const DECODE_ONE_LAUNCH_KEYS: usize = 2048;
 /// Attention score scratch per launch; longer prefills go in row batches.
 const ATTN_SCRATCH_BYTES: usize = 256 << 20;
 
@@ -149,6 +156,45 @@ fn per_group(groups: usize) -> LaunchConfig {
         shared_mem_bytes: 0,
     }
 }
+
+/// A kernel argument as the 8-byte word CUDA copies its parameter from:
+/// device addresses whole, 4-byte scalars in the low half (little endian).
+trait KernelArg {
+    fn word(&self, stream: &CudaStream) -> u64;
+}
+
+impl KernelArg for i32 {
+    fn word(&self, _: &CudaStream) -> u64 {
+        *self as u32 as u64
+    }
+}
+
+impl KernelArg for f32 {
+    fn word(&self, _: &CudaStream) -> u64 {
+        self.to_bits() as u64
+    }
+}
+
+impl KernelArg for u64 {
+    fn word(&self, _: &CudaStream) -> u64 {
+        *self
+    }
+}
+
+impl KernelArg for usize {
+    fn word(&self, _: &CudaStream) -> u64 {
+        *self as u64
+    }
+}
+
+impl<T> KernelArg for CudaSlice<T> {
+    fn word(&self, stream: &CudaStream) -> u64 {
+        self.device_ptr(stream).0
+    }
+}
+
+/// The most parameters any kernel of kernels/ takes.
+const MAX_ARGS: usize = 24;
 
 /// A device pointer for a kernel argument, and what keeps it alive.
 struct DevArg<T: DeviceRepr> {
@@ -208,6 +254,8 @@ impl CudaBackend {
         details.insert("nvrtc".into(), format!("{nv_major}.{nv_minor}"));
         details.insert("prefill_gemm".into(), gemm);
         details.insert("tf32".into(), "off".into());
+        let pdl = major >= 9 && std::env::var("LOCKSTEP_CUDA_PDL").as_deref() != Ok("0");
+        details.insert("pdl".into(), if pdl { "on" } else { "off" }.into());
         let info = DeviceInfo {
             backend: "cuda".into(),
             device: name,
@@ -226,6 +274,7 @@ impl CudaBackend {
             info,
             options: Mutex::new(options),
             sms: sms as usize,
+            pdl,
             blas,
             u16s: Pool::new(),
             f32s: Pool::new(),
@@ -313,6 +362,65 @@ impl CudaBackend {
             backend: "cuda",
             problem: format!("kernel {name} is not loaded"),
         })
+    }
+
+    /// Launches kernel `name` on the backend's stream. With programmatic
+    /// dependent launch (`pdl`) the kernel may be scheduled while the
+    /// previous one finishes: every kernel calls `pdl_sync` (common.cuh)
+    /// before touching what earlier kernels wrote, so results are the same.
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameters in number, order and type,
+    /// and the kernel must stay inside the buffers they describe.
+    unsafe fn launch(
+        &self,
+        name: &'static str,
+        cfg: LaunchConfig,
+        args: &[&dyn KernelArg],
+    ) -> Result<()> {
+        let f = self.func(name)?;
+        assert!(args.len() <= MAX_ARGS, "{name}: too many kernel arguments");
+        let mut words = [0u64; MAX_ARGS];
+        for (w, a) in words.iter_mut().zip(args) {
+            *w = a.word(&self.stream);
+        }
+        let mut params = [std::ptr::null_mut::<std::ffi::c_void>(); MAX_ARGS];
+        for (i, p) in params.iter_mut().enumerate() {
+            *p = words.as_mut_ptr().add(i).cast();
+        }
+        // SAFETY (of the zeroed union): every field of the value is plain data.
+        let mut value: sys::CUlaunchAttributeValue = std::mem::zeroed();
+        value.programmaticStreamSerializationAllowed = 1;
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value,
+        };
+        let config = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: if self.pdl {
+                &mut attr
+            } else {
+                std::ptr::null_mut()
+            },
+            numAttrs: self.pdl as u32,
+        };
+        self.stream.context().bind_to_thread().map_err(err(name))?;
+        sys::cuLaunchKernelEx(
+            &config,
+            f.cu_function(),
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+        .result()
+        .map_err(err(name))
     }
 
     fn recording(&self) -> bool {
@@ -424,13 +532,16 @@ impl CudaBackend {
         Ok(self.ptr(&self.counters))
     }
 
-    /// Warps per output row: enough warps in flight to cover memory latency
-    /// (32 per SM), each still with at least two 16-byte chunks per lane.
+    /// Warps per output row. Each lane keeps a group of 16-byte loads in
+    /// flight (warp_dot in common.cuh), so a product needs about one block
+    /// of 8 warps per SM: rows are split only while there are fewer warps
+    /// than that, and only while each lane keeps at least two chunks. The
+    /// split fixes the summation order, so it depends on the shape alone.
     /// Fast mode splits at least four ways, combined with atomics.
     fn parts(&self, m: usize, k: usize) -> usize {
         let chunks = k / 8;
         let mut p = 1;
-        while p < 8 && m * p < self.sms * 32 && chunks >= 64 * p {
+        while p < 8 && m * p < self.sms * 8 && chunks >= 64 * p {
             p *= 2;
         }
         match self.options().mode {
@@ -451,27 +562,36 @@ impl CudaBackend {
         match self.options().mode {
             ReductionMode::Deterministic => {
                 let name = if n == 1 { "gemv1_bf16" } else { "gemv_bf16" };
-                let mut l = self.stream.launch_builder(self.func(name)?);
-                l.arg(&*x.data).arg(&w.data).arg(&mut *out.data);
-                l.arg(&ni).arg(&ki).arg(&mi).arg(&pi);
                 // SAFETY: x is n x k, w m x k, out n x m, k % 8 == 0 (16-byte
                 // loads; cudarc allocations are 256-byte aligned); warps past
                 // m and rows past n do nothing.
-                unsafe { l.launch(cfg(grid)) }.map_err(err(name))?;
+                unsafe {
+                    self.launch(
+                        name,
+                        cfg(grid),
+                        &[&*x.data, &w.data, &*out.data, &ni, &ki, &mi, &pi],
+                    )
+                }?;
             }
             ReductionMode::Fast => {
                 let acc = self.zeroed(n * m)?;
-                let mut l = self.stream.launch_builder(self.func("gemv_atomic_bf16")?);
-                l.arg(&*x.data).arg(&w.data).arg(&acc);
-                l.arg(&ni).arg(&ki).arg(&mi).arg(&pi);
                 // SAFETY: as gemv_bf16; acc holds n * m zeroed f32.
-                unsafe { l.launch(cfg(grid)) }.map_err(err("gemv_atomic_bf16"))?;
+                unsafe {
+                    self.launch(
+                        "gemv_atomic_bf16",
+                        cfg(grid),
+                        &[&*x.data, &w.data, &acc, &ni, &ki, &mi, &pi],
+                    )
+                }?;
                 let total = n * m;
-                let mut l = self.stream.launch_builder(self.func("f32_to_bf16_reset")?);
-                l.arg(&acc).arg(&mut *out.data).arg(&total);
                 // SAFETY: one thread per element of acc and out, guarded.
-                unsafe { l.launch(cfg((grid_for(total), 1, 1))) }
-                    .map_err(err("f32_to_bf16_reset"))?;
+                unsafe {
+                    self.launch(
+                        "f32_to_bf16_reset",
+                        cfg((grid_for(total), 1, 1)),
+                        &[&acc, &*out.data, &total],
+                    )
+                }?;
             }
         }
         Ok(())
@@ -529,11 +649,15 @@ impl CudaBackend {
     ) -> Result<CudaTensor> {
         check::same_shape(name, (a.rows, a.cols), (b.rows, b.cols))?;
         let n = a.rows * a.cols;
-        let mut out = self.tensor(name, a.rows, a.cols)?;
-        let mut l = self.stream.launch_builder(self.func(name)?);
-        l.arg(&*a.data).arg(&*b.data).arg(&mut *out.data).arg(&n);
+        let out = self.tensor(name, a.rows, a.cols)?;
         // SAFETY: a, b and out hold n elements; one thread per element, guarded by i < n.
-        unsafe { l.launch(cfg((grid_for(n), 1, 1))) }.map_err(err(name))?;
+        unsafe {
+            self.launch(
+                name,
+                cfg((grid_for(n), 1, 1)),
+                &[&*a.data, &*b.data, &*out.data, &n],
+            )
+        }?;
         Ok(out)
     }
 
@@ -606,38 +730,87 @@ impl CudaBackend {
         } else {
             "qkv_fused_bf16"
         };
-        let mut l = self.stream.launch_builder(self.func(name)?);
-        l.arg(&*x.data)
-            .arg(&qkv.data)
-            .arg(&q_norm.data)
-            .arg(&k_norm.data);
-        l.arg(&mut *q.data)
-            .arg(&k_out)
-            .arg(&v_out)
-            .arg(&kc)
-            .arg(&vc)
-            .arg(&pos.ptr);
-        l.arg(&*raw).arg(&counters);
-        l.arg(&n)
-            .arg(&hidden)
-            .arg(&nh)
-            .arg(&nkv)
-            .arg(&hdi)
-            .arg(&pi)
-            .arg(&eps)
-            .arg(&theta);
         let grid = ((qkv.rows / (8 / parts)) as u32, groups as u32, 1);
         // SAFETY: the packed weight has slots * head_dim rows of hidden
         // (checked), head_dim is a multiple of 8 / parts so every block lies in
         // one slot; outputs and the cache hold the rows' elements (positions
         // below the cache capacity: checked by the caller); counters cover
         // groups * slots.
-        unsafe { l.launch(cfg(grid)) }.map_err(err(name))?;
+        unsafe {
+            self.launch(
+                name,
+                cfg(grid),
+                &[
+                    &*x.data,
+                    &qkv.data,
+                    &q_norm.data,
+                    &k_norm.data,
+                    &*q.data,
+                    &k_out,
+                    &v_out,
+                    &kc,
+                    &vc,
+                    &pos.ptr,
+                    &*raw,
+                    &counters,
+                    &n,
+                    &hidden,
+                    &nh,
+                    &nkv,
+                    &hdi,
+                    &pi,
+                    &eps,
+                    &theta,
+                ],
+            )
+        }?;
         Ok(())
     }
 }
 
 impl CudaBackend {
+    /// Decode attention in one launch (attn_decode_bf16): the three passes'
+    /// arithmetic in one block per head, bit for bit, for short caches.
+    fn attention_one_launch(
+        &self,
+        q: &CudaTensor,
+        cache: &CudaCache,
+        dims: &AttnDims,
+        positions: &[usize],
+        keys: usize,
+    ) -> Result<CudaTensor> {
+        let pos = self.positions(positions)?;
+        let out = self.tensor("attention output", 1, q.cols)?;
+        let (nh, nkv, hdi, st) = (
+            dims.n_heads as i32,
+            dims.n_kv_heads as i32,
+            dims.head_dim as i32,
+            keys as i32,
+        );
+        let scale = (dims.head_dim as f64).powf(-0.5) as f32;
+        let grid = LaunchConfig {
+            grid_dim: (dims.n_heads as u32, 1, 1),
+            block_dim: (512, 1, 1),
+            shared_mem_bytes: (4 * (keys + keys / 32 + 1)) as u32,
+        };
+        // SAFETY: one block per head; shared memory holds `keys` scores and
+        // keys / 32 + 1 half-chunk sums (keys <= DECODE_ONE_LAUNCH_KEYS keeps
+        // it under the 48 KiB default), and the step attends to at most
+        // `keys` positions (below the cache length, checked by the caller);
+        // head_dim divides 256 and is a multiple of 8 (checked by the caller).
+        unsafe {
+            self.launch(
+                "attn_decode_bf16",
+                grid,
+                &[
+                    &*q.data, &cache.k, &cache.v, &*out.data, &pos.ptr, &nh, &nkv, &hdi, &st,
+                    &scale,
+                ],
+            )
+        }?;
+        Ok(out)
+    }
+
     fn expert_tables(&self, w: &MoeWeights<CudaWeight>) -> Result<u64> {
         let key = self.ptr(&w.router.data);
         let mut tables = self.moe_tables.lock().unwrap_or_else(|p| p.into_inner());
@@ -666,60 +839,60 @@ impl CudaBackend {
         check::linear((1, inter), &e0.down.name, (e0.down.rows, e0.down.cols))?;
         let key = self.expert_tables(w)?;
         let logits = self.linear(x, &w.router)?;
-        let mut sel = self.buf(&self.i32s, "moe selection", k)?;
-        let mut wsel = self.buf(&self.f32s, "moe weights", k)?;
+        let sel = self.buf(&self.i32s, "moe selection", k)?;
+        let wsel = self.buf(&self.f32s, "moe weights", k)?;
         let (ne, ki, renorm) = (w.experts.len() as i32, k as i32, w.norm_topk_prob as i32);
-        let mut l = self.stream.launch_builder(self.func("moe_route_bf16")?);
-        l.arg(&*logits.data).arg(&ne).arg(&ki).arg(&renorm);
-        l.arg(&mut *sel).arg(&mut *wsel);
         let threads = (w.experts.len().div_ceil(32) * 32) as u32;
         // SAFETY: one block, a thread per expert (<= 1024, checked by the
         // caller), reads n_experts logits and writes top_k <= 64 entries.
         unsafe {
-            l.launch(LaunchConfig {
-                grid_dim: (1, 1, 1),
-                block_dim: (threads, 1, 1),
-                shared_mem_bytes: 0,
-            })
-        }
-        .map_err(err("moe_route_bf16"))?;
+            self.launch(
+                "moe_route_bf16",
+                LaunchConfig {
+                    grid_dim: (1, 1, 1),
+                    block_dim: (threads, 1, 1),
+                    shared_mem_bytes: 0,
+                },
+                &[&*logits.data, &ne, &ki, &renorm, &*sel, &*wsel],
+            )
+        }?;
         let tables = self.moe_tables.lock().unwrap_or_else(|p| p.into_inner());
         let t = tables.get(&key).expect("built above");
-        let mut h = self.tensor("expert activations", k, inter)?;
+        let h = self.tensor("expert activations", k, inter)?;
         let parts = self.parts(inter, hidden);
         let (hk, im, pi) = (hidden as i32, inter as i32, parts as i32);
-        let mut l = self.stream.launch_builder(self.func("moe_gate_up_bf16")?);
-        l.arg(&*x.data)
-            .arg(&t.gate)
-            .arg(&t.up)
-            .arg(&*sel)
-            .arg(&mut *h.data);
-        l.arg(&hk).arg(&im).arg(&pi);
         // SAFETY: every expert's gate and up are inter x hidden (checked on
         // expert 0; all experts share a shape, checked at upload by name);
         // selections are expert indices below n_experts; h holds k x inter.
-        unsafe { l.launch(cfg((inter.div_ceil(8 / parts) as u32, k as u32, 1))) }
-            .map_err(err("moe_gate_up_bf16"))?;
-        let mut y = self.tensor("expert outputs", k, hidden)?;
+        unsafe {
+            self.launch(
+                "moe_gate_up_bf16",
+                cfg((inter.div_ceil(8 / parts) as u32, k as u32, 1)),
+                &[&*x.data, &t.gate, &t.up, &*sel, &*h.data, &hk, &im, &pi],
+            )
+        }?;
+        let y = self.tensor("expert outputs", k, hidden)?;
         let parts = self.parts(hidden, inter);
         let (dk, dm, pi) = (inter as i32, hidden as i32, parts as i32);
-        let mut l = self.stream.launch_builder(self.func("moe_down_bf16")?);
-        l.arg(&*h.data).arg(&t.down).arg(&*sel).arg(&mut *y.data);
-        l.arg(&dk).arg(&dm).arg(&pi);
         // SAFETY: every down is hidden x inter; y holds k x hidden.
-        unsafe { l.launch(cfg((hidden.div_ceil(8 / parts) as u32, k as u32, 1))) }
-            .map_err(err("moe_down_bf16"))?;
+        unsafe {
+            self.launch(
+                "moe_down_bf16",
+                cfg((hidden.div_ceil(8 / parts) as u32, k as u32, 1)),
+                &[&*h.data, &t.down, &*sel, &*y.data, &dk, &dm, &pi],
+            )
+        }?;
         drop(tables);
-        let mut out = self.tensor("moe output", 1, hidden)?;
+        let out = self.tensor("moe output", 1, hidden)?;
         let (wi, ki) = (hidden as i32, k as i32);
-        let mut l = self.stream.launch_builder(self.func("moe_combine_bf16")?);
-        l.arg(&*y.data)
-            .arg(&*wsel)
-            .arg(&mut *out.data)
-            .arg(&wi)
-            .arg(&ki);
         // SAFETY: y holds k rows of width; out one row.
-        unsafe { l.launch(cfg((grid_for(hidden), 1, 1))) }.map_err(err("moe_combine_bf16"))?;
+        unsafe {
+            self.launch(
+                "moe_combine_bf16",
+                cfg((grid_for(hidden), 1, 1)),
+                &[&*y.data, &*wsel, &*out.data, &wi, &ki],
+            )
+        }?;
         Ok(out)
     }
 }
@@ -775,15 +948,16 @@ impl Backend for CudaBackend {
         };
         let dids = self.ints(&self.u32s, "token ids", ids, staged)?;
         let hidden = table.cols as i32;
-        let mut out = self.tensor("embedding output", ids.len(), table.cols)?;
-        let mut l = self.stream.launch_builder(self.func("embed_bf16")?);
-        l.arg(&table.data)
-            .arg(&dids.ptr)
-            .arg(&mut *out.data)
-            .arg(&hidden);
+        let out = self.tensor("embedding output", ids.len(), table.cols)?;
         // SAFETY: every id was checked against the table's rows (the staged
         // one when it was staged); out holds ids.len() rows.
-        unsafe { l.launch(cfg((ids.len() as u32, 1, 1))) }.map_err(err("embed_bf16"))?;
+        unsafe {
+            self.launch(
+                "embed_bf16",
+                cfg((ids.len() as u32, 1, 1)),
+                &[&table.data, &dids.ptr, &*out.data, &hidden],
+            )
+        }?;
         Ok(out)
     }
 
@@ -791,16 +965,16 @@ impl Backend for CudaBackend {
         let width = w.rows * w.cols;
         check::rms_norm(x.cols, width)?;
         let groups = x.rows * x.cols / width;
-        let mut out = self.tensor("rms_norm output", x.rows, x.cols)?;
+        let out = self.tensor("rms_norm output", x.rows, x.cols)?;
         let (wi, e) = (width as i32, eps as f32);
-        let mut l = self.stream.launch_builder(self.func("rms_norm_bf16")?);
-        l.arg(&*x.data)
-            .arg(&w.data)
-            .arg(&mut *out.data)
-            .arg(&wi)
-            .arg(&e);
         // SAFETY: groups * width elements in x and out; w holds width elements.
-        unsafe { l.launch(per_group(groups)) }.map_err(err("rms_norm_bf16"))?;
+        unsafe {
+            self.launch(
+                "rms_norm_bf16",
+                per_group(groups),
+                &[&*x.data, &w.data, &*out.data, &wi, &e],
+            )
+        }?;
         Ok(out)
     }
 
@@ -818,16 +992,14 @@ impl Backend for CudaBackend {
         }
         let (n, k, m) = (x.rows as i32, x.cols as i32, w.rows as i32);
         let warps = BLOCK / 32;
-        let mut l = self.stream.launch_builder(self.func("linear_bf16")?);
-        l.arg(&*x.data)
-            .arg(&w.data)
-            .arg(&mut *out.data)
-            .arg(&n)
-            .arg(&k)
-            .arg(&m);
         // SAFETY: x is n x k, w is m x k, out n x m; warps past m return early.
-        unsafe { l.launch(cfg(((w.rows as u32).div_ceil(warps), 1, 1))) }
-            .map_err(err("linear_bf16"))?;
+        unsafe {
+            self.launch(
+                "linear_bf16",
+                cfg(((w.rows as u32).div_ceil(warps), 1, 1)),
+                &[&*x.data, &w.data, &*out.data, &n, &k, &m],
+            )
+        }?;
         Ok(out)
     }
 
@@ -840,19 +1012,17 @@ impl Backend for CudaBackend {
     ) -> Result<CudaTensor> {
         check::rope((x.rows, x.cols), positions.len(), head_dim)?;
         let pos = self.positions(positions)?;
-        let mut out = self.tensor("rope output", x.rows, x.cols)?;
+        let out = self.tensor("rope output", x.rows, x.cols)?;
         let total = x.rows * x.cols / 2;
         let (rows, width, hd, th) = (x.rows as i32, x.cols as i32, head_dim as i32, theta as f32);
-        let mut l = self.stream.launch_builder(self.func("rope_bf16")?);
-        l.arg(&*x.data)
-            .arg(&mut *out.data)
-            .arg(&pos.ptr)
-            .arg(&rows)
-            .arg(&width)
-            .arg(&hd)
-            .arg(&th);
         // SAFETY: one thread per rotated pair, guarded against the total.
-        unsafe { l.launch(cfg((grid_for(total), 1, 1))) }.map_err(err("rope_bf16"))?;
+        unsafe {
+            self.launch(
+                "rope_bf16",
+                cfg((grid_for(total), 1, 1)),
+                &[&*x.data, &*out.data, &pos.ptr, &rows, &width, &hd, &th],
+            )
+        }?;
         Ok(out)
     }
 
@@ -965,16 +1135,15 @@ impl Backend for CudaBackend {
         let positions: Vec<usize> = (cache.len..cache.len + k.rows).collect();
         let pos = self.positions(&positions)?;
         let kvd = cache.kv_dim as i32;
-        let mut l = self.stream.launch_builder(self.func("cache_append_bf16")?);
-        l.arg(&*k.data)
-            .arg(&*v.data)
-            .arg(&mut cache.k)
-            .arg(&mut cache.v)
-            .arg(&pos.ptr)
-            .arg(&kvd);
         // SAFETY: positions are below the capacity (checked); k and v hold
         // k.rows rows of kv_dim.
-        unsafe { l.launch(cfg((k.rows as u32, 1, 1))) }.map_err(err("cache_append_bf16"))?;
+        unsafe {
+            self.launch(
+                "cache_append_bf16",
+                cfg((k.rows as u32, 1, 1)),
+                &[&*k.data, &*v.data, &cache.k, &cache.v, &pos.ptr, &kvd],
+            )
+        }?;
         cache.len += k.rows;
         Ok(())
     }
@@ -1005,6 +1174,14 @@ impl Backend for CudaBackend {
         }
         let heads = dims.n_heads;
         let stride = cache.cap.max(1);
+        // A recorded step replays at every later length, up to the capacity.
+        let keys = if self.recording() { stride } else { len };
+        if q.rows == 1
+            && keys <= DECODE_ONE_LAUNCH_KEYS
+            && self.options().mode == ReductionMode::Deterministic
+        {
+            return self.attention_one_launch(q, cache, dims, positions, keys);
+        }
         let max_chunks = stride.div_ceil(ATTN_CHUNK);
         // A recorded step must cover every later length; otherwise launch
         // only the chunks this call needs (the same results either way).
@@ -1060,9 +1237,6 @@ impl Backend for CudaBackend {
             let outr = op + (2 * r0 * q.cols) as u64;
             let posr = pos.ptr + (4 * r0) as u64;
             let grid = (rows as u32, heads as u32, launch_chunks as u32);
-            let mut l = self.stream.launch_builder(self.func("attn_scores_bf16")?);
-            l.arg(&qr).arg(&cache.k).arg(&sp).arg(&mp).arg(&posr);
-            l.arg(&nh).arg(&nkv).arg(&hdi).arg(&st).arg(&mc).arg(&scale);
             let per_key = LaunchConfig {
                 grid_dim: grid,
                 block_dim: (ATTN_CHUNK as u32, 1, 1),
@@ -1072,30 +1246,36 @@ impl Backend for CudaBackend {
             // scratch holds batch rows of heads x stride scores and max_chunks
             // maxima; positions are below the cache length (checked);
             // head_dim <= 256 and a multiple of 8 (16-byte key loads).
-            unsafe { l.launch(per_key) }.map_err(err("attn_scores_bf16"))?;
-            let mut l = self.stream.launch_builder(self.func("attn_exp_bf16")?);
-            l.arg(&sp).arg(&mp).arg(&zp).arg(&posr);
-            l.arg(&nh).arg(&st).arg(&mc);
+            unsafe {
+                self.launch(
+                    "attn_scores_bf16",
+                    per_key,
+                    &[
+                        &qr, &cache.k, &sp, &mp, &posr, &nh, &nkv, &hdi, &st, &mc, &scale,
+                    ],
+                )
+            }?;
             // SAFETY: the same grid over the same scratch.
-            unsafe { l.launch(per_key) }.map_err(err("attn_exp_bf16"))?;
-            let mut l = self.stream.launch_builder(self.func("attn_out_bf16")?);
-            l.arg(&sp)
-                .arg(&zp)
-                .arg(&cache.v)
-                .arg(&pp)
-                .arg(&o)
-                .arg(&outr);
-            l.arg(&counters).arg(&posr);
-            l.arg(&nh)
-                .arg(&nkv)
-                .arg(&hdi)
-                .arg(&st)
-                .arg(&mc)
-                .arg(&atomic);
+            unsafe {
+                self.launch(
+                    "attn_exp_bf16",
+                    per_key,
+                    &[&sp, &mp, &zp, &posr, &nh, &st, &mc],
+                )
+            }?;
             // SAFETY: the same grid; P holds max_chunks partials per (row,
             // head) in deterministic mode, O heads x head_dim zeroed f32 per
             // row in fast mode; counters cover rows x heads; out holds q's shape.
-            unsafe { l.launch(cfg(grid)) }.map_err(err("attn_out_bf16"))?;
+            unsafe {
+                self.launch(
+                    "attn_out_bf16",
+                    cfg(grid),
+                    &[
+                        &sp, &zp, &cache.v, &pp, &o, &outr, &counters, &posr, &nh, &nkv, &hdi, &st,
+                        &mc, &atomic,
+                    ],
+                )
+            }?;
             r0 += rows;
         }
         Ok(out)
@@ -1112,14 +1292,17 @@ impl Backend for CudaBackend {
         let width = w.rows * w.cols;
         check::rms_norm(x.cols, width)?;
         let groups = x.rows * x.cols / width;
-        let mut sum = self.tensor("residual sum", x.rows, x.cols)?;
-        let mut out = self.tensor("rms_norm output", x.rows, x.cols)?;
+        let sum = self.tensor("residual sum", x.rows, x.cols)?;
+        let out = self.tensor("rms_norm output", x.rows, x.cols)?;
         let (wi, e) = (width as i32, eps as f32);
-        let mut l = self.stream.launch_builder(self.func("add_rms_norm_bf16")?);
-        l.arg(&*x.data).arg(&*r.data).arg(&w.data);
-        l.arg(&mut *sum.data).arg(&mut *out.data).arg(&wi).arg(&e);
         // SAFETY: x, r, sum and out hold groups * width elements; w holds width.
-        unsafe { l.launch(per_group(groups)) }.map_err(err("add_rms_norm_bf16"))?;
+        unsafe {
+            self.launch(
+                "add_rms_norm_bf16",
+                per_group(groups),
+                &[&*x.data, &*r.data, &w.data, &*sum.data, &*out.data, &wi, &e],
+            )
+        }?;
         Ok((sum, out))
     }
 
@@ -1139,20 +1322,17 @@ impl Backend for CudaBackend {
         check::linear((x.rows, x.cols), &gate.name, (gate.rows, gate.cols))?;
         let (k, m) = (x.cols, gate.rows);
         let parts = self.parts(m, k);
-        let mut h = self.tensor("swiglu output", 1, m)?;
+        let h = self.tensor("swiglu output", 1, m)?;
         let (ki, mi, pi) = (k as i32, m as i32, parts as i32);
-        let mut l = self
-            .stream
-            .launch_builder(self.func("gate_up_swiglu_bf16")?);
-        l.arg(&*x.data)
-            .arg(&gate.data)
-            .arg(&up.data)
-            .arg(&mut *h.data);
-        l.arg(&ki).arg(&mi).arg(&pi);
         // SAFETY: x is 1 x k, gate and up m x k (checked equal), h 1 x m,
         // k % 8 == 0; warps past m do nothing.
-        unsafe { l.launch(cfg((m.div_ceil(8 / parts) as u32, 1, 1))) }
-            .map_err(err("gate_up_swiglu_bf16"))?;
+        unsafe {
+            self.launch(
+                "gate_up_swiglu_bf16",
+                cfg((m.div_ceil(8 / parts) as u32, 1, 1)),
+                &[&*x.data, &gate.data, &up.data, &*h.data, &ki, &mi, &pi],
+            )
+        }?;
         Ok(h)
     }
 
@@ -1196,29 +1376,27 @@ impl Backend for CudaBackend {
             let wts: Vec<f32> = toks.iter().map(|t| t.1).collect();
             let didx = self.ints(&self.i32s, "moe indices", &idx, None)?;
             let dw = self.stream.clone_htod(&wts).map_err(err("moe weights"))?;
-            let mut xe = self.tensor("moe gathered rows", idx.len(), x.cols)?;
-            let mut l = self.stream.launch_builder(self.func("gather_rows_bf16")?);
-            l.arg(&*x.data)
-                .arg(&didx.ptr)
-                .arg(&mut *xe.data)
-                .arg(&width);
+            let xe = self.tensor("moe gathered rows", idx.len(), x.cols)?;
             // SAFETY: every index is a row of x; xe holds idx.len() rows.
-            unsafe { l.launch(cfg((idx.len() as u32, 1, 1))) }.map_err(err("gather_rows_bf16"))?;
+            unsafe {
+                self.launch(
+                    "gather_rows_bf16",
+                    cfg((idx.len() as u32, 1, 1)),
+                    &[&*x.data, &didx.ptr, &*xe.data, &width],
+                )
+            }?;
             let ew = &w.experts[ex];
             let h = self.swiglu(&self.linear(&xe, &ew.gate)?, &self.linear(&xe, &ew.up)?)?;
             let y = self.linear(&h, &ew.down)?;
-            let mut l = self
-                .stream
-                .launch_builder(self.func("moe_accumulate_bf16")?);
-            l.arg(&mut *out.data)
-                .arg(&*y.data)
-                .arg(&didx.ptr)
-                .arg(&dw)
-                .arg(&width);
             // SAFETY: y holds idx.len() rows; indices are distinct rows of out
             // (a token meets each expert at most once).
-            unsafe { l.launch(cfg((idx.len() as u32, 1, 1))) }
-                .map_err(err("moe_accumulate_bf16"))?;
+            unsafe {
+                self.launch(
+                    "moe_accumulate_bf16",
+                    cfg((idx.len() as u32, 1, 1)),
+                    &[&*out.data, &*y.data, &didx.ptr, &dw, &width],
+                )
+            }?;
         }
         Ok(out)
     }
@@ -1268,20 +1446,29 @@ impl Backend for CudaBackend {
 
     fn argmax(&self, logits: &CudaTensor) -> Result<u32> {
         self.no_host_transfer("argmax")?;
-        let mut out = self.buf(&self.u32s, "argmax", 1)?;
+        let out = self.buf(&self.u32s, "argmax", 1)?;
         let last = self.ptr(&logits.data) + (2 * (logits.rows - 1) * logits.cols) as u64;
         let n = logits.cols as i32;
-        let mut l = self.stream.launch_builder(self.func("argmax_bf16")?);
-        l.arg(&last).arg(&n).arg(&mut *out);
-        // SAFETY: the last row holds n values; out holds one u32.
+        // A block of 1024 per SM at most, each with at least 1024 values.
+        let blocks = logits.cols.div_ceil(1024).clamp(1, self.sms.min(1024));
+        let part_v = self.buf(&self.f32s, "argmax block values", blocks)?;
+        let part_i = self.buf(&self.i32s, "argmax block indices", blocks)?;
+        let counter = self.counters(1, "argmax")?;
+        let grid = LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the last row holds n values; part_v / part_i hold one
+        // entry per block (<= 1024, the final block's threads); out holds
+        // one u32; counter 0 is zero between launches.
         unsafe {
-            l.launch(LaunchConfig {
-                grid_dim: (1, 1, 1),
-                block_dim: (1024, 1, 1),
-                shared_mem_bytes: 0,
-            })
-        }
-        .map_err(err("argmax_bf16"))?;
+            self.launch(
+                "argmax_bf16",
+                grid,
+                &[&last, &n, &*part_v, &*part_i, &counter, &*out],
+            )
+        }?;
         let mut host = [0u32];
         self.stream
             .memcpy_dtoh(&*out, &mut host)

@@ -81,7 +81,12 @@ impl Kernel {
             ],
             Kernel::Rope => &["rope_bf16"],
             Kernel::QkvFused => &["qkv_fused_bf16", "qkv_fused1_bf16"],
-            Kernel::Attention => &["attn_scores_bf16", "attn_exp_bf16", "attn_out_bf16"],
+            Kernel::Attention => &[
+                "attn_scores_bf16",
+                "attn_exp_bf16",
+                "attn_out_bf16",
+                "attn_decode_bf16",
+            ],
             Kernel::Elementwise => &["add_bf16", "swiglu_bf16"],
             Kernel::Moe => &[
                 "gather_rows_bf16",

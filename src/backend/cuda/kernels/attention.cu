@@ -11,6 +11,36 @@
 
 __device__ __forceinline__ int chunks_of(int len) { return (len + ATTN_CHUNK - 1) / ATTN_CHUNK; }
 
+// s = bf16(bf16(q.k) * scale) for one key (16-byte loads over head_dim, in
+// order). Shared by attn_scores_bf16 and attn_decode_bf16: one expression,
+// one rounding sequence. Unrolled 16 deep: a 128-wide key's loads go out
+// together (one memory round trip, not four).
+__device__ __forceinline__ float key_score(const float* qs, const bf16_t* key, int head_dim, float scale) {
+    const uint4* kr = (const uint4*)key;
+    float dot = 0.0f;
+#pragma unroll 16
+    for (int i = 0; i < head_dim / 8; i++) {
+        uint4 kv = kr[i];
+        unsigned int w[4] = {kv.x, kv.y, kv.z, kv.w};
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            dot += qs[8 * i + 2 * e] * __uint_as_float(w[e] << 16);
+            dot += qs[8 * i + 2 * e + 1] * __uint_as_float(w[e] & 0xffff0000u);
+        }
+    }
+    return r16(r16(dot) * scale);
+}
+
+// One key group's share of a chunk's output element d: keys g, g + groups,
+// ... of the chunk's n, probabilities p, values vb (element d of key 0).
+// Unrolled 32 deep (a 64-key chunk over two key groups in one go).
+__device__ __forceinline__ float chunk_values(const float* p, const bf16_t* vb, int n, int kd, int g, int groups) {
+    float acc = 0.0f;
+#pragma unroll 32
+    for (int j = g; j < n; j += groups) acc += p[j] * bf2f(vb[(size_t)j * kd]);
+    return acc;
+}
+
 // Pass 1: one thread per key (16-byte loads over head_dim, in order, so
 // every key's loads are in flight at once), chunk max. Block = ATTN_CHUNK.
 extern "C" __global__ void attn_scores_bf16(
@@ -18,6 +48,7 @@ extern "C" __global__ void attn_scores_bf16(
     int n_heads, int n_kv, int head_dim, int stride, int max_chunks, float scale) {
     __shared__ float scratch[32];
     __shared__ float qs[256];
+    pdl_sync();
     int r = blockIdx.x, h = blockIdx.y, c = blockIdx.z;
     int len = pos[r] + 1, kvh = h / (n_heads / n_kv);
     if (c * ATTN_CHUNK >= len) return;
@@ -28,19 +59,7 @@ extern "C" __global__ void attn_scores_bf16(
     int j = c * ATTN_CHUNK + threadIdx.x;
     float m = NEG_INF;
     if (j < len) {
-        const uint4* kr = (const uint4*)(kc + (size_t)j * kd + (size_t)kvh * head_dim);
-        float dot = 0.0f;
-#pragma unroll 4
-        for (int i = 0; i < head_dim / 8; i++) {
-            uint4 kv = kr[i];
-            unsigned int w[4] = {kv.x, kv.y, kv.z, kv.w};
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                dot += qs[8 * i + 2 * e] * __uint_as_float(w[e] << 16);
-                dot += qs[8 * i + 2 * e + 1] * __uint_as_float(w[e] & 0xffff0000u);
-            }
-        }
-        float s = r16(r16(dot) * scale);
+        float s = key_score(qs, kc + (size_t)j * kd + (size_t)kvh * head_dim, head_dim, scale);
         S[rh * stride + j] = s;
         m = s;
     }
@@ -53,6 +72,7 @@ extern "C" __global__ void attn_scores_bf16(
 extern "C" __global__ void attn_exp_bf16(
     float* S, const float* M, float* Z, const int* pos, int n_heads, int stride, int max_chunks) {
     __shared__ float scratch[32];
+    pdl_sync();
     int r = blockIdx.x, h = blockIdx.y, c = blockIdx.z;
     int len = pos[r] + 1;
     if (c * ATTN_CHUNK >= len) return;
@@ -82,6 +102,7 @@ extern "C" __global__ void attn_out_bf16(
     unsigned int* counters, const int* pos,
     int n_heads, int n_kv, int head_dim, int stride, int max_chunks, int atomic_combine) {
     __shared__ float part[1024];
+    pdl_sync();
     int r = blockIdx.x, h = blockIdx.y, c = blockIdx.z;
     int len = pos[r] + 1, nch = chunks_of(len);
     if (c >= nch) return;
@@ -95,10 +116,7 @@ extern "C" __global__ void attn_out_bf16(
     __syncthreads();
     int groups = blockDim.x / head_dim, g = threadIdx.x / head_dim, d = threadIdx.x % head_dim;
     const bf16_t* vb = vc + (size_t)c * ATTN_CHUNK * kd + (size_t)kvh * head_dim + d;
-    float acc = 0.0f;
-#pragma unroll 8
-    for (int j = g; j < n; j += groups) acc += p[j] * bf2f(vb[(size_t)j * kd]);
-    part[threadIdx.x] = acc;
+    part[threadIdx.x] = chunk_values(p, vb, n, kd, g, groups);
     __syncthreads();
     if (g == 0) {
         float t = 0.0f;
@@ -117,4 +135,84 @@ extern "C" __global__ void attn_out_bf16(
         }
         out[(size_t)r * qd + (size_t)h * head_dim + d] = f2bf(t);
     }
+}
+
+// A decode step (one query row) in one launch: one block per head walks
+// every chunk of its row itself, with the per-chunk arithmetic of the three
+// passes above (same helpers, same orders: chunk sums as block_sum over two
+// warps, chunk outputs over 256-thread key groups, chunks added in order),
+// so its output equals theirs bit for bit. The backend uses it for short
+// caches, where three launches cost more than the work; long contexts keep
+// the split over the GPU. Block = 512 threads (two 256-thread halves take
+// two chunks at a time); dynamic shared memory: the row's scores
+// (`stride` floats, at least the row's length) and its half-chunk sums
+// (stride / 32 + 1).
+extern "C" __global__ void attn_decode_bf16(
+    const bf16_t* q, const bf16_t* kc, const bf16_t* vc, bf16_t* out, const int* pos,
+    int n_heads, int n_kv, int head_dim, int stride, float scale) {
+    extern __shared__ float S[];
+    __shared__ float qs[256];
+    __shared__ float scratch[32];
+    __shared__ float part[512];
+    pdl_sync();
+    float* H = S + stride;
+    int h = blockIdx.x, kvh = h / (n_heads / n_kv), tid = threadIdx.x;
+    int lane = tid & 31, warp = tid >> 5;
+    int len = pos[0] + 1, nch = chunks_of(len), kd = n_kv * head_dim;
+    for (int d = tid; d < head_dim; d += blockDim.x) qs[d] = bf2f(q[(size_t)h * head_dim + d]);
+    __syncthreads();
+    const bf16_t* kb = kc + (size_t)kvh * head_dim;
+    float m = NEG_INF;
+    for (int j = tid; j < len; j += blockDim.x) {
+        float s = key_score(qs, kb + (size_t)j * kd, head_dim, scale);
+        S[j] = s;
+        m = fmaxf(m, s);
+    }
+    m = block_max(m, scratch);
+    // Exponentials; each warp's butterfly covers one half chunk (32 keys).
+    for (int base = 0; base < len; base += blockDim.x) {
+        int j = base + tid;
+        float e = 0.0f;
+        if (j < len) {
+            e = expf(S[j] - m);
+            S[j] = e;
+        }
+        e = warp_sum(e);
+        if (lane == 0 && base + 32 * warp < len) H[(base >> 5) + warp] = e;
+    }
+    __syncthreads();
+    // The row's sum: chunk sums (two halves added, as block_sum adds its
+    // two warps) in chunk order.
+    float sum = 0.0f;
+    for (int c = 0; c < nch; c++) {
+        bool second = c * ATTN_CHUNK + 32 < len;
+        sum += H[2 * c] + (second ? H[2 * c + 1] : 0.0f);
+    }
+    for (int j = tid; j < len; j += blockDim.x) S[j] = r16(S[j] / sum);
+    __syncthreads();
+    int half = tid >> 8, lt = tid & 255, groups = 256 / head_dim, g = lt / head_dim, d = lt % head_dim;
+    float total = 0.0f;
+    for (int c0 = 0; c0 < nch; c0 += 2) {
+        int c = c0 + half;
+        float acc = 0.0f;
+        if (c < nch) {
+            int n = min(len, (c + 1) * ATTN_CHUNK) - c * ATTN_CHUNK;
+            const bf16_t* vb = vc + (size_t)c * ATTN_CHUNK * kd + (size_t)kvh * head_dim + d;
+            acc = chunk_values(S + c * ATTN_CHUNK, vb, n, kd, g, groups);
+        }
+        part[tid] = acc;
+        __syncthreads();
+        if (half == 0 && g == 0) {
+            float t = 0.0f;
+            for (int i = 0; i < groups; i++) t += part[i * head_dim + d];
+            total += t;
+            if (c0 + 1 < nch) {
+                t = 0.0f;
+                for (int i = 0; i < groups; i++) t += part[256 + i * head_dim + d];
+                total += t;
+            }
+        }
+        __syncthreads();
+    }
+    if (half == 0 && g == 0) out[(size_t)h * head_dim + d] = f2bf(total);
 }

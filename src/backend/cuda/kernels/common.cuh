@@ -73,33 +73,107 @@ __device__ __forceinline__ float dot8(uint4 a, uint4 b, float acc) {
     return acc;
 }
 
-// A weight read once per launch: 16 bytes, not kept in L1.
-__device__ __forceinline__ uint4 load_stream(const uint4* p) { return __ldcs(p); }
-
 // Rows of a dot-product batch handled by one pass over a weight row.
 #define ROWS_PER_PASS 8
 
-// Partial dot products of one weight row `wr` (k / 8 chunks of 16 bytes)
-// with up to R activation rows (R = 1 for decode, ROWS_PER_PASS for small
-// batches: the same order either way, so a row's sums do not depend on how
-// many rows share the pass): this warp takes chunks part * 32 + lane, then
-// every 32 * parts. Lane order, then the butterfly: a fixed summation order
-// for a given (k, parts). Every lane returns the warp's sums in acc[0..n).
-template <int R>
-__device__ __forceinline__ void warp_dot_rows(const bf16_t* x, const bf16_t* wr, int n, int k, int part, int parts, float* acc) {
-    int lane = threadIdx.x & 31, chunks = k >> 3;
+// Programmatic dependent launch (Hopper and later; the backend launches
+// with it where the device has it). A kernel may start while the previous
+// one finishes; `pdl_sync` waits until that kernel has completed and its
+// writes are visible, then lets the next kernel start in turn. Every kernel
+// calls it in every thread before it reads anything an earlier kernel wrote
+// and before it writes anything (so completion of a kernel implies
+// completion of all earlier ones); only constant weights are read before
+// it. Without the launch attribute both instructions do nothing.
+__device__ __forceinline__ void pdl_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// 16-byte loads issued when `ok` (predicated, not branched around, so a
+// run of them goes out before the first result is waited for); zeros
+// otherwise. Weights stream past L1; activations use the read-only path.
+__device__ __forceinline__ uint4 ld_weight(const uint4* p, bool ok) {
+    uint4 v = {0u, 0u, 0u, 0u};
+    asm volatile("{\n .reg .pred q;\n setp.ne.b32 q, %4, 0;\n @q ld.global.cs.v4.u32 {%0, %1, %2, %3}, [%5];\n}"
+                 : "+r"(v.x), "+r"(v.y), "+r"(v.z), "+r"(v.w) : "r"((int)ok), "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ uint4 ld_act(const uint4* p, bool ok) {
+    uint4 v = {0u, 0u, 0u, 0u};
+    asm volatile("{\n .reg .pred q;\n setp.ne.b32 q, %4, 0;\n @q ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%5];\n}"
+                 : "+r"(v.x), "+r"(v.y), "+r"(v.z), "+r"(v.w) : "r"((int)ok), "l"(p));
+    return v;
+}
+
+// Partial dot products of NW weight rows w[i] (k / 8 chunks of 16 bytes
+// each) with up to R activation rows (R = 1 for decode, ROWS_PER_PASS for
+// small batches: the same order either way, so a row's sums do not depend
+// on how many rows share the pass): this warp takes chunks part * 32 +
+// lane, then every 32 * parts, added in that order; then the butterfly. A
+// fixed summation order for a given (k, parts). Every lane returns the
+// warp's sums in acc[i][0..n).
+//
+// Loads go out U chunks at a time, all of a group before any product, so a
+// lane waits for memory once per group rather than once per chunk (U = 4
+// for decode: deeper groups cost registers, and so blocks per SM, which
+// small products need more). The
+// first group's weights are requested before pdl_sync: they never depend
+// on the previous kernel, so their latency overlaps its tail.
+template <int R, int NW>
+__device__ __forceinline__ void warp_dot(const bf16_t* x, const bf16_t* const (&w)[NW], int n, int k, int part, int parts, float (&acc)[NW][R]) {
+    constexpr int U = R == 1 ? 4 : 2;
+    int lane = threadIdx.x & 31, chunks = k >> 3, step = 32 * parts;
 #pragma unroll
-    for (int r = 0; r < R; r++) acc[r] = 0.0f;
-    const uint4* w4 = (const uint4*)wr;
-#pragma unroll 8
-    for (int c = part * 32 + lane; c < chunks; c += 32 * parts) {
-        uint4 wv = load_stream(w4 + c);
+    for (int i = 0; i < NW; i++)
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[i][r] = 0.0f;
+    int c = part * 32 + lane;
+    uint4 wv[NW][U];
+#pragma unroll
+    for (int i = 0; i < NW; i++)
+#pragma unroll
+        for (int u = 0; u < U; u++) wv[i][u] = ld_weight((const uint4*)w[i] + c + u * step, c + u * step < chunks);
+    pdl_sync();
+    while (true) {
+        uint4 xv[R][U];
 #pragma unroll
         for (int r = 0; r < R; r++)
-            if (R == 1 || r < n) acc[r] = dot8(__ldg((const uint4*)(x + (size_t)r * k) + c), wv, acc[r]);
+#pragma unroll
+            for (int u = 0; u < U; u++)
+                xv[r][u] = ld_act((const uint4*)(x + (size_t)r * k) + c + u * step, c + u * step < chunks && (R == 1 || r < n));
+#pragma unroll
+        for (int u = 0; u < U; u++)
+            if (c + u * step < chunks) {
+#pragma unroll
+                for (int i = 0; i < NW; i++)
+#pragma unroll
+                    for (int r = 0; r < R; r++)
+                        if (R == 1 || r < n) acc[i][r] = dot8(xv[r][u], wv[i][u], acc[i][r]);
+            }
+        c += U * step;
+        if (c >= chunks) break;
+#pragma unroll
+        for (int i = 0; i < NW; i++)
+#pragma unroll
+            for (int u = 0; u < U; u++) wv[i][u] = ld_weight((const uint4*)w[i] + c + u * step, c + u * step < chunks);
     }
 #pragma unroll
-    for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
+    for (int i = 0; i < NW; i++)
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[i][r] = warp_sum(acc[i][r]);
+}
+
+// One weight row: acc[0..n) as warp_dot's.
+template <int R>
+__device__ __forceinline__ void warp_dot_rows(const bf16_t* x, const bf16_t* wr, int n, int k, int part, int parts, float* acc) {
+    const bf16_t* w[1] = {wr};
+    float a[1][R];
+    warp_dot<R, 1>(x, w, n, k, part, parts, a);
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[r] = a[0][r];
 }
 
 // Signals that this block has finished its share of `counter`'s work item;
@@ -129,14 +203,15 @@ __device__ __forceinline__ void gate_up_swiglu_row(const bf16_t* x, const bf16_t
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int rows_per_block = 8 / parts;
     int o = blockIdx.x * rows_per_block + warp / parts, part = warp % parts;
-    float g[1], u[1];
+    float gu[2][1];
     if (o < m) {
-        warp_dot_rows<1>(x, wg + (size_t)o * k, 1, k, part, parts, g);
-        warp_dot_rows<1>(x, wu + (size_t)o * k, 1, k, part, parts, u);
+        const bf16_t* w[2] = {wg + (size_t)o * k, wu + (size_t)o * k};
+        warp_dot<1, 2>(x, w, 1, k, part, parts, gu);
     }
+    pdl_sync();
     if (lane == 0 && o < m) {
-        partial[0][warp] = g[0];
-        partial[1][warp] = u[0];
+        partial[0][warp] = gu[0][0];
+        partial[1][warp] = gu[1][0];
     }
     __syncthreads();
     if (o < m && part == 0 && lane == 0) {
@@ -162,6 +237,7 @@ __device__ __forceinline__ void gemv_body(const bf16_t* x, const bf16_t* w, bf16
     int r0 = group * R, nr = min(R, n - r0);
     float acc[R];
     if (o < m) warp_dot_rows<R>(x + (size_t)r0 * k, w + (size_t)o * k, nr, k, part, parts, acc);
+    pdl_sync();
     if (lane == 0 && o < m)
         for (int r = 0; r < R; r++) partial[warp][r] = acc[r];
     __syncthreads();

@@ -30,7 +30,10 @@ extern "C" __global__ void gemv_atomic_bf16(const bf16_t* x, const bf16_t* w, fl
     int rows_per_block = 8 / parts;
     int o = blockIdx.x * rows_per_block + warp / parts, part = warp % parts;
     int r0 = blockIdx.y * ROWS_PER_PASS, nr = min(ROWS_PER_PASS, n - r0);
-    if (o >= m) return;
+    if (o >= m) {
+        pdl_sync();
+        return;
+    }
     float acc[ROWS_PER_PASS];
     warp_dot_rows<ROWS_PER_PASS>(x + (size_t)r0 * k, w + (size_t)o * k, nr, k, part, parts, acc);
     if (lane < nr) {
@@ -41,6 +44,7 @@ extern "C" __global__ void gemv_atomic_bf16(const bf16_t* x, const bf16_t* w, fl
 }
 
 extern "C" __global__ void f32_to_bf16_reset(float* a, bf16_t* out, size_t n) {
+    pdl_sync();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         out[i] = f2bf(a[i]);
@@ -51,6 +55,7 @@ extern "C" __global__ void f32_to_bf16_reset(float* a, bf16_t* out, size_t n) {
 // Any k: one warp per output column, lanes stride over k. Used when k is
 // not a multiple of 8.
 extern "C" __global__ void linear_bf16(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k, int m) {
+    pdl_sync();
     int warps = blockDim.x >> 5;
     int o = blockIdx.x * warps + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
@@ -66,16 +71,11 @@ extern "C" __global__ void linear_bf16(const bf16_t* x, const bf16_t* w, bf16_t*
 }
 
 // Greedy token of the last logits row: the largest value, ties to the
-// lower index, NaN never wins. One block of 1024 threads; fixed order.
-extern "C" __global__ void argmax_bf16(const bf16_t* logits, int n, unsigned int* out) {
-    __shared__ float best_v[1024];
-    __shared__ int best_i[1024];
-    float bv = NEG_INF;
-    int bi = 0x7fffffff;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float v = bf2f(logits[i]);
-        if (v > bv) { bv = v; bi = i; }
-    }
+// lower index, NaN never wins (an exact choice, so any order gives the same
+// answer). Each block of 1024 threads picks among a strided share of the
+// row and leaves its pick in (part_v, part_i); the block that finishes last
+// picks among those.
+__device__ __forceinline__ void argmax_block(float* best_v, int* best_i, float bv, int bi) {
     best_v[threadIdx.x] = bv;
     best_i[threadIdx.x] = bi;
     __syncthreads();
@@ -90,5 +90,25 @@ extern "C" __global__ void argmax_bf16(const bf16_t* logits, int n, unsigned int
         }
         __syncthreads();
     }
+}
+
+extern "C" __global__ void argmax_bf16(const bf16_t* logits, int n, float* part_v, int* part_i, unsigned int* counter, unsigned int* out) {
+    __shared__ float best_v[1024];
+    __shared__ int best_i[1024];
+    pdl_sync();
+    float bv = NEG_INF;
+    int bi = 0x7fffffff;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        float v = bf2f(logits[i]);
+        if (v > bv) { bv = v; bi = i; }
+    }
+    argmax_block(best_v, best_i, bv, bi);
+    if (threadIdx.x == 0) {
+        part_v[blockIdx.x] = best_v[0];
+        part_i[blockIdx.x] = best_i[0];
+    }
+    if (!last_block_of(counter, gridDim.x)) return;
+    bool mine = threadIdx.x < gridDim.x;
+    argmax_block(best_v, best_i, mine ? __ldcg(&part_v[threadIdx.x]) : NEG_INF, mine ? __ldcg(&part_i[threadIdx.x]) : 0x7fffffff);
     if (threadIdx.x == 0) *out = best_i[0] == 0x7fffffff ? 0u : (unsigned int)best_i[0];
 }

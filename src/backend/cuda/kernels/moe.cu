@@ -3,6 +3,7 @@
 
 // dst[i] = src[idx[i]]
 extern "C" __global__ void gather_rows_bf16(const bf16_t* src, const int* idx, bf16_t* dst, int width) {
+    pdl_sync();
     size_t i = blockIdx.x;
     size_t s = idx[i];
     for (int c = threadIdx.x; c < width; c += blockDim.x) dst[i * width + c] = src[s * width + c];
@@ -11,6 +12,7 @@ extern "C" __global__ void gather_rows_bf16(const bf16_t* src, const int* idx, b
 // out[idx[i]] = bf16(out[idx[i]] + bf16(y[i] * w[i])): one launch per expert,
 // in ascending expert order, as transformers' index_add_ accumulates.
 extern "C" __global__ void moe_accumulate_bf16(bf16_t* out, const bf16_t* y, const int* idx, const float* w, int width) {
+    pdl_sync();
     size_t i = blockIdx.x;
     size_t o = idx[i];
     float wi = w[i];
@@ -33,6 +35,7 @@ extern "C" __global__ void moe_route_bf16(const bf16_t* logits, int n_experts, i
     __shared__ float p[1024];
     __shared__ float scratch[32];
     __shared__ int by_rank[64];
+    pdl_sync();
     int i = threadIdx.x;
     float l = i < n_experts ? bf2f(logits[i]) : NEG_INF;
     float m = block_max(l, scratch);
@@ -78,12 +81,14 @@ extern "C" __global__ void moe_route_bf16(const bf16_t* logits, int n_experts, i
 // expert e = sel[slot] (grid.y = slot): the sums of gate_up_swiglu_bf16.
 extern "C" __global__ void moe_gate_up_bf16(const bf16_t* x, const unsigned long long* gates, const unsigned long long* ups,
                                             const int* sel, bf16_t* h, int k, int m, int parts) {
+    pdl_sync();
     int e = sel[blockIdx.y];
     gate_up_swiglu_row(x, (const bf16_t*)gates[e], (const bf16_t*)ups[e], h + (size_t)blockIdx.y * m, k, m, parts);
 }
 
 // y[slot] = bf16(h[slot] . down_e) for e = sel[slot]: the sums of gemv1_bf16.
 extern "C" __global__ void moe_down_bf16(const bf16_t* h, const unsigned long long* downs, const int* sel, bf16_t* y, int k, int m, int parts) {
+    pdl_sync();
     int slot = blockIdx.y;
     gemv_body<1>(h + (size_t)slot * k, (const bf16_t*)downs[sel[slot]], y + (size_t)slot * m, 1, k, m, parts, 0);
 }
@@ -92,6 +97,7 @@ extern "C" __global__ void moe_down_bf16(const bf16_t* h, const unsigned long lo
 // each add: out = bf16(out + bf16(y[slot] * w[slot])), from zero (as
 // moe_accumulate_bf16 launched once per expert).
 extern "C" __global__ void moe_combine_bf16(const bf16_t* y, const float* wsel, bf16_t* out, int width, int top_k) {
+    pdl_sync();
     for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < width; c += gridDim.x * blockDim.x) {
         float acc = 0.0f;
         for (int j = 0; j < top_k; j++) acc = r16(acc + r16(bf2f(y[(size_t)j * width + c]) * wsel[j]));

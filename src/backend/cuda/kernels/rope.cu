@@ -2,6 +2,7 @@
 // angle, cos/sin rounded to bf16, each product and the sum rounded.
 // One thread per (row, head, i < head_dim / 2).
 extern "C" __global__ void rope_bf16(const bf16_t* x, bf16_t* out, const int* pos, int rows, int width, int head_dim, float theta) {
+    pdl_sync();
     int half = head_dim / 2, heads = width / head_dim;
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)rows * heads * half) return;
