@@ -19,6 +19,7 @@ use crate::verify::parity::{op_parity, run_parity, ParityReport};
 use crate::verify::reference::{judge, Reference, ReferenceReport};
 use crate::verify::summary::{CheckResult, Status};
 
+pub mod cuda;
 pub mod generic;
 pub mod mlx;
 
@@ -281,15 +282,23 @@ pub fn verify(
             let (now, _) = golden_run(case)?;
             push(golden_row(&now, golden_root, "cpu"), &mut out);
         }
-        // MLX's rows when this build has MLX, else one skipped row saying why.
-        let mlx_skipped =
-            match mlx::verify_rows(&model, &seq, golden_root, &mut |r| push(r, &mut out)) {
-                Ok(()) => None,
-                Err(e @ crate::error::Error::BackendNotCompiled { .. }) => Some(e.to_string()),
+        // Each accelerator's rows when this build has it and the machine
+        // can run it, else one skipped row saying why.
+        type Rows = fn(&Model, &[u32], &std::path::Path, &mut dyn FnMut(CheckResult)) -> Result<()>;
+        let accelerators: [(&str, Rows); 2] =
+            [("mlx", mlx::verify_rows), ("cuda", cuda::verify_rows)];
+        for (backend, rows) in accelerators {
+            let reason = match rows(&model, &seq, golden_root, &mut |r| push(r, &mut out)) {
+                Ok(()) => continue,
+                Err(e @ crate::error::Error::BackendNotCompiled { .. }) => e.to_string(),
+                // No device here (no driver, no GPU): a skip, not a failure.
+                Err(
+                    e @ crate::error::Error::Backend {
+                        backend: "cuda", ..
+                    },
+                ) if !cuda_device_present() => e.to_string(),
                 Err(e) => return Err(e),
             };
-        for (backend, reason) in [("mlx", mlx_skipped), ("cuda", Some(cuda_unavailable()))] {
-            let Some(reason) = reason else { continue };
             push(
                 CheckResult::skipped(
                     "parity-op",
@@ -348,15 +357,17 @@ fn golden_row(now: &GoldenBody, golden_root: &std::path::Path, backend: &str) ->
     }
 }
 
-fn cuda_unavailable() -> String {
-    match std::panic::catch_unwind(|| crate::backend::cuda::CudaBackend::new(0)) {
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => "the CUDA driver library could not be loaded".into(),
-        Ok(Ok(_)) => {
-            "CUDA checks run in tests/cuda_backend.rs (ci/device-cuda.sh); not yet part of verify"
-                .into()
-        }
+/// Whether GPU 0 can be opened (false without the feature, a driver or a GPU).
+fn cuda_device_present() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        matches!(
+            std::panic::catch_unwind(|| crate::backend::cuda::CudaBackend::new(0)),
+            Ok(Ok(_))
+        )
     }
+    #[cfg(not(feature = "cuda"))]
+    false
 }
 
 /// The prompt the default checks start from.

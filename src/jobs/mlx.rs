@@ -6,9 +6,7 @@
 //! The MLX-specific part is only what a backend alone can give (its routing
 //! record for the MoE row rule); the judging is `crate::verify`'s.
 
-use super::{GoldenCase, DEFAULT_PRESETS};
-use crate::backend::cpu::Numerics;
-use crate::backend::AttnPath;
+use super::GoldenCase;
 #[cfg(not(feature = "mlx"))]
 use crate::error::Error;
 use crate::error::Result;
@@ -22,20 +20,10 @@ use crate::verify::summary::CheckResult;
 /// from run to run, which shows within two runs.
 pub const MLX_ENVELOPE_RUNS: usize = 5;
 
-/// MLX goldens: each default preset on both paths. MLX computes in bf16
-/// only, so there is no f64 variant.
+/// MLX goldens: each default preset on both paths, bf16 only (MLX
+/// computes in bf16).
 pub fn golden_cases() -> Vec<GoldenCase> {
-    let mut v = Vec::new();
-    for preset in DEFAULT_PRESETS {
-        for path in [AttnPath::Graph, AttnPath::Fused] {
-            v.push(GoldenCase {
-                preset,
-                numerics: Numerics::Bf16,
-                path,
-            });
-        }
-    }
-    v
+    super::generic::accelerator_golden_cases()
 }
 
 #[cfg(feature = "mlx")]
@@ -59,17 +47,15 @@ pub fn verify_rows(
 #[cfg(feature = "mlx")]
 mod with_mlx {
     use super::*;
-    use crate::backend::cpu::CpuBackend;
     use crate::backend::mlx::{MlxBackend, RowRouting};
+    use crate::backend::AttnPath;
     use crate::engine::Engine;
-    use crate::error::Error;
-    use crate::jobs::generic::{golden_run_on, model_name, op_parity_on};
-    use crate::jobs::{envelope_row, golden_row, parity_rows};
+    use crate::jobs::generic::{
+        accelerator_rows, cpu_reference_logits, golden_run_on, LogitsVsCpu,
+    };
     use crate::progress::Progress;
-    use crate::verify::envelope::UlpType;
     use crate::verify::metrics::diff;
     use crate::verify::rows::{judge_rows, RowVerdict};
-    use crate::verify::summary::Status;
 
     /// Loads `model` on MLX with a progress bar.
     pub fn load(model: &Model) -> Result<Engine<MlxBackend>> {
@@ -106,17 +92,7 @@ mod with_mlx {
         model: &Model,
         tokens: &[u32],
     ) -> Result<(RowVerdict, Vec<f64>)> {
-        let cpu = Engine::load(model, CpuBackend::new(Numerics::Bf16))?;
-        if cpu.model_hash != mlx.model_hash {
-            return Err(Error::invalid(
-                "mlx vs cpu logits",
-                format!(
-                    "MLX holds model {}, the CPU reference {}: refusing to compare",
-                    mlx.model_hash, cpu.model_hash
-                ),
-            ));
-        }
-        let c = cpu.teacher_forced(tokens, AttnPath::Graph, &mut Default::default())?;
+        let c = cpu_reference_logits(model, &mlx.model_hash, tokens, "mlx vs cpu logits")?;
         mlx.backend.record_routing(true);
         let m = mlx.teacher_forced(tokens, AttnPath::Graph, &mut Default::default());
         let log = mlx.backend.take_routing_log();
@@ -140,76 +116,22 @@ mod with_mlx {
         golden_root: &std::path::Path,
         push: &mut dyn FnMut(CheckResult),
     ) -> Result<()> {
-        let preset = model_name(model);
         let mlx = Engine::load(model, MlxBackend::new()?)?;
-        let vars = format!("preset={preset},numerics=bf16");
-        let n = seq.len();
-
         let (verdict, rows) = logits_vs_cpu(&mlx, model, seq)?;
-        let name = "mlx_bf16_vs_cpu_bf16_logits_rel_rms";
-        push(CheckResult {
-            check: "parity-logits".into(),
-            case: format!("logits({vars},path=graph,tokens={n})@mlx-vs-cpu"),
-            metric: "max row rel RMS judged".into(),
-            value: Some(verdict.worst_judged()),
-            threshold: format!(
-                "{name} = {:e} per row; MoE: up to a routing near-tie",
-                crate::verify::tolerances::tol(name)
-            ),
-            status: if verdict.passes() {
-                Status::Pass
-            } else {
-                Status::Fail
-            },
-            detail: match verdict {
-                RowVerdict::AllWithin { .. } => format!("all {} rows within", rows.len()),
-                RowVerdict::RoutingNearTie {
-                    row,
-                    value,
-                    gap,
-                    layer,
-                    ..
-                } => format!(
-                    "rows 0..{row} within; row {row} ({value:.3e}) follows a routing near-tie \
-                     (gap {gap:.2e}, MoE layer {layer}); later rows not judged"
-                ),
-                RowVerdict::Outside {
-                    row,
-                    value,
-                    nearest_tie,
-                } => format!(
-                    "row {row} at {value:.3e}, no routing near-tie explains it (nearest {nearest_tie:?})"
-                ),
-            },
-        });
-
-        let op = op_parity_on(
+        let logits = LogitsVsCpu {
+            tolerance: "mlx_bf16_vs_cpu_bf16_logits_rel_rms",
+            verdict,
+            rows: rows.len(),
+        };
+        accelerator_rows(
+            "mlx",
             &mlx,
             model,
-            &format!("qkv({vars},tokens={n})@mlx"),
             seq,
-            "fused_vs_graph_rms",
-        )?;
-        push(parity_rows(&op, "parity-op"));
-
-        for path in [AttnPath::Graph, AttnPath::Fused] {
-            let level = crate::jobs::EnvelopeLevel::Logits;
-            let env = crate::jobs::envelope_of(
-                &mlx,
-                model,
-                level,
-                path,
-                seq,
-                MLX_ENVELOPE_RUNS,
-                UlpType::Bf16,
-            )?;
-            push(envelope_row(&env));
-        }
-
-        for case in golden_cases().iter().filter(|c| c.preset == preset) {
-            let (now, _) = golden_run_on(&mlx, case)?;
-            push(golden_row(&now, golden_root, "mlx"));
-        }
-        Ok(())
+            logits,
+            MLX_ENVELOPE_RUNS,
+            golden_root,
+            push,
+        )
     }
 }
