@@ -5,7 +5,11 @@
 //! tests hold one lock, so they never run concurrently on the device.
 
 #[cfg(feature = "cuda")]
+mod common;
+
+#[cfg(feature = "cuda")]
 mod gpu {
+    use super::common::{sequence, PROMPT};
     use lockstep::backend::cpu::{CpuBackend, Numerics};
     use lockstep::backend::cuda::{CudaBackend, CudaOptions, ReductionMode};
     use lockstep::backend::{AttnPath, Backend};
@@ -18,7 +22,6 @@ mod gpu {
     use std::sync::{Mutex, MutexGuard};
 
     static GPU: Mutex<()> = Mutex::new(());
-    const PROMPT: [u32; 8] = [1, 17, 42, 99, 3, 250, 7, 8];
 
     /// The device lock and a backend, or a loud skip.
     fn gpu(test: &str) -> Option<(MutexGuard<'static, ()>, CudaBackend)> {
@@ -33,21 +36,6 @@ mod gpu {
     fn skip<T>(test: &str, why: &str) -> Option<T> {
         lockstep::skip::skip(lockstep::skip::Need::Gpu, test, why);
         None
-    }
-
-    fn sequence(spec: &str) -> Vec<u32> {
-        let e = Engine::load(&Model::open(spec).unwrap(), CpuBackend::new(Numerics::Bf16)).unwrap();
-        let run = e
-            .generate(
-                &PROMPT,
-                &GenerateOptions {
-                    max_tokens: 24,
-                    ..Default::default()
-                },
-                &mut |_| {},
-            )
-            .unwrap();
-        [PROMPT.to_vec(), run.tokens].concat()
     }
 
     fn logits_match_cpu(spec: &str) {

@@ -3,6 +3,8 @@
 //! refuses goldens of another model or prompt. Exact matches also go through
 //! insta, so `cargo insta review` can take over when a golden changes.
 
+mod common;
+
 use lockstep::jobs::{golden_cases, golden_run};
 use lockstep::verify::golden::{self, golden_path, GoldenOutcome};
 use std::path::Path;
@@ -46,13 +48,7 @@ fn a_golden() -> (golden::GoldenBody, golden::GoldenBody) {
 #[test]
 fn a_golden_edited_at_a_confident_step_fails_the_check() {
     let (mut g, now) = a_golden();
-    let step = g
-        .steps
-        .iter()
-        .position(|s| s.margin >= 0.5)
-        .expect("a confident step");
-    g.tokens[step] += 1;
-    g.steps[step].token += 1;
+    let step = common::edit_a_confident_step(&mut g);
     let out = golden::compare(&g, &now).unwrap();
     assert!(
         matches!(out, GoldenOutcome::Regression { step: s, .. } if s == step),

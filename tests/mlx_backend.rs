@@ -42,7 +42,7 @@ fn skipped(test: &str) {
 
 #[cfg(feature = "mlx")]
 mod mlx {
-    pub use super::common::{cpu_engine, PROMPT};
+    pub use super::common::{cpu_engine, sequence, PROMPT};
     pub use lockstep::backend::cpu::Numerics;
     pub use lockstep::backend::mlx::{MlxBackend, MlxFaults};
     pub use lockstep::backend::{AttnPath, Backend};
@@ -58,22 +58,6 @@ mod mlx {
     pub fn mlx_engine(spec: &str, faults: MlxFaults) -> Engine<MlxBackend> {
         let backend = MlxBackend::with_faults(faults).expect("MLX backend");
         Engine::load(&Model::open(spec).unwrap(), backend).unwrap()
-    }
-
-    /// The prompt plus 24 greedy tokens of the CPU bf16 reference: the same
-    /// input for every backend, with positions well past the prompt.
-    pub fn sequence(spec: &str) -> Vec<u32> {
-        let run = cpu_engine(spec, Numerics::Bf16)
-            .generate(
-                &PROMPT,
-                &GenerateOptions {
-                    max_tokens: 24,
-                    ..Default::default()
-                },
-                &mut |_| {},
-            )
-            .unwrap();
-        [PROMPT.to_vec(), run.tokens].concat()
     }
 
     /// Per-layer outputs and every row's logits (last entry), teacher-forced.
@@ -605,13 +589,7 @@ mlx_test! {
     /// step must fail the check against a fresh MLX run.
     fn an_mlx_golden_edited_at_a_confident_step_fails_the_check() {
         let (name, now, mut g) = goldens::fresh_and_committed().swap_remove(0);
-        let step = g
-            .steps
-            .iter()
-            .position(|s| s.margin >= 0.5)
-            .expect("a confident step");
-        g.tokens[step] += 1;
-        g.steps[step].token += 1;
+        let step = crate::common::edit_a_confident_step(&mut g);
         let out = goldens::outcome(&name, &g, &now);
         assert!(
             matches!(out, lockstep::verify::golden::GoldenOutcome::Regression { step: s, .. } if s == step),

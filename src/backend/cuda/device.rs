@@ -690,14 +690,19 @@ impl CudaBackend {
         q_norm: &CudaWeight,
         k_norm: &CudaWeight,
         dims: &AttnDims,
-        pos: &DevArg<i32>,
+        positions: &[usize],
         q: &mut CudaTensor,
         k_out: u64,
         v_out: u64,
         cache: Option<&CudaCache>,
     ) -> Result<()> {
         let hd = dims.head_dim;
-        check::fused_qkv((x.rows, x.cols), (qkv.rows, qkv.cols), dims, x.rows)?;
+        check::fused_qkv(
+            (x.rows, x.cols),
+            (qkv.rows, qkv.cols),
+            dims,
+            positions.len(),
+        )?;
         if hd % 8 != 0 || hd > BLOCK as usize || x.cols % 8 != 0 {
             return Err(shape(
                 "fused_qkv",
@@ -710,6 +715,7 @@ impl CudaBackend {
         let slots = dims.n_heads + 2 * dims.n_kv_heads;
         let groups = x.rows.div_ceil(ROWS_PER_PASS);
         let counters = self.counters(groups * slots, "fused_qkv")?;
+        let pos = self.positions(positions)?;
         let raw = self.buf(&self.f32s, "fused projections", x.rows * qkv.rows)?;
         let parts = self.parts(qkv.rows, x.cols).min(8);
         let (kc, vc) = match cache {
@@ -1035,18 +1041,13 @@ impl Backend for CudaBackend {
         dims: &AttnDims,
         positions: &[usize],
     ) -> Result<(CudaTensor, CudaTensor, CudaTensor)> {
-        check::fused_qkv(
-            (x.rows, x.cols),
-            (qkv.rows, qkv.cols),
-            dims,
-            positions.len(),
-        )?;
-        let pos = self.positions(positions)?;
         let mut q = self.tensor("fused q", x.rows, dims.q_dim())?;
         let k = self.tensor("fused k", x.rows, dims.kv_dim())?;
         let v = self.tensor("fused v", x.rows, dims.kv_dim())?;
         let (kp, vp) = (self.ptr(&k.data), self.ptr(&v.data));
-        self.launch_fused(x, qkv, q_norm, k_norm, dims, &pos, &mut q, kp, vp, None)?;
+        self.launch_fused(
+            x, qkv, q_norm, k_norm, dims, positions, &mut q, kp, vp, None,
+        )?;
         Ok((q, k, v))
     }
 
@@ -1060,12 +1061,6 @@ impl Backend for CudaBackend {
         positions: &[usize],
         cache: &mut CudaCache,
     ) -> Result<CudaTensor> {
-        check::fused_qkv(
-            (x.rows, x.cols),
-            (qkv.rows, qkv.cols),
-            dims,
-            positions.len(),
-        )?;
         if cache.kv_dim != dims.kv_dim()
             || positions.iter().any(|&p| p >= cache.cap)
             || positions.first() != Some(&cache.len)
@@ -1081,7 +1076,6 @@ impl Backend for CudaBackend {
                 ),
             ));
         }
-        let pos = self.positions(positions)?;
         let mut q = self.tensor("fused q", x.rows, dims.q_dim())?;
         self.launch_fused(
             x,
@@ -1089,7 +1083,7 @@ impl Backend for CudaBackend {
             q_norm,
             k_norm,
             dims,
-            &pos,
+            positions,
             &mut q,
             0,
             0,
