@@ -4,12 +4,16 @@
 #   .device/bin/lockstep        the CLI (release, --features cuda)
 #   .device/tests/<name>        the CUDA test binaries (release, --features cuda)
 # cudarc loads libcuda / NVRTC at run time, so this builds without CUDA.
+# LOCKSTEP_DEVICE_DIR=.device-b puts a second build beside the first, so one
+# device call can time two builds (carry both; ci/device-cuda.sh reads the
+# same variable).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 features="${LOCKSTEP_FEATURES:-cuda}"
 cargo build --release --features "$features" --bin lockstep
-rm -rf .device && mkdir -p .device/bin .device/tests
-cp target/release/lockstep .device/bin/
+dir="${LOCKSTEP_DEVICE_DIR:-.device}"
+rm -rf "$dir" && mkdir -p "$dir/bin" "$dir/tests"
+cp target/release/lockstep "$dir/bin/"
 cargo test --release --features "$features" --no-run --message-format=json \
   --test cuda_backend --test cuda_kernels 2>/dev/null |
   python3 -c '
@@ -17,8 +21,8 @@ import json, sys, shutil, os
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
-        shutil.copy(m["executable"], os.path.join(".device/tests", m["target"]["name"]))
+        shutil.copy(m["executable"], os.path.join(sys.argv[1], "tests", m["target"]["name"]))
         print("bundled", m["target"]["name"])
-'
-strip .device/bin/* .device/tests/* 2>/dev/null || true
-du -sh .device
+' "$dir"
+strip "$dir"/bin/* "$dir"/tests/* 2>/dev/null || true
+du -sh "$dir"

@@ -9,15 +9,16 @@ set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export LOCKSTEP_REQUIRE_GPU=1
-L=.device/bin/lockstep
+D=${LOCKSTEP_DEVICE_DIR:-.device}
+L=$D/bin/lockstep
 rc=0
 step() { echo "== $*" | tee -a "$OUT/log.txt"; "$@" 2>&1 | tee -a "$OUT/log.txt"; [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/log.txt"
 for stage in "$@"; do
   case $stage in
     tests)
-      step .device/tests/cuda_kernels --test-threads 1 --nocapture
-      step .device/tests/cuda_backend --test-threads 1 --nocapture
+      step $D/tests/cuda_kernels --test-threads 1 --nocapture
+      step $D/tests/cuda_backend --test-threads 1 --nocapture
       step $L env --json ;;
     goldens)
       # Writes golden/*__cuda__*.snap in this copy (checked by the tests that
@@ -25,7 +26,7 @@ for stage in "$@"; do
       step $L golden regen --backend cuda --root .
       mkdir -p "$OUT/golden" && cp golden/*__cuda__*.snap "$OUT/golden/" ;;
     big)
-      step .device/tests/cuda_backend --test-threads 1 --nocapture --ignored large_models ;;
+      step $D/tests/cuda_backend --test-threads 1 --nocapture --ignored large_models ;;
     profile)
       # Nsight Compute, one pass per kernel: its duration and DRAM bytes, the
       # clocks left alone and caches not flushed (as in a decode step), graphs off
