@@ -4,7 +4,7 @@
 # Stages (in order given): goldens (regen CUDA goldens), tests, bench-small (tiny, 0.6b), bench-8b,
 # bench-30b, big (qwen3-8b parity; LOCKSTEP_BIG_MODELS), profile (ncu per kernel),
 # bench-hf-0.6b / bench-hf-8b (transformers on the same weights), envelopes (0.6b op level N=100 and greedy N=20 x 256 per mode),
-# bench-ab (two builds: .device and .device-b). Logs and JSON go
+# bench-ab (two builds: .device and .device-b), verify (the main job with CUDA's rows). Logs and JSON go
 # to $OUT; one GPU, one thing at a time.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -21,6 +21,9 @@ for stage in "$@"; do
       step $D/tests/cuda_kernels --test-threads 1 --nocapture
       step $D/tests/cuda_backend --test-threads 1 --nocapture
       step $L env --json ;;
+    verify)
+      # The main job with CUDA's rows (a --features cuda build on a GPU).
+      step $L verify --root . ;;
     goldens)
       # Writes golden/*__cuda__*.snap in this copy (checked by the tests that
       # follow) and a copy under $OUT to commit.

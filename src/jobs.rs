@@ -9,6 +9,7 @@ use crate::engine::{Capture, Engine};
 use crate::error::Result;
 use crate::model::Model;
 use crate::progress::Progress;
+use crate::skip::{decide, Need};
 use crate::verify::divergence::{
     bisect, first_divergence, near_tie_threshold, Bisection, Divergence, LayerCapture,
 };
@@ -285,9 +286,11 @@ pub fn verify(
         // Each accelerator's rows when this build has it and the machine
         // can run it, else one skipped row saying why.
         type Rows = fn(&Model, &[u32], &std::path::Path, &mut dyn FnMut(CheckResult)) -> Result<()>;
-        let accelerators: [(&str, Rows); 2] =
-            [("mlx", mlx::verify_rows), ("cuda", cuda::verify_rows)];
-        for (backend, rows) in accelerators {
+        let accelerators: [(&str, Rows, Need); 2] = [
+            ("mlx", mlx::verify_rows, Need::Mlx),
+            ("cuda", cuda::verify_rows, Need::Gpu),
+        ];
+        for (backend, rows, need) in accelerators {
             let reason = match rows(&model, &seq, golden_root, &mut |r| push(r, &mut out)) {
                 Ok(()) => continue,
                 Err(e @ crate::error::Error::BackendNotCompiled { .. }) => e.to_string(),
@@ -299,17 +302,35 @@ pub fn verify(
                 ) if !cuda_device_present() => e.to_string(),
                 Err(e) => return Err(e),
             };
+            let case = format!("qkv(preset={preset})@{backend}");
+            let required = std::env::var(need.env_var()).ok();
             push(
-                CheckResult::skipped(
-                    "parity-op",
-                    &format!("qkv(preset={preset})@{backend}"),
-                    &reason,
-                ),
+                skipped_backend_row(need, required.as_deref(), &case, &reason),
                 &mut out,
             );
         }
     }
     Ok(out)
+}
+
+/// The `verify` row of a backend that could not run here (`reason`): a
+/// skip, or a failure when `required` (the LOCKSTEP_REQUIRE_GPU /
+/// LOCKSTEP_REQUIRE_MLX value) is "1", as for tests.
+pub fn skipped_backend_row(
+    need: Need,
+    required: Option<&str>,
+    case: &str,
+    reason: &str,
+) -> CheckResult {
+    let skipped = CheckResult::skipped("parity-op", case, reason);
+    match decide(need, required, case, reason) {
+        Ok(_) => skipped,
+        Err(msg) => CheckResult {
+            status: Status::Fail,
+            detail: msg,
+            ..skipped
+        },
+    }
 }
 
 /// The `verify` row of an envelope: a deterministic backend gives one

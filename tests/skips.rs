@@ -60,3 +60,35 @@ fn require_variables_turn_skips_into_failures() {
         assert!(err.contains(&format!("{var}=1 forbids skipping")), "{err}");
     }
 }
+
+/// `verify` lists a backend this machine cannot run as skipped, and as a
+/// failure (saying which variable forbids the skip) when the matching
+/// LOCKSTEP_REQUIRE_* variable is 1.
+#[test]
+fn verify_rows_of_a_required_backend_fail_instead_of_skipping() {
+    use lockstep::jobs::skipped_backend_row;
+    use lockstep::verify::summary::{failed, Status};
+    let row = skipped_backend_row(Need::Gpu, None, "qkv@cuda", "no driver");
+    assert_eq!(row.status, Status::Skipped("no driver".into()));
+    let row = skipped_backend_row(Need::Gpu, Some("1"), "qkv@cuda", "no driver");
+    assert_eq!(row.status, Status::Fail);
+    assert!(
+        row.detail
+            .contains("LOCKSTEP_REQUIRE_GPU=1 forbids skipping")
+            && row.detail.contains("no driver"),
+        "{}",
+        row.detail
+    );
+    let table = lockstep::verify::summary::to_text(std::slice::from_ref(&row));
+    assert!(
+        table.contains("FAIL: SKIPPED qkv@cuda: no driver"),
+        "{table}"
+    );
+    assert_eq!(failed(&[row]), 1);
+    let row = skipped_backend_row(Need::Mlx, Some("1"), "qkv@mlx", "not compiled");
+    assert!(
+        row.detail.contains("LOCKSTEP_REQUIRE_MLX=1"),
+        "{}",
+        row.detail
+    );
+}

@@ -68,6 +68,8 @@ pub fn to_text(results: &[CheckResult]) -> String {
                 r.threshold.clone(),
                 match &r.status {
                     Status::Skipped(why) => format!("skipped: {why}"),
+                    // A failure says why on its own line of the table.
+                    Status::Fail if !r.detail.is_empty() => format!("FAIL: {}", r.detail),
                     s => status_word(s).to_string(),
                 },
             ]
