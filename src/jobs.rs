@@ -382,10 +382,7 @@ fn golden_row(now: &GoldenBody, golden_root: &std::path::Path, backend: &str) ->
 fn cuda_device_present() -> bool {
     #[cfg(feature = "cuda")]
     {
-        matches!(
-            std::panic::catch_unwind(|| crate::backend::cuda::CudaBackend::new(0)),
-            Ok(Ok(_))
-        )
+        cuda::open().is_ok()
     }
     #[cfg(not(feature = "cuda"))]
     false
@@ -712,13 +709,7 @@ pub fn golden_run_for(
 #[cfg(feature = "cuda")]
 fn cuda_golden_run(case: &GoldenCase) -> Result<(GoldenBody, crate::engine::record::Fingerprint)> {
     let model = Model::open(&format!("synth:{}", case.preset))?;
-    let be = std::panic::catch_unwind(|| crate::backend::cuda::CudaBackend::new(0)).map_err(
-        |_| crate::error::Error::Backend {
-            backend: "cuda",
-            problem: "the CUDA driver library could not be loaded".into(),
-        },
-    )??;
-    generic::golden_run_on(&Engine::load(&model, be)?, case)
+    generic::golden_run_on(&Engine::load(&model, cuda::open()?)?, case)
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -659,11 +659,9 @@ fn run(cmd: Cmd) -> Result<()> {
 /// The CUDA backend's fingerprint, or why there is none.
 #[cfg(feature = "cuda")]
 fn cuda_info() -> std::result::Result<lockstep::backend::DeviceInfo, String> {
-    match std::panic::catch_unwind(|| lockstep::backend::cuda::CudaBackend::new(0)) {
-        Ok(Ok(b)) => Ok(lockstep::backend::Backend::device_info(&b)),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("the CUDA driver library could not be loaded".into()),
-    }
+    lockstep::jobs::cuda::open()
+        .map(|b| lockstep::backend::Backend::device_info(&b))
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -12,6 +12,18 @@ use crate::verify::summary::CheckResult;
 /// (docs/cuda.md); five catch a backend that stopped being deterministic.
 pub const CUDA_ENVELOPE_RUNS: usize = 5;
 
+/// GPU 0 in deterministic mode, or the error saying why not (no driver
+/// library, no GPU): the one place the jobs open a CUDA backend.
+#[cfg(feature = "cuda")]
+pub fn open() -> Result<crate::backend::cuda::CudaBackend> {
+    std::panic::catch_unwind(|| crate::backend::cuda::CudaBackend::new(0)).map_err(|_| {
+        crate::error::Error::Backend {
+            backend: "cuda",
+            problem: "the CUDA driver library could not be loaded".into(),
+        }
+    })?
+}
+
 #[cfg(feature = "cuda")]
 pub fn verify_rows(
     model: &Model,
@@ -20,19 +32,12 @@ pub fn verify_rows(
     push: &mut dyn FnMut(CheckResult),
 ) -> Result<()> {
     use super::generic::{accelerator_rows, cpu_reference_logits, LogitsVsCpu};
-    use crate::backend::cuda::CudaBackend;
     use crate::backend::AttnPath;
     use crate::engine::Engine;
     use crate::verify::metrics::diff;
     use crate::verify::rows::judge_rows;
 
-    let be = std::panic::catch_unwind(|| CudaBackend::new(0)).map_err(|_| {
-        crate::error::Error::Backend {
-            backend: "cuda",
-            problem: "the CUDA driver library could not be loaded".into(),
-        }
-    })??;
-    let cuda = Engine::load(model, be)?;
+    let cuda = Engine::load(model, open()?)?;
     let tolerance = "cuda_vs_cpu_bf16_logits_rel_rms";
     let c = cpu_reference_logits(model, &cuda.model_hash, seq, "cuda vs cpu logits")?;
     let g = cuda.teacher_forced(seq, AttnPath::Graph, &mut Default::default())?;
