@@ -4,7 +4,7 @@
 # Stages (in order given): goldens (regen CUDA goldens), tests, bench-small (tiny, 0.6b), bench-8b,
 # bench-30b, big (qwen3-8b parity; LOCKSTEP_BIG_MODELS), profile (ncu per kernel),
 # bench-hf-0.6b / bench-hf-8b (transformers on the same weights), envelopes (0.6b op level N=100 and greedy N=20 x 256 per mode),
-# bench-ab (two builds: .device and .device-b), verify (the main job with CUDA's rows). Logs and JSON go
+# bench-ab (builds in AB_DIRS, default .device and .device-b), verify (the main job with CUDA's rows). Logs and JSON go
 # to $OUT; one GPU, one thing at a time.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -53,11 +53,12 @@ for stage in "$@"; do
       step $L bench --model synth:qwen3-30b-a3b --graphs on,off --modes deterministic --warmup 8 \
         --tokens 64 --repeats 2 --out "$OUT/bench-qwen3-30b-a3b.json" ;;
     bench-ab)
-      # Two builds in one call (ci/bundle.sh, then LOCKSTEP_DEVICE_DIR=.device-b
-      # ci/bundle.sh; carry both): deterministic decode of 0.6b and 8b, each
-      # build in turn, so their ratio comes from one machine.
+      # Several builds in one call (ci/bundle.sh, then LOCKSTEP_DEVICE_DIR=.device-b
+      # ci/bundle.sh, ...; carry them all; AB_DIRS lists them): deterministic
+      # decode of 0.6b and 8b, each build in turn, so their ratios come from
+      # one machine.
       for preset in ${AB_PRESETS:-qwen3-0.6b qwen3-8b}; do
-        for dir in .device .device-b; do
+        for dir in ${AB_DIRS:-.device .device-b}; do
           step $dir/bin/lockstep bench --model synth:$preset --modes deterministic --graphs on \
             --out "$OUT/bench-ab-$preset-${dir#.}.json"
         done
