@@ -13,6 +13,7 @@ usage: ncu_summary.py NCU.csv [--json OUT]
 """
 import csv
 import json
+import math
 import statistics
 import sys
 from collections import OrderedDict, defaultdict
@@ -74,8 +75,12 @@ def main():
             continue
         per_name = OrderedDict()
         for i, name in enumerate(names):
-            # One product kernel serves several shapes: keep them apart by grid.
-            e = per_name.setdefault(f"{name}[{steps[0][i]['grid']}]", {"launches": 0, "us": [], "bytes": [], "grid": steps[0][i]["grid"],
+            # One product kernel serves several shapes: keep them apart by
+            # grid, and by weight megabytes where they share a grid.
+            # (half-octave buckets: part of a matrix may already sit in L2).
+            mb = steps[0][i]["read"] / 1e6
+            size = f"~{2 ** (round(math.log2(mb) * 2) / 2):.3g}MB" if mb >= 4 else ""
+            e = per_name.setdefault(f"{name}[{steps[0][i]['grid']}]{size}", {"launches": 0, "us": [], "bytes": [], "grid": steps[0][i]["grid"],
                                            "block": steps[0][i]["block"], "regs": steps[0][i]["regs"]})
             e["launches"] += 1
             for s in steps:
