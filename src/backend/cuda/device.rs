@@ -147,12 +147,13 @@ fn cfg(grid: (u32, u32, u32)) -> LaunchConfig {
     }
 }
 
-/// One 128-thread block per normalised group (the RMSNorm kernels' order
-/// depends on this block size: both kernels must use it).
-fn per_group(groups: usize) -> LaunchConfig {
+/// One block per normalised group, as wide as the group up to 1024 threads
+/// (a multiple of NORM_THREADS = 128, whose order the kernels' sums follow
+/// whatever the block size).
+fn per_group(groups: usize, width: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (groups as u32, 1, 1),
-        block_dim: (128, 1, 1),
+        block_dim: (width.div_ceil(128).clamp(1, 8) as u32 * 128, 1, 1),
         shared_mem_bytes: 0,
     }
 }
@@ -977,7 +978,7 @@ impl Backend for CudaBackend {
         unsafe {
             self.launch(
                 "rms_norm_bf16",
-                per_group(groups),
+                per_group(groups, width),
                 &[&*x.data, &w.data, &*out.data, &wi, &e],
             )
         }?;
@@ -1293,7 +1294,7 @@ impl Backend for CudaBackend {
         unsafe {
             self.launch(
                 "add_rms_norm_bf16",
-                per_group(groups),
+                per_group(groups, width),
                 &[&*x.data, &*r.data, &w.data, &*sum.data, &*out.data, &wi, &e],
             )
         }?;

@@ -76,6 +76,9 @@ __device__ __forceinline__ float dot8(uint4 a, uint4 b, float acc) {
 // Rows of a dot-product batch handled by one pass over a weight row.
 #define ROWS_PER_PASS 8
 
+// Threads whose order the RMSNorm sum of squares follows (rms_norm.cu).
+#define NORM_THREADS 128
+
 // Programmatic dependent launch (Hopper and later; the backend launches
 // with it where the device has it). A kernel may start while the previous
 // one finishes; `pdl_sync` waits until that kernel has completed and its
