@@ -259,6 +259,38 @@ mod gpu {
             worst < tol("cuda_vs_cpu_bf16_logits_rel_rms"),
             "{worst:.3e}"
         );
+        // Decode steps (the one-row fast kernels: shared-memory atomics).
+        let decode = |mode| {
+            e.backend
+                .set_options(CudaOptions {
+                    mode,
+                    graphs: false,
+                })
+                .unwrap();
+            let opts = GenerateOptions {
+                max_tokens: 16,
+                keep_logits: true,
+                ..Default::default()
+            };
+            e.generate(&PROMPT, &opts, &mut |_| {}).unwrap()
+        };
+        let (d, f) = (
+            decode(ReductionMode::Deterministic),
+            decode(ReductionMode::Fast),
+        );
+        for (i, (a, b)) in d.steps.iter().zip(&f.steps).enumerate() {
+            let (a, b) = (a.logits.as_ref().unwrap(), b.logits.as_ref().unwrap());
+            let a: Vec<f64> = a.iter().map(|&v| v as f64).collect();
+            let b: Vec<f64> = b.iter().map(|&v| v as f64).collect();
+            let r = diff(&b, &a).rel_rms;
+            assert!(
+                r < tol("cuda_vs_cpu_bf16_logits_rel_rms"),
+                "decode step {i}: {r:.3e}"
+            );
+            if d.tokens[..=i] != f.tokens[..=i] {
+                break;
+            }
+        }
         // Op level on qwen3-0.6b, where the split products have enough parts
         // for atomics to matter; each layer's input is held fixed.
         let m = Model::open("synth:qwen3-0.6b").unwrap();

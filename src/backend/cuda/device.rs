@@ -560,9 +560,26 @@ impl CudaBackend {
             1,
         );
         let (ni, ki, mi, pi) = (n as i32, k as i32, m as i32, parts as i32);
-        match self.options().mode {
+        let mode = self.options().mode;
+        match mode {
+            // One row: both modes take one launch, and differ only in how a
+            // row's parts are added (warp order, or shared-memory atomics).
+            _ if n == 1 => {
+                let name = match mode {
+                    ReductionMode::Deterministic => "gemv1_bf16",
+                    ReductionMode::Fast => "gemv1_fast_bf16",
+                };
+                // SAFETY: as below, one activation row.
+                unsafe {
+                    self.launch(
+                        name,
+                        cfg(grid),
+                        &[&*x.data, &w.data, &*out.data, &ni, &ki, &mi, &pi],
+                    )
+                }?;
+            }
             ReductionMode::Deterministic => {
-                let name = if n == 1 { "gemv1_bf16" } else { "gemv_bf16" };
+                let name = "gemv_bf16";
                 // SAFETY: x is n x k, w m x k, out n x m, k % 8 == 0 (16-byte
                 // loads; cudarc allocations are 256-byte aligned); warps past
                 // m and rows past n do nothing.
@@ -1171,10 +1188,9 @@ impl Backend for CudaBackend {
         let stride = cache.cap.max(1);
         // A recorded step replays at every later length, up to the capacity.
         let keys = if self.recording() { stride } else { len };
-        if q.rows == 1
-            && keys <= DECODE_ONE_LAUNCH_KEYS
-            && self.options().mode == ReductionMode::Deterministic
-        {
+        // Both modes: the one-launch kernel has no cross-block combination
+        // for atomics to reorder.
+        if q.rows == 1 && keys <= DECODE_ONE_LAUNCH_KEYS {
             return self.attention_one_launch(q, cache, dims, positions, keys);
         }
         let max_chunks = stride.div_ceil(ATTN_CHUNK);
@@ -1307,10 +1323,8 @@ impl Backend for CudaBackend {
         gate: &CudaWeight,
         up: &CudaWeight,
     ) -> Result<CudaTensor> {
-        let one_pass = x.rows == 1
-            && x.cols % 8 == 0
-            && self.options().mode == ReductionMode::Deterministic
-            && (gate.rows, gate.cols) == (up.rows, up.cols);
+        let one_pass =
+            x.rows == 1 && x.cols % 8 == 0 && (gate.rows, gate.cols) == (up.rows, up.cols);
         if !one_pass {
             return self.swiglu(&self.linear(x, gate)?, &self.linear(x, up)?);
         }
@@ -1319,11 +1333,15 @@ impl Backend for CudaBackend {
         let parts = self.parts(m, k);
         let h = self.tensor("swiglu output", 1, m)?;
         let (ki, mi, pi) = (k as i32, m as i32, parts as i32);
+        let name = match self.options().mode {
+            ReductionMode::Deterministic => "gate_up_swiglu_bf16",
+            ReductionMode::Fast => "gate_up_swiglu_fast_bf16",
+        };
         // SAFETY: x is 1 x k, gate and up m x k (checked equal), h 1 x m,
         // k % 8 == 0; warps past m do nothing.
         unsafe {
             self.launch(
-                "gate_up_swiglu_bf16",
+                name,
                 cfg((m.div_ceil(8 / parts) as u32, 1, 1)),
                 &[&*x.data, &gate.data, &up.data, &*h.data, &ki, &mi, &pi],
             )

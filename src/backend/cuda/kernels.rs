@@ -75,6 +75,8 @@ impl Kernel {
                 "gemv1_bf16",
                 "gate_up_swiglu_bf16",
                 "gemv_atomic_bf16",
+                "gemv1_fast_bf16",
+                "gate_up_swiglu_fast_bf16",
                 "f32_to_bf16_reset",
                 "linear_bf16",
                 "argmax_bf16",
