@@ -560,58 +560,48 @@ impl CudaBackend {
             1,
         );
         let (ni, ki, mi, pi) = (n as i32, k as i32, m as i32, parts as i32);
-        let mode = self.options().mode;
-        match mode {
-            // One row: both modes take one launch, and differ only in how a
-            // row's parts are added (warp order, or shared-memory atomics).
-            _ if n == 1 => {
-                let name = match mode {
-                    ReductionMode::Deterministic => "gemv1_bf16",
-                    ReductionMode::Fast => "gemv1_fast_bf16",
-                };
-                // SAFETY: as below, one activation row.
-                unsafe {
-                    self.launch(
-                        name,
-                        cfg(grid),
-                        &[&*x.data, &w.data, &*out.data, &ni, &ki, &mi, &pi],
-                    )
-                }?;
-            }
-            ReductionMode::Deterministic => {
-                let name = "gemv_bf16";
-                // SAFETY: x is n x k, w m x k, out n x m, k % 8 == 0 (16-byte
-                // loads; cudarc allocations are 256-byte aligned); warps past
-                // m and rows past n do nothing.
-                unsafe {
-                    self.launch(
-                        name,
-                        cfg(grid),
-                        &[&*x.data, &w.data, &*out.data, &ni, &ki, &mi, &pi],
-                    )
-                }?;
-            }
-            ReductionMode::Fast => {
-                let acc = self.zeroed(n * m)?;
-                // SAFETY: as gemv_bf16; acc holds n * m zeroed f32.
-                unsafe {
-                    self.launch(
-                        "gemv_atomic_bf16",
-                        cfg(grid),
-                        &[&*x.data, &w.data, &acc, &ni, &ki, &mi, &pi],
-                    )
-                }?;
-                let total = n * m;
-                // SAFETY: one thread per element of acc and out, guarded.
-                unsafe {
-                    self.launch(
-                        "f32_to_bf16_reset",
-                        cfg((grid_for(total), 1, 1)),
-                        &[&acc, &*out.data, &total],
-                    )
-                }?;
-            }
+        // One row: both modes take one launch and differ only in how a row's
+        // parts are added (warp order, or shared-memory atomics). Deterministic
+        // mode adds the parts of 2-8 rows in warp order too.
+        let one_launch = match (self.options().mode, n) {
+            (ReductionMode::Deterministic, 1) => Some("gemv1_bf16"),
+            (ReductionMode::Fast, 1) => Some("gemv1_fast_bf16"),
+            (ReductionMode::Deterministic, _) => Some("gemv_bf16"),
+            (ReductionMode::Fast, _) => None,
+        };
+        if let Some(name) = one_launch {
+            // SAFETY: x is n x k, w m x k, out n x m, k % 8 == 0 (16-byte
+            // loads; cudarc allocations are 256-byte aligned); warps past m
+            // and rows past n do nothing.
+            unsafe {
+                self.launch(
+                    name,
+                    cfg(grid),
+                    &[&*x.data, &w.data, &*out.data, &ni, &ki, &mi, &pi],
+                )
+            }?;
+            return Ok(());
         }
+        // Fast mode, 2-8 rows: f32 atomics into a zeroed accumulator, then a
+        // rounding launch.
+        let acc = self.zeroed(n * m)?;
+        // SAFETY: as gemv_bf16; acc holds n * m zeroed f32.
+        unsafe {
+            self.launch(
+                "gemv_atomic_bf16",
+                cfg(grid),
+                &[&*x.data, &w.data, &acc, &ni, &ki, &mi, &pi],
+            )
+        }?;
+        let total = n * m;
+        // SAFETY: one thread per element of acc and out, guarded.
+        unsafe {
+            self.launch(
+                "f32_to_bf16_reset",
+                cfg((grid_for(total), 1, 1)),
+                &[&acc, &*out.data, &total],
+            )
+        }?;
         Ok(())
     }
 

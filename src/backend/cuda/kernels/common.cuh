@@ -200,12 +200,19 @@ __device__ __forceinline__ bool last_block_of(unsigned int* counter, unsigned in
 // SwiGLU MLP input in one pass for one activation row: warp group o computes
 // the gate and up rows o, rounds each (as the separate products would), and
 // writes h[o] = bf16(bf16(silu(gate)) * up). Same sums as gemv1_bf16 on
-// each row. Shared by the dense MLP and the MoE experts.
+// each row. Shared by the dense MLP and the MoE experts. ATOMIC (fast mode
+// only): a row's parts meet in shared memory through atomicAdd in arrival
+// order instead of in warp order.
+template <bool ATOMIC>
 __device__ __forceinline__ void gate_up_swiglu_row(const bf16_t* x, const bf16_t* wg, const bf16_t* wu, bf16_t* h, int k, int m, int parts) {
     __shared__ float partial[2][8];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int rows_per_block = 8 / parts;
-    int o = blockIdx.x * rows_per_block + warp / parts, part = warp % parts;
+    int rows_per_block = 8 / parts, slot = warp / parts;
+    int o = blockIdx.x * rows_per_block + slot, part = warp % parts;
+    if (ATOMIC) {
+        if (threadIdx.x < 16) partial[threadIdx.x >> 3][threadIdx.x & 7] = 0.0f;
+        __syncthreads();
+    }
     float gu[2][1];
     if (o < m) {
         const bf16_t* w[2] = {wg + (size_t)o * k, wu + (size_t)o * k};
@@ -213,15 +220,25 @@ __device__ __forceinline__ void gate_up_swiglu_row(const bf16_t* x, const bf16_t
     }
     pdl_sync();
     if (lane == 0 && o < m) {
-        partial[0][warp] = gu[0][0];
-        partial[1][warp] = gu[1][0];
+        if (ATOMIC) {
+            atomicAdd(&partial[0][slot], gu[0][0]);
+            atomicAdd(&partial[1][slot], gu[1][0]);
+        } else {
+            partial[0][warp] = gu[0][0];
+            partial[1][warp] = gu[1][0];
+        }
     }
     __syncthreads();
     if (o < m && part == 0 && lane == 0) {
         float tg = 0.0f, tu = 0.0f;
-        for (int p = 0; p < parts; p++) {
-            tg += partial[0][warp + p];
-            tu += partial[1][warp + p];
+        if (ATOMIC) {
+            tg = partial[0][slot];
+            tu = partial[1][slot];
+        } else {
+            for (int p = 0; p < parts; p++) {
+                tg += partial[0][warp + p];
+                tu += partial[1][warp + p];
+            }
         }
         float gv = r16(tg), uv = r16(tu);
         h[o] = f2bf(r16(gv / (1.0f + expf(-gv))) * uv);

@@ -18,7 +18,7 @@ extern "C" __global__ void gemv1_bf16(const bf16_t* x, const bf16_t* w, bf16_t* 
 }
 
 extern "C" __global__ void gate_up_swiglu_bf16(const bf16_t* x, const bf16_t* wg, const bf16_t* wu, bf16_t* h, int k, int m, int parts) {
-    gate_up_swiglu_row(x, wg, wu, h, k, m, parts);
+    gate_up_swiglu_row<false>(x, wg, wu, h, k, m, parts);
 }
 
 // `fast` mode: each part adds its sum into an f32 output with an atomic, in
@@ -67,27 +67,7 @@ extern "C" __global__ void gemv1_fast_bf16(const bf16_t* x, const bf16_t* w, bf1
 // `fast` mode's gate + up + SwiGLU pass: gate_up_swiglu_bf16 with the parts
 // combined as in gemv1_fast_bf16.
 extern "C" __global__ void gate_up_swiglu_fast_bf16(const bf16_t* x, const bf16_t* wg, const bf16_t* wu, bf16_t* h, int k, int m, int parts) {
-    __shared__ float sums[2][8];
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int rows_per_block = 8 / parts, slot = warp / parts;
-    int o = blockIdx.x * rows_per_block + slot, part = warp % parts;
-    if (threadIdx.x < 16) sums[threadIdx.x >> 3][threadIdx.x & 7] = 0.0f;
-    __syncthreads();
-    float gu[2][1];
-    if (o < m) {
-        const bf16_t* w[2] = {wg + (size_t)o * k, wu + (size_t)o * k};
-        warp_dot<1, 2>(x, w, 1, k, part, parts, gu);
-    }
-    pdl_sync();
-    if (lane == 0 && o < m) {
-        atomicAdd(&sums[0][slot], gu[0][0]);
-        atomicAdd(&sums[1][slot], gu[1][0]);
-    }
-    __syncthreads();
-    if (o < m && part == 0 && lane == 0) {
-        float gv = r16(sums[0][slot]), uv = r16(sums[1][slot]);
-        h[o] = f2bf(r16(gv / (1.0f + expf(-gv))) * uv);
-    }
+    gate_up_swiglu_row<true>(x, wg, wu, h, k, m, parts);
 }
 
 extern "C" __global__ void f32_to_bf16_reset(float* a, bf16_t* out, size_t n) {

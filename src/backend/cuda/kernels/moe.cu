@@ -83,7 +83,7 @@ extern "C" __global__ void moe_gate_up_bf16(const bf16_t* x, const unsigned long
                                             const int* sel, bf16_t* h, int k, int m, int parts) {
     pdl_sync();
     int e = sel[blockIdx.y];
-    gate_up_swiglu_row(x, (const bf16_t*)gates[e], (const bf16_t*)ups[e], h + (size_t)blockIdx.y * m, k, m, parts);
+    gate_up_swiglu_row<false>(x, (const bf16_t*)gates[e], (const bf16_t*)ups[e], h + (size_t)blockIdx.y * m, k, m, parts);
 }
 
 // y[slot] = bf16(h[slot] . down_e) for e = sel[slot]: the sums of gemv1_bf16.
