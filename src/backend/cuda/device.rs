@@ -365,6 +365,16 @@ impl CudaBackend {
         })
     }
 
+    /// Blocks of kernel `name` (BLOCK threads, static shared memory only)
+    /// the whole GPU holds at once: one wave of its grid.
+    fn resident(&self, name: &'static str) -> Result<usize> {
+        let per_sm = self
+            .func(name)?
+            .occupancy_max_active_blocks_per_multiprocessor(BLOCK, 0, None)
+            .map_err(err(name))?;
+        Ok(per_sm as usize * self.sms)
+    }
+
     /// Launches kernel `name` on the backend's stream. With programmatic
     /// dependent launch (`pdl`) the kernel may be scheduled while the
     /// previous one finishes: every kernel calls `pdl_sync` (common.cuh)
@@ -739,15 +749,23 @@ impl CudaBackend {
             parts as i32,
         );
         let (eps, theta) = (dims.eps as f32, dims.rope_theta as f32);
-        let name = if x.rows == 1 {
-            "qkv_fused1_bf16"
-        } else {
-            "qkv_fused_bf16"
+        // A decode step whose one-row grid would not fit on the GPU at once
+        // (qwen3-8b: 768 blocks, 660 resident on an H100) takes two rows per
+        // warp group, where a block's 16 / parts rows divide head_dim: the
+        // same sums in one wave. Smaller grids keep one row per warp group,
+        // which has twice the warps in flight (qwen3-0.6b on the H100: 2.2%
+        // slower with pairs).
+        let one_row_blocks = qkv.rows / (8 / parts);
+        let pairs = hd % (16 / parts) == 0 && one_row_blocks > self.resident("qkv_fused1_bf16")?;
+        let (name, rows_per_block) = match x.rows {
+            1 if pairs => ("qkv_fused1_pairs_bf16", 16 / parts),
+            1 => ("qkv_fused1_bf16", 8 / parts),
+            _ => ("qkv_fused_bf16", 8 / parts),
         };
-        let grid = ((qkv.rows / (8 / parts)) as u32, groups as u32, 1);
+        let grid = ((qkv.rows / rows_per_block) as u32, groups as u32, 1);
         // SAFETY: the packed weight has slots * head_dim rows of hidden
-        // (checked), head_dim is a multiple of 8 / parts so every block lies in
-        // one slot; outputs and the cache hold the rows' elements (positions
+        // (checked), head_dim is a multiple of rows_per_block so every block
+        // lies in one slot; outputs and the cache hold the rows' elements (positions
         // below the cache capacity: checked by the caller); counters cover
         // groups * slots.
         unsafe {

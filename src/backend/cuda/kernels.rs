@@ -82,7 +82,7 @@ impl Kernel {
                 "argmax_bf16",
             ],
             Kernel::Rope => &["rope_bf16"],
-            Kernel::QkvFused => &["qkv_fused_bf16", "qkv_fused1_bf16"],
+            Kernel::QkvFused => &["qkv_fused_bf16", "qkv_fused1_bf16", "qkv_fused1_pairs_bf16"],
             Kernel::Attention => &[
                 "attn_scores_bf16",
                 "attn_exp_bf16",

@@ -14,30 +14,42 @@
 //
 // grid = (row blocks, token groups of ROWS_PER_PASS); counters: one per
 // (token group, head slot), zero before the launch and reset by it.
-template <int R>
+//
+// NW rows per warp group (decode: 2, as the gate+up pass does): warp group
+// g of a block takes rows g, g + 8 / parts, ... of the block's 8 * NW /
+// parts, sharing each activation load between them. A row's sum is the same
+// either way (warp_dot adds each row's chunks in the same order), so NW only
+// changes how many warps a launch needs: at qwen3-8b, 6144 single-row warps
+// do not fit on the GPU at once and a second, mostly idle wave follows.
+template <int R, int NW>
 __device__ __forceinline__ void qkv_fused_body(
     const bf16_t* x, const bf16_t* w, const bf16_t* qn, const bf16_t* kn,
     bf16_t* q, bf16_t* k, bf16_t* v, bf16_t* kc, bf16_t* vc, const int* pos,
     float* raw, unsigned int* counters,
     int n, int hidden, int n_heads, int n_kv, int head_dim, int parts, float eps, float theta) {
-    __shared__ float partial[8][R];
+    __shared__ float partial[NW][8][R];
     __shared__ float scratch[32];
     __shared__ float vals[1024];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int rows_per_block = 8 / parts;
+    int groups = 8 / parts, rows_per_block = groups * NW;
     int rows = (n_heads + 2 * n_kv) * head_dim;
     int o = blockIdx.x * rows_per_block + warp / parts, part = warp % parts;
     int r0 = blockIdx.y * R, nr = min(R, n - r0);
-    float acc[R];
-    warp_dot_rows<R>(x + (size_t)r0 * hidden, w + (size_t)o * hidden, nr, hidden, part, parts, acc);
+    const bf16_t* wr[NW];
+#pragma unroll
+    for (int i = 0; i < NW; i++) wr[i] = w + (size_t)(o + i * groups) * hidden;
+    float acc[NW][R];
+    warp_dot<R, NW>(x + (size_t)r0 * hidden, wr, nr, hidden, part, parts, acc);
     if (lane == 0)
-        for (int r = 0; r < R; r++) partial[warp][r] = acc[r];
+        for (int i = 0; i < NW; i++)
+            for (int r = 0; r < R; r++) partial[i][warp][r] = acc[i][r];
     __syncthreads();
-    if (part == 0 && lane < nr) {
-        float t = 0.0f;
-        for (int p = 0; p < parts; p++) t += partial[warp + p][lane];
-        raw[(size_t)(r0 + lane) * rows + o] = t;
-    }
+    if (part == 0 && lane < nr)
+        for (int i = 0; i < NW; i++) {
+            float t = 0.0f;
+            for (int p = 0; p < parts; p++) t += partial[i][warp + p][lane];
+            raw[(size_t)(r0 + lane) * rows + o + i * groups] = t;
+        }
     int slot = (blockIdx.x * rows_per_block) / head_dim;
     int slots = n_heads + 2 * n_kv;
     if (!last_block_of(&counters[blockIdx.y * slots + slot], head_dim / rows_per_block)) return;
@@ -85,7 +97,11 @@ __device__ __forceinline__ void qkv_fused_body(
     int n, int hidden, int n_heads, int n_kv, int head_dim, int parts, float eps, float theta
 #define QKV_FUSED_PASS x, w, qn, kn, q, k, v, kc, vc, pos, raw, counters, n, hidden, n_heads, n_kv, head_dim, parts, eps, theta
 
-extern "C" __global__ void qkv_fused_bf16(QKV_FUSED_ARGS) { qkv_fused_body<ROWS_PER_PASS>(QKV_FUSED_PASS); }
+extern "C" __global__ void qkv_fused_bf16(QKV_FUSED_ARGS) { qkv_fused_body<ROWS_PER_PASS, 1>(QKV_FUSED_PASS); }
 
-// One token (a decode step); the same sums as the batched entry point.
-extern "C" __global__ void qkv_fused1_bf16(QKV_FUSED_ARGS) { qkv_fused_body<1>(QKV_FUSED_PASS); }
+// One token (a decode step); the same sums as the batched entry point. The
+// backend takes the two-row form where the one-row grid would not fit on
+// the GPU at once and head_dim is a multiple of its 16 / parts rows per
+// block.
+extern "C" __global__ void qkv_fused1_bf16(QKV_FUSED_ARGS) { qkv_fused_body<1, 1>(QKV_FUSED_PASS); }
+extern "C" __global__ void qkv_fused1_pairs_bf16(QKV_FUSED_ARGS) { qkv_fused_body<1, 2>(QKV_FUSED_PASS); }
