@@ -74,6 +74,9 @@ pub struct CudaBackend {
     info: DeviceInfo,
     options: Mutex<CudaOptions>,
     sms: usize,
+    /// Blocks of qkv_fused1_bf16 the GPU holds at once (one wave; asked
+    /// once here rather than at every decode launch).
+    qkv1_wave: usize,
     /// Launch with programmatic dependent launch (compute capability 9.0
     /// and later, unless LOCKSTEP_CUDA_PDL=0).
     pdl: bool,
@@ -137,6 +140,16 @@ const ATTN_SCRATCH_BYTES: usize = 256 << 20;
 
 fn grid_for(n: usize) -> u32 {
     n.div_ceil(BLOCK as usize) as u32
+}
+
+fn loaded<'a>(
+    functions: &'a BTreeMap<&'static str, CudaFunction>,
+    name: &str,
+) -> Result<&'a CudaFunction> {
+    functions.get(name).ok_or_else(|| Error::Backend {
+        backend: "cuda",
+        problem: format!("kernel {name} is not loaded"),
+    })
 }
 
 fn cfg(grid: (u32, u32, u32)) -> LaunchConfig {
@@ -263,6 +276,11 @@ impl CudaBackend {
             numerics: "bf16".into(),
             details,
         };
+        let qkv1 = "qkv_fused1_bf16";
+        let per_sm = loaded(&functions, qkv1)?
+            .occupancy_max_active_blocks_per_multiprocessor(BLOCK, 0, None)
+            .map_err(err(qkv1))?;
+        let qkv1_wave = per_sm as usize * sms as usize;
         let counters = stream
             .alloc_zeros::<u32>(COUNTERS)
             .map_err(err("block counters"))?;
@@ -275,6 +293,7 @@ impl CudaBackend {
             info,
             options: Mutex::new(options),
             sms: sms as usize,
+            qkv1_wave,
             pdl,
             blas,
             u16s: Pool::new(),
@@ -359,20 +378,7 @@ impl CudaBackend {
     }
 
     fn func(&self, name: &'static str) -> Result<&CudaFunction> {
-        self.functions.get(name).ok_or_else(|| Error::Backend {
-            backend: "cuda",
-            problem: format!("kernel {name} is not loaded"),
-        })
-    }
-
-    /// Blocks of kernel `name` (BLOCK threads, static shared memory only)
-    /// the whole GPU holds at once: one wave of its grid.
-    fn resident(&self, name: &'static str) -> Result<usize> {
-        let per_sm = self
-            .func(name)?
-            .occupancy_max_active_blocks_per_multiprocessor(BLOCK, 0, None)
-            .map_err(err(name))?;
-        Ok(per_sm as usize * self.sms)
+        loaded(&self.functions, name)
     }
 
     /// Launches kernel `name` on the backend's stream. With programmatic
@@ -756,7 +762,7 @@ impl CudaBackend {
         // which has twice the warps in flight (qwen3-0.6b on the H100: 2.2%
         // slower with pairs).
         let one_row_blocks = qkv.rows / (8 / parts);
-        let pairs = hd % (16 / parts) == 0 && one_row_blocks > self.resident("qkv_fused1_bf16")?;
+        let pairs = hd % (16 / parts) == 0 && one_row_blocks > self.qkv1_wave;
         let (name, rows_per_block) = match x.rows {
             1 if pairs => ("qkv_fused1_pairs_bf16", 16 / parts),
             1 => ("qkv_fused1_bf16", 8 / parts),
