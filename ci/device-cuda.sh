@@ -4,8 +4,9 @@
 # Stages (in order given): goldens (regen CUDA goldens), tests, bench-small (tiny, 0.6b), bench-8b,
 # bench-30b, big (qwen3-8b parity; LOCKSTEP_BIG_MODELS), profile (ncu per kernel),
 # bench-hf-0.6b / bench-hf-8b (transformers on the same weights), envelopes (0.6b op level N=100 and greedy N=20 x 256 per mode),
-# bench-ab (builds in AB_DIRS, default .device and .device-b), verify (the main job with CUDA's rows). Logs and JSON go
-# to $OUT; one GPU, one thing at a time.
+# bench-ab (builds in AB_DIRS, default .device and .device-b), verify (the main job with CUDA's rows), archive.
+# Logs and JSON go to $OUT; one GPU, one thing at a time. The device tool brings back at most 8 files
+# from $OUT, so a call that writes more ends with `archive`: everything in one results.tgz, plus log.txt.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -14,7 +15,7 @@ D=${LOCKSTEP_DEVICE_DIR:-.device}
 L=$D/bin/lockstep
 rc=0
 step() { echo "== $*" | tee -a "$OUT/log.txt"; "$@" 2>&1 | tee -a "$OUT/log.txt"; [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1; }
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/log.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$OUT/log.txt"
 for stage in "$@"; do
   case $stage in
     tests)
@@ -80,6 +81,13 @@ for stage in "$@"; do
           done
         done
       done ;;
+    archive)
+      # One file instead of many (the device tool's limit); log.txt stays
+      # beside it so the call's output can be read without unpacking.
+      tar czf /tmp/lockstep-results.tgz -C "$OUT" --exclude=./results.tgz . &&
+        find "$OUT" -mindepth 1 -maxdepth 1 ! -name log.txt -exec rm -rf {} + &&
+        mv /tmp/lockstep-results.tgz "$OUT/results.tgz" || rc=1
+      ls "$OUT" ;;
     *) echo "unknown stage $stage"; rc=1 ;;
   esac
 done
