@@ -15,7 +15,8 @@
 // grid = (row blocks, token groups of ROWS_PER_PASS); counters: one per
 // (token group, head slot), zero before the launch and reset by it.
 //
-// NW rows per warp group (decode: 2, as the gate+up pass does): warp group
+// NW rows per warp group (2 for a decode step whose one-row grid would need
+// a second wave, as the gate+up pass has; otherwise 1): warp group
 // g of a block takes rows g, g + 8 / parts, ... of the block's 8 * NW /
 // parts, sharing each activation load between them. A row's sum is the same
 // either way (warp_dot adds each row's chunks in the same order), so NW only
