@@ -5,7 +5,7 @@
 //! `ReductionMode`; the fused QKV kernel is fixed-order in both modes.
 
 use super::kernels;
-use super::pool::{Buf, Pool, Take};
+use super::pool::{Buf, Frozen, Pool, Pools, Take};
 use super::{CudaOptions, ReductionMode};
 use crate::backend::{check, route, AttnDims, Backend, DeviceInfo, MoeWeights};
 use crate::error::{Error, Result};
@@ -48,14 +48,6 @@ struct StepInputs {
     pos: CudaSlice<i32>,
 }
 
-/// Pooled buffers out of circulation while a recorded step uses them.
-type Frozen = (
-    Vec<CudaSlice<u16>>,
-    Vec<CudaSlice<f32>>,
-    Vec<CudaSlice<i32>>,
-    Vec<CudaSlice<u32>>,
-);
-
 /// A recorded decode step and the pooled buffers its launches use.
 struct Recorded {
     graph: CudaGraph,
@@ -81,10 +73,7 @@ pub struct CudaBackend {
     /// and later, unless LOCKSTEP_CUDA_PDL=0).
     pdl: bool,
     blas: Option<CudaBlas>,
-    u16s: Arc<Pool<u16>>,
-    f32s: Arc<Pool<f32>>,
-    i32s: Arc<Pool<i32>>,
-    u32s: Arc<Pool<u32>>,
+    pools: Pools,
     /// Block-completion counters of the last-block pattern; zero between
     /// launches (each launch resets what it used).
     counters: CudaSlice<u32>,
@@ -296,10 +285,7 @@ impl CudaBackend {
             qkv1_wave,
             pdl,
             blas,
-            u16s: Pool::new(),
-            f32s: Pool::new(),
-            i32s: Pool::new(),
-            u32s: Pool::new(),
+            pools: Pools::new(),
             counters,
             zeros: Mutex::new(zeros),
             step: Mutex::new(StepInputs {
@@ -470,7 +456,7 @@ impl CudaBackend {
         Ok(CudaTensor {
             rows,
             cols,
-            data: self.buf(&self.u16s, what, rows * cols)?,
+            data: self.buf(&self.pools.u16s, what, rows * cols)?,
         })
     }
 
@@ -519,7 +505,7 @@ impl CudaBackend {
             _ => None,
         };
         let p: Vec<i32> = positions.iter().map(|&p| p as i32).collect();
-        self.ints(&self.i32s, "positions", &p, staged)
+        self.ints(&self.pools.i32s, "positions", &p, staged)
     }
 
     /// `n` f32 accumulators that are zero now and that the caller's kernel
@@ -740,7 +726,7 @@ impl CudaBackend {
         let groups = x.rows.div_ceil(ROWS_PER_PASS);
         let counters = self.counters(groups * slots, "fused_qkv")?;
         let pos = self.positions(positions)?;
-        let raw = self.buf(&self.f32s, "fused projections", x.rows * qkv.rows)?;
+        let raw = self.buf(&self.pools.f32s, "fused projections", x.rows * qkv.rows)?;
         let parts = self.parts(qkv.rows, x.cols).min(8);
         let (kc, vc) = match cache {
             Some(c) => (self.ptr(&c.k), self.ptr(&c.v)),
@@ -877,8 +863,8 @@ impl CudaBackend {
         check::linear((1, inter), &e0.down.name, (e0.down.rows, e0.down.cols))?;
         let key = self.expert_tables(w)?;
         let logits = self.linear(x, &w.router)?;
-        let sel = self.buf(&self.i32s, "moe selection", k)?;
-        let wsel = self.buf(&self.f32s, "moe weights", k)?;
+        let sel = self.buf(&self.pools.i32s, "moe selection", k)?;
+        let wsel = self.buf(&self.pools.f32s, "moe weights", k)?;
         let (ne, ki, renorm) = (w.experts.len() as i32, k as i32, w.norm_topk_prob as i32);
         let threads = (w.experts.len().div_ceil(32) * 32) as u32;
         // SAFETY: one block, a thread per expert (<= 1024, checked by the
@@ -984,7 +970,7 @@ impl Backend for CudaBackend {
             Some((t, _)) if ids == [t] => Some(self.step_ptrs.0),
             _ => None,
         };
-        let dids = self.ints(&self.u32s, "token ids", ids, staged)?;
+        let dids = self.ints(&self.pools.u32s, "token ids", ids, staged)?;
         let hidden = table.cols as i32;
         let out = self.tensor("embedding output", ids.len(), table.cols)?;
         // SAFETY: every id was checked against the table's rows (the staged
@@ -1221,14 +1207,14 @@ impl Backend for CudaBackend {
             .clamp(1, COUNTERS / heads)
             .min(q.rows);
         let fast = self.options().mode == ReductionMode::Fast;
-        let s = self.buf(&self.f32s, "attention scores", batch * heads * stride)?;
+        let s = self.buf(&self.pools.f32s, "attention scores", batch * heads * stride)?;
         let m = self.buf(
-            &self.f32s,
+            &self.pools.f32s,
             "attention chunk maxima",
             batch * heads * max_chunks,
         )?;
         let z = self.buf(
-            &self.f32s,
+            &self.pools.f32s,
             "attention chunk sums",
             batch * heads * max_chunks,
         )?;
@@ -1237,7 +1223,7 @@ impl Backend for CudaBackend {
         } else {
             batch * heads * max_chunks * hd
         };
-        let p = self.buf(&self.f32s, "attention partial outputs", p_len)?;
+        let p = self.buf(&self.pools.f32s, "attention partial outputs", p_len)?;
         let o = if fast {
             self.zeroed(batch * heads * hd)?
         } else {
@@ -1401,7 +1387,7 @@ impl Backend for CudaBackend {
         for (ex, toks) in per_expert.iter().enumerate().filter(|(_, t)| !t.is_empty()) {
             let idx: Vec<i32> = toks.iter().map(|t| t.0).collect();
             let wts: Vec<f32> = toks.iter().map(|t| t.1).collect();
-            let didx = self.ints(&self.i32s, "moe indices", &idx, None)?;
+            let didx = self.ints(&self.pools.i32s, "moe indices", &idx, None)?;
             let dw = self.stream.clone_htod(&wts).map_err(err("moe weights"))?;
             let xe = self.tensor("moe gathered rows", idx.len(), x.cols)?;
             // SAFETY: every index is a row of x; xe holds idx.len() rows.
@@ -1473,13 +1459,13 @@ impl Backend for CudaBackend {
 
     fn argmax(&self, logits: &CudaTensor) -> Result<u32> {
         self.no_host_transfer("argmax")?;
-        let out = self.buf(&self.u32s, "argmax", 1)?;
+        let out = self.buf(&self.pools.u32s, "argmax", 1)?;
         let last = self.ptr(&logits.data) + (2 * (logits.rows - 1) * logits.cols) as u64;
         let n = logits.cols as i32;
         // A block of 1024 per SM at most, each with at least 1024 values.
         let blocks = logits.cols.div_ceil(1024).clamp(1, self.sms.min(1024));
-        let part_v = self.buf(&self.f32s, "argmax block values", blocks)?;
-        let part_i = self.buf(&self.i32s, "argmax block indices", blocks)?;
+        let part_v = self.buf(&self.pools.f32s, "argmax block values", blocks)?;
+        let part_i = self.buf(&self.pools.i32s, "argmax block indices", blocks)?;
         let counter = self.counters(1, "argmax")?;
         let grid = LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
@@ -1535,10 +1521,7 @@ impl Backend for CudaBackend {
             return Ok(false);
         }
         self.release_step();
-        self.u16s.set_recording(true);
-        self.f32s.set_recording(true);
-        self.i32s.set_recording(true);
-        self.u32s.set_recording(true);
+        self.pools.set_recording(true);
         self.recording
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -1555,10 +1538,7 @@ impl Backend for CudaBackend {
         let graph = self
             .stream
             .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
-        self.u16s.set_recording(false);
-        self.f32s.set_recording(false);
-        self.i32s.set_recording(false);
-        self.u32s.set_recording(false);
+        self.pools.set_recording(false);
         let mut rec = self.recording.lock().unwrap_or_else(|p| p.into_inner());
         rec.active = false;
         let graph = graph
@@ -1569,12 +1549,7 @@ impl Backend for CudaBackend {
             })?;
         rec.step = Some(Recorded {
             graph,
-            frozen: (
-                self.u16s.freeze(),
-                self.f32s.freeze(),
-                self.i32s.freeze(),
-                self.u32s.freeze(),
-            ),
+            frozen: self.pools.freeze(),
         });
         Ok(())
     }
@@ -1604,11 +1579,7 @@ impl Backend for CudaBackend {
         if let Some(r) = old {
             let _ = self.stream.synchronize();
             drop(r.graph);
-            let (a, b, c, d) = r.frozen;
-            self.u16s.thaw(a);
-            self.f32s.thaw(b);
-            self.i32s.thaw(c);
-            self.u32s.thaw(d);
+            self.pools.thaw(r.frozen);
         }
     }
 }

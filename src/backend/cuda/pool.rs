@@ -4,6 +4,10 @@
 //! the replayed launches must find their buffers where they were), and it
 //! spares the allocator a call per op. While a step graph lives, the
 //! buffers it uses are taken out of circulation (`freeze`).
+//!
+//! The backend keeps one pool per element type (`Pools`); recording and
+//! freezing act on all four together, because a recorded step's launches
+//! use buffers of every type.
 
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, DriverError};
 use std::mem::ManuallyDrop;
@@ -110,6 +114,66 @@ impl<T: DeviceRepr> Pool<T> {
         }
         st.bytes += size;
         st.free.push(slice);
+    }
+}
+
+/// The backend's pools, one per element type its kernels use.
+pub struct Pools {
+    pub u16s: Arc<Pool<u16>>,
+    pub f32s: Arc<Pool<f32>>,
+    pub i32s: Arc<Pool<i32>>,
+    pub u32s: Arc<Pool<u32>>,
+}
+
+/// Pooled buffers out of circulation while a recorded step uses them.
+pub struct Frozen {
+    u16s: Vec<CudaSlice<u16>>,
+    f32s: Vec<CudaSlice<f32>>,
+    i32s: Vec<CudaSlice<i32>>,
+    u32s: Vec<CudaSlice<u32>>,
+}
+
+impl Pools {
+    pub fn new() -> Self {
+        Pools {
+            u16s: Pool::new(),
+            f32s: Pool::new(),
+            i32s: Pool::new(),
+            u32s: Pool::new(),
+        }
+    }
+
+    /// `Pool::set_recording` on every pool.
+    pub fn set_recording(&self, on: bool) {
+        self.u16s.set_recording(on);
+        self.f32s.set_recording(on);
+        self.i32s.set_recording(on);
+        self.u32s.set_recording(on);
+    }
+
+    /// Takes every free buffer of every pool out of circulation (a step
+    /// graph uses them).
+    pub fn freeze(&self) -> Frozen {
+        Frozen {
+            u16s: self.u16s.freeze(),
+            f32s: self.f32s.freeze(),
+            i32s: self.i32s.freeze(),
+            u32s: self.u32s.freeze(),
+        }
+    }
+
+    /// Returns frozen buffers to their pools once their graph is gone.
+    pub fn thaw(&self, frozen: Frozen) {
+        let Frozen {
+            u16s,
+            f32s,
+            i32s,
+            u32s,
+        } = frozen;
+        self.u16s.thaw(u16s);
+        self.f32s.thaw(f32s);
+        self.i32s.thaw(i32s);
+        self.u32s.thaw(u32s);
     }
 }
 
