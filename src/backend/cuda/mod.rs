@@ -9,13 +9,33 @@
 //! `BackendNotCompiled`.
 
 #[cfg(feature = "cuda")]
+mod attention;
+#[cfg(feature = "cuda")]
+mod buffers;
+#[cfg(feature = "cuda")]
 mod device;
+#[cfg(feature = "cuda")]
+mod graphs;
 #[cfg(feature = "cuda")]
 pub mod kernels;
 #[cfg(feature = "cuda")]
+mod launch;
+#[cfg(feature = "cuda")]
+mod linear;
+#[cfg(feature = "cuda")]
+mod moe;
+#[cfg(feature = "cuda")]
 mod pool;
 #[cfg(feature = "cuda")]
-pub use device::{CudaBackend, CudaCache, CudaTensor, CudaWeight};
+mod qkv;
+#[cfg(feature = "cuda")]
+mod rowwise;
+#[cfg(feature = "cuda")]
+mod tensor;
+#[cfg(feature = "cuda")]
+pub use device::CudaBackend;
+#[cfg(feature = "cuda")]
+pub use tensor::{CudaCache, CudaTensor, CudaWeight};
 
 /// How the graph path's reductions may be ordered (recorded in the
 /// fingerprint; docs/cuda.md lists what each mode changes).

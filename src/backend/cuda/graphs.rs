@@ -1,0 +1,134 @@
+//! Recording a decode step as a CUDA graph and replaying it. The step's
+//! token and position live in device buffers (`StepInputs`) so that every
+//! replay reads new ones. While recording, the pools may not allocate and
+//! nothing may go through the host. Once recorded, the pools' free buffers
+//! stay out of circulation (`Frozen`) until the graph is released, because
+//! its launches find their buffers at the addresses they had when recorded.
+
+use super::launch::err;
+use super::pool::Frozen;
+use super::CudaBackend;
+use crate::error::{Error, Result};
+use cudarc::driver::{CudaGraph, CudaSlice};
+
+/// The token and position of the decode step about to run, on the device,
+/// so that a recorded step reads new ones on every replay.
+pub(super) struct StepInputs {
+    pub(super) staged: Option<(u32, usize)>,
+    pub(super) ids: CudaSlice<u32>,
+    pub(super) pos: CudaSlice<i32>,
+}
+
+/// A recorded decode step and the pooled buffers its launches use.
+struct Recorded {
+    graph: CudaGraph,
+    frozen: Frozen,
+}
+
+#[derive(Default)]
+pub(super) struct Recording {
+    active: bool,
+    step: Option<Recorded>,
+}
+
+impl CudaBackend {
+    pub(super) fn recording(&self) -> bool {
+        self.recording
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .active
+    }
+
+    pub(super) fn no_host_transfer(&self, what: &str) -> Result<()> {
+        if self.recording() {
+            return Err(Error::Backend {
+                backend: "cuda",
+                problem: format!("{what} needs the host, which a recorded decode step cannot"),
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) fn staged(&self) -> Option<(u32, usize)> {
+        self.step.lock().unwrap_or_else(|p| p.into_inner()).staged
+    }
+
+    pub(super) fn stage_step(&self, token: u32, position: usize) -> Result<()> {
+        if !self.options().graphs {
+            return Ok(());
+        }
+        let mut st = self.step.lock().unwrap_or_else(|p| p.into_inner());
+        let StepInputs { ids, pos, .. } = &mut *st;
+        self.stream
+            .memcpy_htod(&[token], ids)
+            .map_err(err("staging the step token"))?;
+        self.stream
+            .memcpy_htod(&[position as i32], pos)
+            .map_err(err("staging the step position"))?;
+        st.staged = Some((token, position));
+        Ok(())
+    }
+
+    pub(super) fn begin_step_capture(&self) -> Result<bool> {
+        if !self.options().graphs {
+            return Ok(false);
+        }
+        self.release_step();
+        self.pools.set_recording(true);
+        self.recording
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .active = true;
+        self.stream
+            .begin_capture(
+                cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+            )
+            .map_err(err("begin recording the decode step"))?;
+        Ok(true)
+    }
+
+    pub(super) fn end_step_capture(&self) -> Result<()> {
+        let graph = self
+            .stream
+            .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
+        self.pools.set_recording(false);
+        let mut rec = self.recording.lock().unwrap_or_else(|p| p.into_inner());
+        rec.active = false;
+        let graph = graph
+            .map_err(err("end recording the decode step"))?
+            .ok_or_else(|| Error::Backend {
+                backend: "cuda",
+                problem: "recording the decode step produced no graph".into(),
+            })?;
+        rec.step = Some(Recorded {
+            graph,
+            frozen: self.pools.freeze(),
+        });
+        Ok(())
+    }
+
+    pub(super) fn replay_step(&self) -> Result<()> {
+        let rec = self.recording.lock().unwrap_or_else(|p| p.into_inner());
+        let step = rec.step.as_ref().ok_or_else(|| Error::Backend {
+            backend: "cuda",
+            problem: "no recorded decode step to replay".into(),
+        })?;
+        step.graph
+            .launch()
+            .map_err(err("replaying the decode step"))
+    }
+
+    pub(super) fn release_step(&self) {
+        let old = self
+            .recording
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .step
+            .take();
+        if let Some(r) = old {
+            let _ = self.stream.synchronize();
+            drop(r.graph);
+            self.pools.thaw(r.frozen);
+        }
+    }
+}

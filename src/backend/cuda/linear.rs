@@ -1,0 +1,189 @@
+//! Products with a weight. Decode products (up to ROWS_PER_PASS rows) use
+//! our GEMV kernels, larger ones cuBLAS when it loaded, except while
+//! recording, since a recorded step uses our kernels only. How a row's dot
+//! product is split over warps (`parts`) depends on the shape, the mode and
+//! the GPU's SM count alone, so the summation order is fixed for a shape on
+//! a GPU; fast mode adds the parts with atomics.
+
+use super::launch::{cfg, grid_for, BLOCK, ROWS_PER_PASS};
+use super::tensor::{CudaTensor, CudaWeight};
+use super::{CudaBackend, ReductionMode};
+use crate::backend::{check, Backend};
+use crate::error::{Error, Result};
+use cudarc::cublas::{sys as blas_sys, CudaBlas};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
+
+impl CudaBackend {
+    /// Warps per output row. Each lane keeps a group of 16-byte loads in
+    /// flight (warp_dot in common.cuh), so a product needs about one block
+    /// of 8 warps per SM: rows are split only while there are fewer warps
+    /// than that, and only while each lane keeps at least two chunks. The
+    /// split fixes the summation order, so it depends on the shape alone.
+    /// Fast mode splits at least four ways, combined with atomics.
+    pub(super) fn parts(&self, m: usize, k: usize) -> usize {
+        let chunks = k / 8;
+        let mut p = 1;
+        while p < 8 && m * p < self.sms * 8 && chunks >= 64 * p {
+            p *= 2;
+        }
+        match self.options().mode {
+            ReductionMode::Deterministic => p,
+            ReductionMode::Fast => p.max(4),
+        }
+    }
+
+    fn gemv(&self, x: &CudaTensor, w: &CudaWeight, out: &mut CudaTensor) -> Result<()> {
+        let (n, k, m) = (x.rows, x.cols, w.rows);
+        let parts = self.parts(m, k);
+        let grid = (
+            m.div_ceil(8 / parts) as u32,
+            n.div_ceil(ROWS_PER_PASS) as u32,
+            1,
+        );
+        let (ni, ki, mi, pi) = (n as i32, k as i32, m as i32, parts as i32);
+        // One row: both modes take one launch and differ only in how a row's
+        // parts are added (warp order, or shared-memory atomics). Deterministic
+        // mode adds the parts of 2-8 rows in warp order too.
+        let one_launch = match (self.options().mode, n) {
+            (ReductionMode::Deterministic, 1) => Some("gemv1_bf16"),
+            (ReductionMode::Fast, 1) => Some("gemv1_fast_bf16"),
+            (ReductionMode::Deterministic, _) => Some("gemv_bf16"),
+            (ReductionMode::Fast, _) => None,
+        };
+        if let Some(name) = one_launch {
+            // SAFETY: x is n x k, w m x k, out n x m, k % 8 == 0 (16-byte
+            // loads; cudarc allocations are 256-byte aligned); warps past m
+            // and rows past n do nothing.
+            unsafe {
+                self.launch(
+                    name,
+                    cfg(grid),
+                    &[&*x.data, &w.data, &*out.data, &ni, &ki, &mi, &pi],
+                )
+            }?;
+            return Ok(());
+        }
+        // Fast mode, 2-8 rows: f32 atomics into a zeroed accumulator, then a
+        // rounding launch.
+        let acc = self.zeroed(n * m)?;
+        // SAFETY: as gemv_bf16; acc holds n * m zeroed f32.
+        unsafe {
+            self.launch(
+                "gemv_atomic_bf16",
+                cfg(grid),
+                &[&*x.data, &w.data, &acc, &ni, &ki, &mi, &pi],
+            )
+        }?;
+        let total = n * m;
+        // SAFETY: one thread per element of acc and out, guarded.
+        unsafe {
+            self.launch(
+                "f32_to_bf16_reset",
+                cfg((grid_for(total), 1, 1)),
+                &[&acc, &*out.data, &total],
+            )
+        }?;
+        Ok(())
+    }
+
+    fn gemm_blas(
+        &self,
+        blas: &CudaBlas,
+        x: &CudaTensor,
+        w: &CudaWeight,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        use blas_sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
+        let (n, k, m) = (x.rows as i32, x.cols as i32, w.rows as i32);
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let a = w.data.device_ptr(&self.stream).0;
+        let b = x.data.device_ptr(&self.stream).0;
+        let c = out.data.device_ptr_mut(&self.stream).0;
+        // Column-major view: out^T (m x n) = w (k x m)^T . x^T (k x n).
+        // SAFETY: w is m x k, x n x k, out n x m, all bf16 on this stream.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *blas.handle(),
+                cublasOperation_t::CUBLAS_OP_T,
+                cublasOperation_t::CUBLAS_OP_N,
+                m,
+                n,
+                k,
+                &alpha as *const f32 as *const _,
+                a as *const _,
+                cudaDataType::CUDA_R_16BF,
+                k,
+                b as *const _,
+                cudaDataType::CUDA_R_16BF,
+                k,
+                &beta as *const f32 as *const _,
+                c as *mut _,
+                cudaDataType::CUDA_R_16BF,
+                m,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| Error::Backend {
+            backend: "cuda",
+            problem: format!("cublasGemmEx for {} ({n}x{k} by {m}x{k}): {e:?}", w.name),
+        })
+    }
+
+    pub(super) fn linear(&self, x: &CudaTensor, w: &CudaWeight) -> Result<CudaTensor> {
+        check::linear((x.rows, x.cols), &w.name, (w.rows, w.cols))?;
+        let mut out = self.tensor("linear output", x.rows, w.rows)?;
+        if x.cols % 8 == 0 {
+            match &self.blas {
+                Some(blas) if x.rows > ROWS_PER_PASS && !self.recording() => {
+                    self.gemm_blas(blas, x, w, &mut out)?
+                }
+                _ => self.gemv(x, w, &mut out)?,
+            }
+            return Ok(out);
+        }
+        let (n, k, m) = (x.rows as i32, x.cols as i32, w.rows as i32);
+        let warps = BLOCK / 32;
+        // SAFETY: x is n x k, w is m x k, out n x m; warps past m return early.
+        unsafe {
+            self.launch(
+                "linear_bf16",
+                cfg(((w.rows as u32).div_ceil(warps), 1, 1)),
+                &[&*x.data, &w.data, &*out.data, &n, &k, &m],
+            )
+        }?;
+        Ok(out)
+    }
+
+    pub(super) fn gate_up_swiglu(
+        &self,
+        x: &CudaTensor,
+        gate: &CudaWeight,
+        up: &CudaWeight,
+    ) -> Result<CudaTensor> {
+        let one_pass =
+            x.rows == 1 && x.cols % 8 == 0 && (gate.rows, gate.cols) == (up.rows, up.cols);
+        if !one_pass {
+            return self.swiglu(&self.linear(x, gate)?, &self.linear(x, up)?);
+        }
+        check::linear((x.rows, x.cols), &gate.name, (gate.rows, gate.cols))?;
+        let (k, m) = (x.cols, gate.rows);
+        let parts = self.parts(m, k);
+        let h = self.tensor("swiglu output", 1, m)?;
+        let (ki, mi, pi) = (k as i32, m as i32, parts as i32);
+        let name = match self.options().mode {
+            ReductionMode::Deterministic => "gate_up_swiglu_bf16",
+            ReductionMode::Fast => "gate_up_swiglu_fast_bf16",
+        };
+        // SAFETY: x is 1 x k, gate and up m x k (checked equal), h 1 x m,
+        // k % 8 == 0; warps past m do nothing.
+        unsafe {
+            self.launch(
+                name,
+                cfg((m.div_ceil(8 / parts) as u32, 1, 1)),
+                &[&*x.data, &gate.data, &up.data, &*h.data, &ki, &mi, &pi],
+            )
+        }?;
+        Ok(h)
+    }
+}
