@@ -2,7 +2,7 @@
 # Builds, here, what the GPU machine runs, and puts it in .device/ (git-
 # ignored; the device tool carries it, 64 MiB at most):
 #   .device/bin/lockstep        the CLI (release, --features cuda)
-#   .device/tests/<name>        the CUDA test binaries (release, --features cuda)
+#   .device/tests/<name>        the test binaries that run CUDA (release, --features cuda)
 # cudarc loads libcuda / NVRTC at run time, so this builds without CUDA.
 # LOCKSTEP_DEVICE_DIR=.device-b puts a second build beside the first, so one
 # device call can time two builds (carry both; ci/device-cuda.sh reads the
@@ -15,7 +15,7 @@ dir="${LOCKSTEP_DEVICE_DIR:-.device}"
 rm -rf "$dir" && mkdir -p "$dir/bin" "$dir/tests"
 cp target/release/lockstep "$dir/bin/"
 cargo test --release --features "$features" --no-run --message-format=json \
-  --test cuda_backend --test cuda_kernels 2>/dev/null |
+  --test accelerators --test cuda_backend --test cuda_kernels 2>/dev/null |
   python3 -c '
 import json, sys, shutil, os
 for line in sys.stdin:

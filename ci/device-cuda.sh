@@ -20,6 +20,7 @@ for stage in "$@"; do
   case $stage in
     tests)
       step $D/tests/cuda_kernels --test-threads 1 --nocapture
+      step $D/tests/accelerators --test-threads 1 --nocapture cuda::
       step $D/tests/cuda_backend --test-threads 1 --nocapture
       step $L env --json ;;
     verify)

@@ -3,6 +3,7 @@
 //! copy bandwidth. Backend-neutral: the caller switches configurations.
 //! Speed is only ever measured here (by `lockstep bench`), never in tests.
 
+use crate::backend::cuda::{CudaOptions, ReductionMode};
 use crate::backend::{AttnPath, Backend};
 use crate::engine::record::Fingerprint;
 use crate::engine::Engine;
@@ -42,7 +43,7 @@ pub fn bench_prompt(len: usize, vocab: usize) -> Vec<u32> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchRow {
     pub path: AttnPath,
-    pub mode: String,
+    pub mode: ReductionMode,
     pub cuda_graphs: bool,
     /// Decode tokens per second, best repeat and median repeat.
     pub best_tok_s: f64,
@@ -115,7 +116,7 @@ pub fn time_config<B: Backend>(
 
 pub fn row(
     path: AttnPath,
-    mode: &str,
+    mode: ReductionMode,
     cuda_graphs: bool,
     speeds: Vec<f64>,
     outputs: Vec<Vec<u32>>,
@@ -131,7 +132,7 @@ pub fn row(
     distinct.dedup();
     BenchRow {
         path,
-        mode: mode.to_string(),
+        mode,
         cuda_graphs,
         best_tok_s: best,
         median_tok_s: median,
@@ -142,6 +143,91 @@ pub fn row(
         tokens: outputs.into_iter().next().unwrap_or_default(),
         fingerprint,
     }
+}
+
+/// The configurations one `lockstep bench` times: every path x mode x
+/// CUDA-graphs setting, in that nesting order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grid {
+    pub paths: Vec<AttnPath>,
+    pub modes: Vec<ReductionMode>,
+    pub graphs: Vec<bool>,
+}
+
+impl Grid {
+    pub fn configs(&self) -> Vec<(AttnPath, ReductionMode, bool)> {
+        let mut v = Vec::new();
+        for &p in &self.paths {
+            for &m in &self.modes {
+                for &g in &self.graphs {
+                    v.push((p, m, g));
+                }
+            }
+        }
+        v
+    }
+}
+
+/// How long each configuration runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub prompt_tokens: usize,
+    pub warmup: usize,
+    pub tokens: usize,
+    pub repeats: usize,
+}
+
+/// Times every configuration of `grid` on GPU 0, one loaded model, in one
+/// process, against the weight-bytes roofline of the measured copy
+/// bandwidth.
+pub fn cuda_bench(model: &crate::model::Model, grid: &Grid, t: Timing) -> Result<BenchReport> {
+    let e = crate::jobs::load(
+        model,
+        crate::jobs::accelerator::open_cuda(CudaOptions::default())?,
+    )?;
+    let bandwidth = e.backend.copy_bandwidth(1 << 30, 10)?;
+    let weight_bytes = weight_bytes_per_token(&e.config);
+    let roofline = bandwidth * 1e9 / weight_bytes as f64;
+    let prompt = bench_prompt(t.prompt_tokens, e.config.vocab_size);
+    let configs = grid.configs();
+    let mut progress = Progress::new("timing", configs.len() * t.repeats);
+    let mut done = 0;
+    let mut rows = Vec::new();
+    for (path, mode, graphs) in configs {
+        e.backend.set_options(CudaOptions { mode, graphs })?;
+        let (speeds, outputs) = time_config(
+            &e,
+            &prompt,
+            path,
+            t.warmup,
+            t.tokens,
+            t.repeats,
+            &mut progress,
+            &mut done,
+        )?;
+        rows.push(row(
+            path,
+            mode,
+            graphs,
+            speeds,
+            outputs,
+            roofline,
+            e.fingerprint(path),
+        ));
+    }
+    Ok(BenchReport {
+        model: model.origin.clone(),
+        model_hash: e.model_hash.clone(),
+        device: e.backend.device_info().device,
+        copy_bandwidth_gb_s: bandwidth,
+        weight_bytes_per_token: weight_bytes,
+        roofline_tok_s: roofline,
+        prompt_tokens: t.prompt_tokens,
+        warmup_tokens: t.warmup,
+        measured_tokens: t.tokens,
+        repeats: t.repeats,
+        rows,
+    })
 }
 
 impl BenchReport {
@@ -164,7 +250,7 @@ impl BenchReport {
             s += &format!(
                 "{:<6} {:<14} {:<7} {:>10.1} {:>13.1} {:>9.3} {:>11.1} {:>9}\n",
                 r.path.name(),
-                r.mode,
+                r.mode.name(),
                 if r.cuda_graphs { "on" } else { "off" },
                 r.best_tok_s,
                 r.median_tok_s,

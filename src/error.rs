@@ -1,6 +1,7 @@
 //! One error type for the whole crate. Every variant carries the file, tensor or
 //! field it is about, so a user can act on the message without a debugger.
 
+use crate::ident::BackendKind;
 use std::path::PathBuf;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -65,12 +66,16 @@ pub enum Error {
     #[error(
         "backend `{backend}` is not compiled into this build (enable the `{backend}` feature)"
     )]
-    BackendNotCompiled { backend: &'static str },
+    BackendNotCompiled { backend: BackendKind },
     #[error("backend `{backend}`: {problem}")]
     Backend {
-        backend: &'static str,
+        backend: BackendKind,
         problem: String,
     },
+    /// A model that cannot run on the backend it was given (too large, a
+    /// step replayed that was never recorded): the engine's, not a device's.
+    #[error("engine: {problem}")]
+    Engine { problem: String },
     #[error("shape mismatch in {op}: {problem}")]
     Shape { op: &'static str, problem: String },
     #[error("{what}: {problem}")]

@@ -1,750 +1,568 @@
-//! The CUDA backend on a real GPU: logits against the CPU reference, fused
-//! vs graph at op level, run-to-run envelopes, batch invariance of the fused
-//! kernel. Without a GPU (or without the `cuda` feature) every test says it
-//! skipped and why; LOCKSTEP_REQUIRE_GPU=1 turns skips into failures. GPU
-//! tests hold one lock, so they never run concurrently on the device.
+//! What only the CUDA backend has, on a real GPU: recorded decode steps
+//! (CUDA graphs), the fast reduction mode, long-context and one-launch
+//! attention, the device argmax, decode fusions, batch invariance of the
+//! fused kernel, memory faults and the large shapes. The checks every
+//! accelerator shares (logits, greedy and fused-vs-graph against the CPU
+//! reference, envelopes, goldens) are in accelerators.rs.
+//!
+//! Without a GPU (or without the `cuda` feature) every test says it skipped
+//! and why; LOCKSTEP_REQUIRE_GPU=1 turns skips into failures. GPU tests hold
+//! one lock (`common::open`), so they never run concurrently on the device.
 
-#[cfg(feature = "cuda")]
+// Without the feature `CudaBackend` is an uninhabited stub: the bodies still
+// type-check, and the compiler knows they cannot run past `open`.
+#![cfg_attr(
+    not(feature = "cuda"),
+    allow(unreachable_code, unused_variables, unused_mut)
+)]
+
 mod common;
 
-#[cfg(feature = "cuda")]
-mod gpu {
-    use super::common::{sequence, PROMPT};
-    use lockstep::backend::cpu::{CpuBackend, Numerics};
-    use lockstep::backend::cuda::{CudaBackend, CudaOptions, ReductionMode};
-    use lockstep::backend::{AttnPath, Backend};
-    use lockstep::engine::generate::GenerateOptions;
-    use lockstep::engine::Engine;
-    use lockstep::model::Model;
-    use lockstep::verify::envelope::{envelope, UlpType};
-    use lockstep::verify::metrics::diff;
-    use lockstep::verify::tolerances::tol;
-    use std::sync::{Mutex, MutexGuard};
+use common::{open, sequence, PROMPT};
+use lockstep::backend::cpu::{CpuBackend, Numerics};
+use lockstep::backend::cuda::{CudaBackend, CudaOptions, ReductionMode};
+use lockstep::backend::{AttnPath, Backend};
+use lockstep::engine::generate::GenerateOptions;
+use lockstep::engine::Engine;
+use lockstep::model::Model;
+use lockstep::verify::metrics::diff;
+use lockstep::verify::tolerances::{tol, Tol};
 
-    static GPU: Mutex<()> = Mutex::new(());
+fn t(test: &str) -> String {
+    format!("tests/cuda_backend.rs::{test}")
+}
 
-    /// The device lock and a backend, or a loud skip.
-    fn gpu(test: &str) -> Option<(MutexGuard<'static, ()>, CudaBackend)> {
-        let guard = GPU.lock().unwrap_or_else(|p| p.into_inner());
-        match std::panic::catch_unwind(|| CudaBackend::new(0)) {
-            Ok(Ok(b)) => Some((guard, b)),
-            Ok(Err(e)) => skip(test, &e.to_string()),
-            Err(_) => skip(test, "the CUDA driver library could not be loaded"),
+fn greedy(e: &Engine<CudaBackend>, path: AttnPath, steps: usize) -> Vec<Vec<(u32, f32)>> {
+    let opts = GenerateOptions {
+        max_tokens: steps,
+        path,
+        top_k: 8,
+        ..Default::default()
+    };
+    e.generate(&PROMPT, &opts, &mut |_| {})
+        .unwrap()
+        .steps
+        .into_iter()
+        .map(|s| s.top)
+        .collect()
+}
+
+/// Replaying a recorded decode step (CUDA graphs) gives the bits of the
+/// op-by-op steps, on both paths, and bench's device argmax picks the
+/// recorded run's tokens.
+#[test]
+fn recorded_decode_steps_match_op_by_op_steps() {
+    let Some((_g, be)) = open::<CudaBackend>(&t("recorded_decode_steps_match_op_by_op_steps"))
+    else {
+        return;
+    };
+    let m = Model::open("synth:tiny").unwrap();
+    let e = Engine::load(&m, be).unwrap();
+    for path in [AttnPath::Graph, AttnPath::Fused] {
+        let plain = greedy(&e, path, 40);
+        e.backend
+            .set_options(CudaOptions {
+                mode: ReductionMode::Deterministic,
+                graphs: true,
+            })
+            .unwrap();
+        let replayed = greedy(&e, path, 40);
+        let fast: Vec<u32> = e.decode_greedy(&PROMPT, 40, path, &mut |_| {}).unwrap();
+        e.backend.set_options(CudaOptions::default()).unwrap();
+        assert_eq!(plain, replayed, "{}: replayed steps differ", path.name());
+        let tokens: Vec<u32> = plain.iter().map(|t| t[0].0).collect();
+        assert_eq!(tokens, fast, "{}: device argmax differs", path.name());
+        println!(
+            "{}: 40 recorded steps bit-identical to op-by-op",
+            path.name()
+        );
+    }
+}
+
+/// Fast mode: close to deterministic mode (within the CUDA-vs-CPU
+/// tolerance), and the fused kernel, which has no atomics in any mode,
+/// still gives one result over 100 runs. The graph path's distinct count
+/// in fast mode is measured and printed, not asserted: atomics make
+/// differences possible, not certain.
+#[test]
+fn fast_mode_stays_close_and_the_fused_kernel_stays_deterministic() {
+    let Some((_g, be)) = open::<CudaBackend>(&t("fast_mode_stays_close")) else {
+        return;
+    };
+    let m = Model::open("synth:tiny").unwrap();
+    let e = Engine::load(&m, be).unwrap();
+    let seq = sequence("synth:tiny");
+    let det = e
+        .teacher_forced(&seq, AttnPath::Graph, &mut Default::default())
+        .unwrap();
+    e.backend
+        .set_options(CudaOptions {
+            mode: ReductionMode::Fast,
+            graphs: false,
+        })
+        .unwrap();
+    let fast = e
+        .teacher_forced(&seq, AttnPath::Graph, &mut Default::default())
+        .unwrap();
+    let worst = det
+        .iter()
+        .zip(&fast)
+        .map(|(a, b)| diff(a, b).rel_rms)
+        .fold(0.0, f64::max);
+    println!("tiny: fast vs deterministic logits, worst-row rel RMS {worst:.3e}");
+    assert!(worst < tol(Tol::CudaVsCpuBf16LogitsRelRms), "{worst:.3e}");
+    // Decode steps (the one-row fast kernels: shared-memory atomics).
+    let decode = |mode| {
+        e.backend
+            .set_options(CudaOptions {
+                mode,
+                graphs: false,
+            })
+            .unwrap();
+        let opts = GenerateOptions {
+            max_tokens: 16,
+            keep_logits: true,
+            ..Default::default()
+        };
+        e.generate(&PROMPT, &opts, &mut |_| {}).unwrap()
+    };
+    let (d, f) = (
+        decode(ReductionMode::Deterministic),
+        decode(ReductionMode::Fast),
+    );
+    for (i, (a, b)) in d.steps.iter().zip(&f.steps).enumerate() {
+        let (a, b) = (a.logits.as_ref().unwrap(), b.logits.as_ref().unwrap());
+        let a: Vec<f64> = a.iter().map(|&v| v as f64).collect();
+        let b: Vec<f64> = b.iter().map(|&v| v as f64).collect();
+        let r = diff(&b, &a).rel_rms;
+        assert!(
+            r < tol(Tol::CudaVsCpuBf16LogitsRelRms),
+            "decode step {i}: {r:.3e}"
+        );
+        if d.tokens[..=i] != f.tokens[..=i] {
+            break;
         }
     }
-
-    fn skip<T>(test: &str, why: &str) -> Option<T> {
-        lockstep::skip::skip(lockstep::skip::Need::Gpu, test, why);
-        None
+    // Op level on qwen3-0.6b, where the split products have enough parts
+    // for atomics to matter; each layer's input is held fixed.
+    let m = Model::open("synth:qwen3-0.6b").unwrap();
+    let e = Engine::load(&m, e.backend).unwrap();
+    for path in [AttnPath::Graph, AttnPath::Fused] {
+        let level = lockstep::jobs::EnvelopeLevel::Op;
+        let env = lockstep::jobs::envelope_of(&e, level, path, &PROMPT, 100).unwrap();
+        println!("{}", env.to_text());
+        if path == AttnPath::Fused {
+            assert_eq!(env.distinct, 1, "{}", env.to_text());
+        }
     }
+    e.backend.set_options(CudaOptions::default()).unwrap();
+}
 
-    fn logits_match_cpu(spec: &str) {
-        let Some((_g, be)) = gpu("cuda_logits_match_cpu_bf16") else {
+/// Split-KV attention over more keys than one block's shared memory held
+/// before (12288): CUDA against the CPU reference on the same inputs.
+#[test]
+fn long_context_attention_matches_the_cpu_reference() {
+    let Some((_g, be)) =
+        open::<CudaBackend>(&t("long_context_attention_matches_the_cpu_reference"))
+    else {
+        return;
+    };
+    use lockstep::backend::AttnDims;
+    let cpu = CpuBackend::new(Numerics::Bf16);
+    let dims = AttnDims {
+        n_heads: 8,
+        n_kv_heads: 2,
+        head_dim: 128,
+        eps: 1e-6,
+        rope_theta: 1e6,
+    };
+    let len = 20000;
+    let val = |i: usize, salt: usize| {
+        let h = (i * 2654435761 + salt * 40503) % 1000;
+        (h as f64 / 500.0 - 1.0) * 0.5
+    };
+    let kv = dims.kv_dim();
+    let k: Vec<f64> = (0..len * kv).map(|i| val(i, 1)).collect();
+    let v: Vec<f64> = (0..len * kv).map(|i| val(i, 2)).collect();
+    let positions = [len - 3, len - 2, len - 1];
+    let q: Vec<f64> = (0..3 * dims.q_dim()).map(|i| val(i, 3) * 4.0).collect();
+    fn run<B: Backend>(
+        b: &B,
+        dims: &AttnDims,
+        k: &[f64],
+        v: &[f64],
+        q: &[f64],
+        positions: &[usize],
+    ) -> Vec<f64> {
+        let len = k.len() / dims.kv_dim();
+        let mut c = b.new_cache(dims, len).unwrap();
+        let kt = b.activation_from_host(k, len, dims.kv_dim()).unwrap();
+        let vt = b.activation_from_host(v, len, dims.kv_dim()).unwrap();
+        b.cache_append(&mut c, &kt, &vt).unwrap();
+        let qt = b
+            .activation_from_host(q, positions.len(), dims.q_dim())
+            .unwrap();
+        let out = b.attention(&qt, &c, dims, positions).unwrap();
+        b.to_host(&out).unwrap().0
+    }
+    let want = run(&cpu, &dims, &k, &v, &q, &positions);
+    for mode in [ReductionMode::Deterministic, ReductionMode::Fast] {
+        be.set_options(CudaOptions {
+            mode,
+            graphs: false,
+        })
+        .unwrap();
+        let got = run(&be, &dims, &k, &v, &q, &positions);
+        let d = diff(&got, &want);
+        println!(
+            "attention over {len} keys, {}: rel RMS vs CPU {:.3e}, max abs {:.3e}",
+            mode.name(),
+            d.rel_rms,
+            d.max_abs
+        );
+        assert!(
+            d.finite_ok() && d.rel_rms < tol(Tol::CudaVsCpuBf16OpRelRms),
+            "{}: {:.3e}",
+            mode.name(),
+            d.rel_rms
+        );
+    }
+}
+
+/// The device argmax over a vocabulary-sized row (many blocks, then the
+/// last block's pick): the largest value wins, ties go to the lower
+/// index, NaN never wins, wherever the winner sits among the blocks.
+#[test]
+fn device_argmax_picks_the_first_largest_value() {
+    let Some((_g, be)) = open::<CudaBackend>(&t("device_argmax_picks_the_first_largest_value"))
+    else {
+        return;
+    };
+    let n = 151_936;
+    let base: Vec<f64> = (0..n)
+        .map(|i| ((i * 7919) % 1000) as f64 / 1000.0)
+        .collect();
+    type Case = (&'static str, Vec<(usize, f64)>, u32);
+    let cases: [Case; 5] = [
+        ("first element", vec![(0, 5.0)], 0),
+        ("last element", vec![(n - 1, 5.0)], (n - 1) as u32),
+        (
+            "a tie across blocks",
+            vec![(150_000, 5.0), (1_500, 5.0)],
+            1_500,
+        ),
+        (
+            "a tie in one block",
+            vec![(70_001, 5.0), (70_000, 5.0)],
+            70_000,
+        ),
+        ("NaN never wins", vec![(3, f64::NAN), (90_000, 5.0)], 90_000),
+    ];
+    for (what, plant, want) in cases {
+        let mut row = base.clone();
+        for (i, v) in plant {
+            row[i] = v;
+        }
+        // Two rows: the argmax is taken over the last one.
+        let rows = [vec![9.0; n], row].concat();
+        let t = be.activation_from_host(&rows, 2, n).unwrap();
+        assert_eq!(be.argmax(&t).unwrap(), want, "{what}");
+    }
+}
+
+/// Decode attention in one launch (short caches) equals the three-pass
+/// split attention bit for bit: the same query row asked alone (one
+/// launch) and twice in a two-row batch (three passes), at lengths on
+/// and across chunk (64) and half-chunk (32) boundaries, for head_dim
+/// 128 and 64 and both GQA shapes. A planted difference must show: the
+/// one-launch result for a shorter row differs.
+#[test]
+fn one_launch_decode_attention_equals_the_split_passes() {
+    let Some((_g, be)) =
+        open::<CudaBackend>(&t("one_launch_decode_attention_equals_the_split_passes"))
+    else {
+        return;
+    };
+    use lockstep::backend::AttnDims;
+    let val = |i: usize, salt: usize| {
+        let h = (i * 2654435761 + salt * 40503) % 1000;
+        (h as f64 / 500.0 - 1.0) * 0.5
+    };
+    let mut checked = 0;
+    for (n_heads, n_kv_heads, head_dim) in [(16, 8, 128), (8, 2, 64), (4, 4, 128)] {
+        let dims = AttnDims {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            eps: 1e-6,
+            rope_theta: 1e6,
+        };
+        let cap = 2048;
+        let kv = dims.kv_dim();
+        let k: Vec<f64> = (0..cap * kv).map(|i| val(i, 1)).collect();
+        let v: Vec<f64> = (0..cap * kv).map(|i| val(i, 2)).collect();
+        let mut c = be.new_cache(&dims, cap).unwrap();
+        let kt = be.activation_from_host(&k, cap, kv).unwrap();
+        let vt = be.activation_from_host(&v, cap, kv).unwrap();
+        be.cache_append(&mut c, &kt, &vt).unwrap();
+        let q: Vec<f64> = (0..dims.q_dim()).map(|i| val(i, 3) * 4.0).collect();
+        let q1 = be.activation_from_host(&q, 1, dims.q_dim()).unwrap();
+        let q2 = be
+            .activation_from_host(&[q.clone(), q.clone()].concat(), 2, dims.q_dim())
+            .unwrap();
+        let mut prev: Option<Vec<f64>> = None;
+        for len in [
+            1, 2, 31, 32, 33, 63, 64, 65, 96, 97, 128, 129, 200, 511, 513, 1000, 2047, 2048,
+        ] {
+            let one = be.attention(&q1, &c, &dims, &[len - 1]).unwrap();
+            let one = be.to_host(&one).unwrap().0;
+            let split = be.attention(&q2, &c, &dims, &[len - 1, len - 1]).unwrap();
+            let split = be.to_host(&split).unwrap().0;
+            assert_eq!(
+                one,
+                split[..dims.q_dim()],
+                "{n_heads}/{n_kv_heads} heads, head_dim {head_dim}, {len} keys"
+            );
+            if let Some(p) = &prev {
+                assert_ne!(p, &one, "the control: {len} keys must differ from fewer");
+            }
+            prev = Some(one);
+            checked += 1;
+        }
+    }
+    println!("one-launch decode attention bit-identical to the split passes at {checked} (shape, length) pairs");
+}
+
+/// The large shapes (run by `ci/device-cuda.sh big`, ignored otherwise:
+/// minutes of loading): fused vs graph at op level within the contract,
+/// and CUDA logits against the CPU reference (bf16) on 8 tokens.
+/// LOCKSTEP_BIG_MODELS picks the presets (default qwen3-8b).
+#[test]
+#[ignore = "large models: run with --ignored on a GPU machine (ci/device-cuda.sh big)"]
+fn large_models_fused_vs_graph_and_cpu() {
+    let specs = std::env::var("LOCKSTEP_BIG_MODELS").unwrap_or("synth:qwen3-8b".into());
+    for spec in specs.split(',') {
+        let Some((_g, be)) = open::<CudaBackend>(&t("large_models_fused_vs_graph_and_cpu")) else {
             return;
         };
-        println!("device: {:?}", be.device_info());
         let m = Model::open(spec).unwrap();
-        let seq = sequence(spec);
-        let cuda = Engine::load(&m, be).unwrap();
+        let e = Engine::load(&m, be).unwrap();
+        let rec = e
+            .record_attention_inputs(&PROMPT, &[AttnPath::Graph, AttnPath::Fused])
+            .unwrap();
+        let limit = tol(Tol::FusedVsGraphRms);
+        let mut worst = [0.0f64; 3];
+        for l in &rec {
+            let (g, f) = (&l.by_path[0].1, &l.by_path[1].1);
+            for i in 0..3 {
+                let d = diff(&f[i], &g[i]);
+                assert!(
+                    d.finite_ok() && d.rms < limit,
+                    "{spec} layer {} tensor {i}: {:.3e}",
+                    l.layer,
+                    d.rms
+                );
+                worst[i] = worst[i].max(d.rms);
+            }
+        }
+        println!(
+            "{spec}: fused vs graph over {} layers, worst RMS q {:.3e} k {:.3e} v {:.3e}",
+            rec.len(),
+            worst[0],
+            worst[1],
+            worst[2]
+        );
+        if m.config.moe.is_some() {
+            println!("{spec}: CPU reference comparison skipped (too large for host memory twice)");
+            continue;
+        }
         let cpu = Engine::load(&m, CpuBackend::new(Numerics::Bf16)).unwrap();
-        assert_eq!(cuda.model_hash, cpu.model_hash);
-        let limit = tol("cuda_vs_cpu_bf16_logits_rel_rms");
+        assert_eq!(cpu.model_hash, e.model_hash);
         for path in [AttnPath::Graph, AttnPath::Fused] {
-            let a = cuda
-                .teacher_forced(&seq, path, &mut Default::default())
+            let a = e
+                .teacher_forced(&PROMPT, path, &mut Default::default())
                 .unwrap();
             let b = cpu
-                .teacher_forced(&seq, path, &mut Default::default())
+                .teacher_forced(&PROMPT, path, &mut Default::default())
                 .unwrap();
-            let worst = a
+            let w = a
                 .iter()
                 .zip(&b)
                 .map(|(x, y)| diff(x, y).rel_rms)
                 .fold(0.0, f64::max);
             println!(
-                "{spec} {}: cuda vs cpu bf16 logits, worst-row rel RMS {worst:.3e}",
+                "{spec} {}: cuda vs cpu bf16 logits, worst-row rel RMS {w:.3e}",
                 path.name()
             );
-            assert!(
-                worst < limit,
-                "{spec} {}: {worst:.3e} >= cuda_vs_cpu_bf16_logits_rel_rms {limit:e}",
-                path.name()
-            );
-            let opts = GenerateOptions {
-                max_tokens: 32,
-                path,
-                ..Default::default()
-            };
-            let (ga, gb) = (
-                cuda.generate(&PROMPT, &opts, &mut |_| {}).unwrap(),
-                cpu.generate(&PROMPT, &opts, &mut |_| {}).unwrap(),
-            );
-            let thr = tol("near_tie_margin_bf16");
-            if let Some(d) = lockstep::verify::divergence::first_divergence(&ga, &gb, thr) {
-                println!(
-                    "{spec} {}: greedy differs at step {} ({:?})",
-                    path.name(),
-                    d.step,
-                    d.verdict
-                );
-                assert!(
-                    matches!(
-                        d.verdict,
-                        lockstep::verify::divergence::Verdict::NearTie { .. }
-                    ),
-                    "{d:?}"
-                );
-            } else {
-                println!(
-                    "{spec} {}: greedy agrees with the CPU for 32 steps",
-                    path.name()
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn cuda_logits_match_the_cpu_reference_on_tiny() {
-        logits_match_cpu("synth:tiny");
-    }
-
-    #[test]
-    fn cuda_logits_match_the_cpu_reference_on_tiny_moe() {
-        logits_match_cpu("synth:tiny-moe");
-    }
-
-    #[test]
-    fn cuda_fused_qkv_matches_graph_within_the_contract() {
-        for spec in ["synth:tiny", "synth:tiny-moe", "synth:qwen3-0.6b"] {
-            let Some((_g, be)) = gpu("cuda_fused_qkv_matches_graph_within_the_contract") else {
-                return;
-            };
-            let m = Model::open(spec).unwrap();
-            let e = Engine::load(&m, be).unwrap();
-            let seq: Vec<u32> = PROMPT
-                .iter()
-                .map(|&t| t % m.config.vocab_size as u32)
-                .collect();
-            let rec = e
-                .record_attention_inputs(&seq, &[AttnPath::Graph, AttnPath::Fused])
-                .unwrap();
-            let limit = tol("fused_vs_graph_rms");
-            println!("{spec}: layer  q RMS      k RMS      v RMS");
-            for l in &rec {
-                let (g, f) = (&l.by_path[0].1, &l.by_path[1].1);
-                let d: Vec<_> = (0..3).map(|i| diff(&f[i], &g[i])).collect();
-                println!(
-                    "{spec}: {:>5}  {:.3e}  {:.3e}  {:.3e}",
-                    l.layer, d[0].rms, d[1].rms, d[2].rms
-                );
-                for (i, t) in ["q", "k", "v"].iter().enumerate() {
-                    assert!(
-                        d[i].finite_ok() && d[i].rms < limit,
-                        "{spec} layer {} {t}: RMS {:.3e}",
-                        l.layer,
-                        d[i].rms
-                    );
-                }
-            }
-        }
-    }
-
-    /// N >= 100 runs of the op-level q/k/v of every layer: the deterministic
-    /// graph mode and the fused kernel must each give exactly one result.
-    #[test]
-    fn cuda_op_level_envelopes_have_one_distinct_result() {
-        let Some((_g, be)) = gpu("cuda_op_level_envelopes_have_one_distinct_result") else {
-            return;
-        };
-        let m = Model::open("synth:tiny").unwrap();
-        let e = Engine::load(&m, be).unwrap();
-        for path in [AttnPath::Graph, AttnPath::Fused] {
-            let runs: Vec<Vec<f64>> = (0..100)
-                .map(|_| {
-                    let rec = e.record_attention_inputs(&PROMPT, &[path]).unwrap();
-                    rec.iter()
-                        .flat_map(|l| l.by_path[0].1.iter().flatten().copied())
-                        .collect()
-                })
-                .collect();
-            let env = envelope(
-                &format!("qkv(preset=tiny,path={})@cuda", path.name()),
-                &runs,
-                None,
-                UlpType::Bf16,
-            );
-            println!("{}", env.to_text());
-            assert_eq!(env.distinct, 1, "{}", env.to_text());
-        }
-    }
-
-    fn greedy(e: &Engine<CudaBackend>, path: AttnPath, steps: usize) -> Vec<Vec<(u32, f32)>> {
-        let opts = GenerateOptions {
-            max_tokens: steps,
-            path,
-            top_k: 8,
-            ..Default::default()
-        };
-        e.generate(&PROMPT, &opts, &mut |_| {})
-            .unwrap()
-            .steps
-            .into_iter()
-            .map(|s| s.top)
-            .collect()
-    }
-
-    /// Replaying a recorded decode step (CUDA graphs) gives the bits of the
-    /// op-by-op steps, on both paths, and bench's device argmax picks the
-    /// recorded run's tokens.
-    #[test]
-    fn recorded_decode_steps_match_op_by_op_steps() {
-        let Some((_g, be)) = gpu("recorded_decode_steps_match_op_by_op_steps") else {
-            return;
-        };
-        let m = Model::open("synth:tiny").unwrap();
-        let e = Engine::load(&m, be).unwrap();
-        for path in [AttnPath::Graph, AttnPath::Fused] {
-            let plain = greedy(&e, path, 40);
-            e.backend
-                .set_options(CudaOptions {
-                    mode: ReductionMode::Deterministic,
-                    graphs: true,
-                })
-                .unwrap();
-            let replayed = greedy(&e, path, 40);
-            let fast: Vec<u32> = e.decode_greedy(&PROMPT, 40, path, &mut |_| {}).unwrap();
-            e.backend.set_options(CudaOptions::default()).unwrap();
-            assert_eq!(plain, replayed, "{}: replayed steps differ", path.name());
-            let tokens: Vec<u32> = plain.iter().map(|t| t[0].0).collect();
-            assert_eq!(tokens, fast, "{}: device argmax differs", path.name());
-            println!(
-                "{}: 40 recorded steps bit-identical to op-by-op",
-                path.name()
-            );
-        }
-    }
-
-    /// Fast mode: close to deterministic mode (within the CUDA-vs-CPU
-    /// tolerance), and the fused kernel, which has no atomics in any mode,
-    /// still gives one result over 100 runs. The graph path's distinct count
-    /// in fast mode is measured and printed, not asserted: atomics make
-    /// differences possible, not certain.
-    #[test]
-    fn fast_mode_stays_close_and_the_fused_kernel_stays_deterministic() {
-        let Some((_g, be)) = gpu("fast_mode_stays_close") else {
-            return;
-        };
-        let m = Model::open("synth:tiny").unwrap();
-        let e = Engine::load(&m, be).unwrap();
-        let seq = sequence("synth:tiny");
-        let det = e
-            .teacher_forced(&seq, AttnPath::Graph, &mut Default::default())
-            .unwrap();
-        e.backend
-            .set_options(CudaOptions {
-                mode: ReductionMode::Fast,
-                graphs: false,
-            })
-            .unwrap();
-        let fast = e
-            .teacher_forced(&seq, AttnPath::Graph, &mut Default::default())
-            .unwrap();
-        let worst = det
-            .iter()
-            .zip(&fast)
-            .map(|(a, b)| diff(a, b).rel_rms)
-            .fold(0.0, f64::max);
-        println!("tiny: fast vs deterministic logits, worst-row rel RMS {worst:.3e}");
-        assert!(
-            worst < tol("cuda_vs_cpu_bf16_logits_rel_rms"),
-            "{worst:.3e}"
-        );
-        // Decode steps (the one-row fast kernels: shared-memory atomics).
-        let decode = |mode| {
-            e.backend
-                .set_options(CudaOptions {
-                    mode,
-                    graphs: false,
-                })
-                .unwrap();
-            let opts = GenerateOptions {
-                max_tokens: 16,
-                keep_logits: true,
-                ..Default::default()
-            };
-            e.generate(&PROMPT, &opts, &mut |_| {}).unwrap()
-        };
-        let (d, f) = (
-            decode(ReductionMode::Deterministic),
-            decode(ReductionMode::Fast),
-        );
-        for (i, (a, b)) in d.steps.iter().zip(&f.steps).enumerate() {
-            let (a, b) = (a.logits.as_ref().unwrap(), b.logits.as_ref().unwrap());
-            let a: Vec<f64> = a.iter().map(|&v| v as f64).collect();
-            let b: Vec<f64> = b.iter().map(|&v| v as f64).collect();
-            let r = diff(&b, &a).rel_rms;
-            assert!(
-                r < tol("cuda_vs_cpu_bf16_logits_rel_rms"),
-                "decode step {i}: {r:.3e}"
-            );
-            if d.tokens[..=i] != f.tokens[..=i] {
-                break;
-            }
-        }
-        // Op level on qwen3-0.6b, where the split products have enough parts
-        // for atomics to matter; each layer's input is held fixed.
-        let m = Model::open("synth:qwen3-0.6b").unwrap();
-        let e = Engine::load(&m, e.backend).unwrap();
-        for path in [AttnPath::Graph, AttnPath::Fused] {
-            let level = lockstep::jobs::EnvelopeLevel::Op;
-            let env = lockstep::jobs::envelope_of(&e, &m, level, path, &PROMPT, 100, UlpType::Bf16)
-                .unwrap();
-            println!("{}", env.to_text());
-            if path == AttnPath::Fused {
-                assert_eq!(env.distinct, 1, "{}", env.to_text());
-            }
-        }
-        e.backend.set_options(CudaOptions::default()).unwrap();
-    }
-
-    /// Split-KV attention over more keys than one block's shared memory held
-    /// before (12288): CUDA against the CPU reference on the same inputs.
-    #[test]
-    fn long_context_attention_matches_the_cpu_reference() {
-        let Some((_g, be)) = gpu("long_context_attention_matches_the_cpu_reference") else {
-            return;
-        };
-        use lockstep::backend::AttnDims;
-        let cpu = CpuBackend::new(Numerics::Bf16);
-        let dims = AttnDims {
-            n_heads: 8,
-            n_kv_heads: 2,
-            head_dim: 128,
-            eps: 1e-6,
-            rope_theta: 1e6,
-        };
-        let len = 20000;
-        let val = |i: usize, salt: usize| {
-            let h = (i * 2654435761 + salt * 40503) % 1000;
-            (h as f64 / 500.0 - 1.0) * 0.5
-        };
-        let kv = dims.kv_dim();
-        let k: Vec<f64> = (0..len * kv).map(|i| val(i, 1)).collect();
-        let v: Vec<f64> = (0..len * kv).map(|i| val(i, 2)).collect();
-        let positions = [len - 3, len - 2, len - 1];
-        let q: Vec<f64> = (0..3 * dims.q_dim()).map(|i| val(i, 3) * 4.0).collect();
-        fn run<B: Backend>(
-            b: &B,
-            dims: &AttnDims,
-            k: &[f64],
-            v: &[f64],
-            q: &[f64],
-            positions: &[usize],
-        ) -> Vec<f64> {
-            let len = k.len() / dims.kv_dim();
-            let mut c = b.new_cache(dims, len).unwrap();
-            let kt = b.activation_from_host(k, len, dims.kv_dim()).unwrap();
-            let vt = b.activation_from_host(v, len, dims.kv_dim()).unwrap();
-            b.cache_append(&mut c, &kt, &vt).unwrap();
-            let qt = b
-                .activation_from_host(q, positions.len(), dims.q_dim())
-                .unwrap();
-            let out = b.attention(&qt, &c, dims, positions).unwrap();
-            b.to_host(&out).unwrap().0
-        }
-        let want = run(&cpu, &dims, &k, &v, &q, &positions);
-        for mode in [ReductionMode::Deterministic, ReductionMode::Fast] {
-            be.set_options(CudaOptions {
-                mode,
-                graphs: false,
-            })
-            .unwrap();
-            let got = run(&be, &dims, &k, &v, &q, &positions);
-            let d = diff(&got, &want);
-            println!(
-                "attention over {len} keys, {}: rel RMS vs CPU {:.3e}, max abs {:.3e}",
-                mode.name(),
-                d.rel_rms,
-                d.max_abs
-            );
-            assert!(
-                d.finite_ok() && d.rel_rms < tol("cuda_vs_cpu_bf16_op_rel_rms"),
-                "{}: {:.3e}",
-                mode.name(),
-                d.rel_rms
-            );
-        }
-    }
-
-    /// The device argmax over a vocabulary-sized row (many blocks, then the
-    /// last block's pick): the largest value wins, ties go to the lower
-    /// index, NaN never wins, wherever the winner sits among the blocks.
-    #[test]
-    fn device_argmax_picks_the_first_largest_value() {
-        let Some((_g, be)) = gpu("device_argmax_picks_the_first_largest_value") else {
-            return;
-        };
-        let n = 151_936;
-        let base: Vec<f64> = (0..n)
-            .map(|i| ((i * 7919) % 1000) as f64 / 1000.0)
-            .collect();
-        type Case = (&'static str, Vec<(usize, f64)>, u32);
-        let cases: [Case; 5] = [
-            ("first element", vec![(0, 5.0)], 0),
-            ("last element", vec![(n - 1, 5.0)], (n - 1) as u32),
-            (
-                "a tie across blocks",
-                vec![(150_000, 5.0), (1_500, 5.0)],
-                1_500,
-            ),
-            (
-                "a tie in one block",
-                vec![(70_001, 5.0), (70_000, 5.0)],
-                70_000,
-            ),
-            ("NaN never wins", vec![(3, f64::NAN), (90_000, 5.0)], 90_000),
-        ];
-        for (what, plant, want) in cases {
-            let mut row = base.clone();
-            for (i, v) in plant {
-                row[i] = v;
-            }
-            // Two rows: the argmax is taken over the last one.
-            let rows = [vec![9.0; n], row].concat();
-            let t = be.activation_from_host(&rows, 2, n).unwrap();
-            assert_eq!(be.argmax(&t).unwrap(), want, "{what}");
-        }
-    }
-
-    /// Decode attention in one launch (short caches) equals the three-pass
-    /// split attention bit for bit: the same query row asked alone (one
-    /// launch) and twice in a two-row batch (three passes), at lengths on
-    /// and across chunk (64) and half-chunk (32) boundaries, for head_dim
-    /// 128 and 64 and both GQA shapes. A planted difference must show: the
-    /// one-launch result for a shorter row differs.
-    #[test]
-    fn one_launch_decode_attention_equals_the_split_passes() {
-        let Some((_g, be)) = gpu("one_launch_decode_attention_equals_the_split_passes") else {
-            return;
-        };
-        use lockstep::backend::AttnDims;
-        let val = |i: usize, salt: usize| {
-            let h = (i * 2654435761 + salt * 40503) % 1000;
-            (h as f64 / 500.0 - 1.0) * 0.5
-        };
-        let mut checked = 0;
-        for (n_heads, n_kv_heads, head_dim) in [(16, 8, 128), (8, 2, 64), (4, 4, 128)] {
-            let dims = AttnDims {
-                n_heads,
-                n_kv_heads,
-                head_dim,
-                eps: 1e-6,
-                rope_theta: 1e6,
-            };
-            let cap = 2048;
-            let kv = dims.kv_dim();
-            let k: Vec<f64> = (0..cap * kv).map(|i| val(i, 1)).collect();
-            let v: Vec<f64> = (0..cap * kv).map(|i| val(i, 2)).collect();
-            let mut c = be.new_cache(&dims, cap).unwrap();
-            let kt = be.activation_from_host(&k, cap, kv).unwrap();
-            let vt = be.activation_from_host(&v, cap, kv).unwrap();
-            be.cache_append(&mut c, &kt, &vt).unwrap();
-            let q: Vec<f64> = (0..dims.q_dim()).map(|i| val(i, 3) * 4.0).collect();
-            let q1 = be.activation_from_host(&q, 1, dims.q_dim()).unwrap();
-            let q2 = be
-                .activation_from_host(&[q.clone(), q.clone()].concat(), 2, dims.q_dim())
-                .unwrap();
-            let mut prev: Option<Vec<f64>> = None;
-            for len in [
-                1, 2, 31, 32, 33, 63, 64, 65, 96, 97, 128, 129, 200, 511, 513, 1000, 2047, 2048,
-            ] {
-                let one = be.attention(&q1, &c, &dims, &[len - 1]).unwrap();
-                let one = be.to_host(&one).unwrap().0;
-                let split = be.attention(&q2, &c, &dims, &[len - 1, len - 1]).unwrap();
-                let split = be.to_host(&split).unwrap().0;
-                assert_eq!(
-                    one,
-                    split[..dims.q_dim()],
-                    "{n_heads}/{n_kv_heads} heads, head_dim {head_dim}, {len} keys"
-                );
-                if let Some(p) = &prev {
-                    assert_ne!(p, &one, "the control: {len} keys must differ from fewer");
-                }
-                prev = Some(one);
-                checked += 1;
-            }
-        }
-        println!("one-launch decode attention bit-identical to the split passes at {checked} (shape, length) pairs");
-    }
-
-    /// The large shapes (run by `ci/device-cuda.sh big`, ignored otherwise:
-    /// minutes of loading): fused vs graph at op level within the contract,
-    /// and CUDA logits against the CPU reference (bf16) on 8 tokens.
-    /// LOCKSTEP_BIG_MODELS picks the presets (default qwen3-8b).
-    #[test]
-    #[ignore = "large models: run with --ignored on a GPU machine (ci/device-cuda.sh big)"]
-    fn large_models_fused_vs_graph_and_cpu() {
-        let specs = std::env::var("LOCKSTEP_BIG_MODELS").unwrap_or("synth:qwen3-8b".into());
-        for spec in specs.split(',') {
-            let Some((_g, be)) = gpu("large_models_fused_vs_graph_and_cpu") else {
-                return;
-            };
-            let m = Model::open(spec).unwrap();
-            let e = Engine::load(&m, be).unwrap();
-            let rec = e
-                .record_attention_inputs(&PROMPT, &[AttnPath::Graph, AttnPath::Fused])
-                .unwrap();
-            let limit = tol("fused_vs_graph_rms");
-            let mut worst = [0.0f64; 3];
-            for l in &rec {
-                let (g, f) = (&l.by_path[0].1, &l.by_path[1].1);
-                for i in 0..3 {
-                    let d = diff(&f[i], &g[i]);
-                    assert!(
-                        d.finite_ok() && d.rms < limit,
-                        "{spec} layer {} tensor {i}: {:.3e}",
-                        l.layer,
-                        d.rms
-                    );
-                    worst[i] = worst[i].max(d.rms);
-                }
-            }
-            println!(
-                "{spec}: fused vs graph over {} layers, worst RMS q {:.3e} k {:.3e} v {:.3e}",
-                rec.len(),
-                worst[0],
-                worst[1],
-                worst[2]
-            );
-            if m.config.moe.is_some() {
-                println!(
-                    "{spec}: CPU reference comparison skipped (too large for host memory twice)"
-                );
-                continue;
-            }
-            let cpu = Engine::load(&m, CpuBackend::new(Numerics::Bf16)).unwrap();
-            assert_eq!(cpu.model_hash, e.model_hash);
-            for path in [AttnPath::Graph, AttnPath::Fused] {
-                let a = e
-                    .teacher_forced(&PROMPT, path, &mut Default::default())
-                    .unwrap();
-                let b = cpu
-                    .teacher_forced(&PROMPT, path, &mut Default::default())
-                    .unwrap();
-                let w = a
-                    .iter()
-                    .zip(&b)
-                    .map(|(x, y)| diff(x, y).rel_rms)
-                    .fold(0.0, f64::max);
-                println!(
-                    "{spec} {}: cuda vs cpu bf16 logits, worst-row rel RMS {w:.3e}",
-                    path.name()
-                );
-                assert!(w < tol("cuda_vs_cpu_bf16_logits_rel_rms"), "{w:.3e}");
-            }
-        }
-    }
-
-    /// A decode step gives the bits of the same row in a teacher-forced pass
-    /// of up to 8 tokens (the one-row and small-batch kernels sum in the same
-    /// order), on the dense and the MoE preset; on tiny-moe the decode steps
-    /// route on the device and the teacher-forced pass on the host, so this
-    /// also pins device routing to the host's. With and without recorded steps.
-    #[test]
-    fn decode_steps_equal_teacher_forced_rows() {
-        let Some((_g, be)) = gpu("decode_steps_equal_teacher_forced_rows") else {
-            return;
-        };
-        let mut be = Some(be);
-        for spec in ["synth:tiny", "synth:tiny-moe"] {
-            let m = Model::open(spec).unwrap();
-            let e = Engine::load(&m, be.take().unwrap()).unwrap();
-            for graphs in [false, true] {
-                e.backend
-                    .set_options(CudaOptions {
-                        mode: ReductionMode::Deterministic,
-                        graphs,
-                    })
-                    .unwrap();
-                for path in [AttnPath::Graph, AttnPath::Fused] {
-                    let prompt = &PROMPT[..3];
-                    let opts = GenerateOptions {
-                        max_tokens: 6,
-                        path,
-                        keep_logits: true,
-                        ..Default::default()
-                    };
-                    let run = e.generate(prompt, &opts, &mut |_| {}).unwrap();
-                    let seq: Vec<u32> = [prompt, &run.tokens[..5]].concat();
-                    let tf = e
-                        .teacher_forced(&seq, path, &mut Default::default())
-                        .unwrap();
-                    for (i, step) in run.steps.iter().enumerate() {
-                        let want = &tf[prompt.len() - 1 + i];
-                        let got: Vec<f64> = step
-                            .logits
-                            .as_ref()
-                            .unwrap()
-                            .iter()
-                            .map(|&v| v as f64)
-                            .collect();
-                        assert_eq!(
-                            &got,
-                            want,
-                            "{spec} {} graphs={graphs}: step {i}",
-                            path.name()
-                        );
-                    }
-                }
-            }
-            println!("{spec}: 6 decode steps bit-identical to teacher-forced rows (both paths, graphs on/off)");
-            e.backend.set_options(CudaOptions::default()).unwrap();
-            be = Some(e.backend);
-        }
-    }
-
-    /// Faults name what failed: a model larger than the device's free memory
-    /// is refused before anything is uploaded, with the estimate; an
-    /// allocation the device cannot satisfy names the buffer and its size.
-    #[test]
-    fn memory_faults_name_the_model_and_the_allocation() {
-        let Some((_g, be)) = gpu("memory_faults_name_the_model_and_the_allocation") else {
-            return;
-        };
-        be.set_memory_limit(Some(1 << 20));
-        let m = Model::open("synth:qwen3-0.6b").unwrap();
-        let msg = match Engine::load(&m, be) {
-            Ok(_) => panic!("a 1.5 GB model loaded into a 1 MiB limit"),
-            Err(e) => e.to_string(),
-        };
-        println!("{msg}");
-        assert!(
-            msg.contains("synth:qwen3-0.6b") && msg.contains("GiB"),
-            "{msg}"
-        );
-        let be = CudaBackend::new(0).unwrap();
-        let dims = lockstep::backend::AttnDims {
-            n_heads: 8,
-            n_kv_heads: 8,
-            head_dim: 128,
-            eps: 1e-6,
-            rope_theta: 1e6,
-        };
-        // 2^30 positions x 1024 values x 2 bytes = 2 TiB per cache half.
-        let msg = match be.new_cache(&dims, 1 << 30) {
-            Ok(_) => panic!("a 2 TiB cache was allocated"),
-            Err(e) => e.to_string(),
-        };
-        println!("{msg}");
-        assert!(
-            msg.contains("key cache") && msg.contains("2199023255552 bytes"),
-            "{msg}"
-        );
-    }
-
-    /// The committed CUDA goldens (tiny, tiny-moe, both paths; written by
-    /// `lockstep golden regen --backend cuda` on an H200) reproduce: same
-    /// tokens, or a change at a near tie.
-    #[test]
-    fn cuda_goldens_reproduce() {
-        let Some((_g, _be)) = gpu("cuda_goldens_reproduce") else {
-            return;
-        };
-        let root = [env!("CARGO_MANIFEST_DIR"), "."]
-            .into_iter()
-            .map(std::path::PathBuf::from)
-            .find(|p| p.join("golden/tiny__cuda__graph__bf16.snap").exists())
-            .expect("golden/ with the CUDA goldens (run from the repository root)");
-        let results = lockstep::jobs::golden_check_on(&root, Some("cuda")).unwrap();
-        assert_eq!(results.len(), 4);
-        for (name, r) in results {
-            println!("{name}: {r:?}");
-            match r {
-                Ok(lockstep::verify::golden::GoldenOutcome::Identical)
-                | Ok(lockstep::verify::golden::GoldenOutcome::ValuesMoved { .. })
-                | Ok(lockstep::verify::golden::GoldenOutcome::NearTie { .. }) => {}
-                other => panic!("{name}: {other:?}"),
-            }
-        }
-    }
-
-    /// The decode fusions (residual add + RMSNorm; gate and up products +
-    /// SwiGLU in one pass) give the bits of the separate ops.
-    #[test]
-    fn decode_fusions_equal_their_separate_ops() {
-        let Some((_g, be)) = gpu("decode_fusions_equal_their_separate_ops") else {
-            return;
-        };
-        let m = Model::open("synth:qwen3-0.6b").unwrap();
-        let up = |n: &str| be.upload(n, &m.tensor(n).unwrap()).unwrap();
-        let (gate, upw, norm) = (
-            up("model.layers.0.mlp.gate_proj.weight"),
-            up("model.layers.0.mlp.up_proj.weight"),
-            up("model.layers.0.post_attention_layernorm.weight"),
-        );
-        let width = m.config.hidden_size;
-        let val = |i: usize, s: usize| ((i * 7919 + s * 104729) % 2001) as f64 / 1000.0 - 1.0;
-        let x: Vec<f64> = (0..width).map(|i| val(i, 1)).collect();
-        let r: Vec<f64> = (0..width).map(|i| val(i, 2) * 0.25).collect();
-        let (xt, rt) = (
-            be.activation_from_host(&x, 1, width).unwrap(),
-            be.activation_from_host(&r, 1, width).unwrap(),
-        );
-        let (sum, normed) = be.add_rms_norm(&xt, &rt, &norm, 1e-6).unwrap();
-        let sum2 = be.add(&xt, &rt).unwrap();
-        let normed2 = be.rms_norm(&sum2, &norm, 1e-6).unwrap();
-        assert_eq!(be.to_host(&sum).unwrap(), be.to_host(&sum2).unwrap());
-        assert_eq!(be.to_host(&normed).unwrap(), be.to_host(&normed2).unwrap());
-        let h = be.gate_up_swiglu(&normed, &gate, &upw).unwrap();
-        let h2 = be
-            .swiglu(
-                &be.linear(&normed, &gate).unwrap(),
-                &be.linear(&normed, &upw).unwrap(),
-            )
-            .unwrap();
-        let (a, b) = (be.to_host(&h).unwrap(), be.to_host(&h2).unwrap());
-        assert!(
-            a.0.iter().any(|&v| v != 0.0),
-            "the MLP input is not all zero"
-        );
-        assert_eq!(a, b);
-    }
-
-    /// A row's fused output is bit-identical whether it is computed alone or
-    /// among 1..64 rows.
-    #[test]
-    fn the_fused_kernel_is_batch_invariant() {
-        let Some((_g, be)) = gpu("the_fused_kernel_is_batch_invariant") else {
-            return;
-        };
-        let m = Model::open("synth:tiny").unwrap();
-        let e = Engine::load(&m, be).unwrap();
-        let ids: Vec<u32> = (0..64u32).map(|i| (i * 37 + 5) % 512).collect();
-        let all = e.record_attention_inputs(&ids, &[AttnPath::Fused]).unwrap();
-        // Layer 0's input for row r depends only on token r (no attention
-        // before it), so compare layer 0 of batches 1..64 against the full batch.
-        for n in [1usize, 2, 7, 32, 64] {
-            let part = e
-                .record_attention_inputs(&ids[..n], &[AttnPath::Fused])
-                .unwrap();
-            for t in 0..3 {
-                let w = part[0].by_path[0].1[t].len() / n;
-                assert_eq!(
-                    part[0].by_path[0].1[t][..n * w],
-                    all[0].by_path[0].1[t][..n * w],
-                    "batch of {n}: tensor {t} differs from the batch of 64"
-                );
-            }
+            assert!(w < tol(Tol::CudaVsCpuBf16LogitsRelRms), "{w:.3e}");
         }
     }
 }
 
-#[cfg(not(feature = "cuda"))]
+/// A decode step gives the bits of the same row in a teacher-forced pass
+/// of up to 8 tokens (the one-row and small-batch kernels sum in the same
+/// order), on the dense and the MoE preset; on tiny-moe the decode steps
+/// route on the device and the teacher-forced pass on the host, so this
+/// also pins device routing to the host's. With and without recorded steps.
 #[test]
-fn cuda_tests_need_the_cuda_feature() {
-    lockstep::skip::skip(
-        lockstep::skip::Need::Gpu,
-        "cuda_backend",
-        "built without the `cuda` feature (cargo test --features cuda on a GPU machine)",
+fn decode_steps_equal_teacher_forced_rows() {
+    let Some((_g, be)) = open::<CudaBackend>(&t("decode_steps_equal_teacher_forced_rows")) else {
+        return;
+    };
+    let mut be = Some(be);
+    for spec in ["synth:tiny", "synth:tiny-moe"] {
+        let m = Model::open(spec).unwrap();
+        let e = Engine::load(&m, be.take().unwrap()).unwrap();
+        for graphs in [false, true] {
+            e.backend
+                .set_options(CudaOptions {
+                    mode: ReductionMode::Deterministic,
+                    graphs,
+                })
+                .unwrap();
+            for path in [AttnPath::Graph, AttnPath::Fused] {
+                let prompt = &PROMPT[..3];
+                let opts = GenerateOptions {
+                    max_tokens: 6,
+                    path,
+                    keep_logits: true,
+                    ..Default::default()
+                };
+                let run = e.generate(prompt, &opts, &mut |_| {}).unwrap();
+                let seq: Vec<u32> = [prompt, &run.tokens[..5]].concat();
+                let tf = e
+                    .teacher_forced(&seq, path, &mut Default::default())
+                    .unwrap();
+                for (i, step) in run.steps.iter().enumerate() {
+                    let want = &tf[prompt.len() - 1 + i];
+                    let got: Vec<f64> = step
+                        .logits
+                        .as_ref()
+                        .unwrap()
+                        .iter()
+                        .map(|&v| v as f64)
+                        .collect();
+                    assert_eq!(
+                        &got,
+                        want,
+                        "{spec} {} graphs={graphs}: step {i}",
+                        path.name()
+                    );
+                }
+            }
+        }
+        println!("{spec}: 6 decode steps bit-identical to teacher-forced rows (both paths, graphs on/off)");
+        e.backend.set_options(CudaOptions::default()).unwrap();
+        be = Some(e.backend);
+    }
+}
+
+/// Faults name what failed: a model larger than the device's free memory
+/// is refused before anything is uploaded, with the estimate; an
+/// allocation the device cannot satisfy names the buffer and its size.
+#[test]
+fn memory_faults_name_the_model_and_the_allocation() {
+    let Some((_g, be)) = open::<CudaBackend>(&t("memory_faults_name_the_model_and_the_allocation"))
+    else {
+        return;
+    };
+    be.set_memory_limit(Some(1 << 20));
+    let m = Model::open("synth:qwen3-0.6b").unwrap();
+    let msg = match Engine::load(&m, be) {
+        Ok(_) => panic!("a 1.5 GB model loaded into a 1 MiB limit"),
+        Err(e) => e.to_string(),
+    };
+    println!("{msg}");
+    assert!(
+        msg.contains("synth:qwen3-0.6b") && msg.contains("GiB"),
+        "{msg}"
     );
+    let be = CudaBackend::new(0).unwrap();
+    let dims = lockstep::backend::AttnDims {
+        n_heads: 8,
+        n_kv_heads: 8,
+        head_dim: 128,
+        eps: 1e-6,
+        rope_theta: 1e6,
+    };
+    // 2^30 positions x 1024 values x 2 bytes = 2 TiB per cache half.
+    let msg = match be.new_cache(&dims, 1 << 30) {
+        Ok(_) => panic!("a 2 TiB cache was allocated"),
+        Err(e) => e.to_string(),
+    };
+    println!("{msg}");
+    assert!(
+        msg.contains("key cache") && msg.contains("2199023255552 bytes"),
+        "{msg}"
+    );
+}
+
+/// The decode fusions (residual add + RMSNorm; gate and up products +
+/// SwiGLU in one pass) give the bits of the separate ops.
+#[test]
+fn decode_fusions_equal_their_separate_ops() {
+    let Some((_g, be)) = open::<CudaBackend>(&t("decode_fusions_equal_their_separate_ops")) else {
+        return;
+    };
+    let m = Model::open("synth:qwen3-0.6b").unwrap();
+    let up = |n: &str| be.upload(n, &m.tensor(n).unwrap()).unwrap();
+    let (gate, upw, norm) = (
+        up("model.layers.0.mlp.gate_proj.weight"),
+        up("model.layers.0.mlp.up_proj.weight"),
+        up("model.layers.0.post_attention_layernorm.weight"),
+    );
+    let width = m.config.hidden_size;
+    let val = |i: usize, s: usize| ((i * 7919 + s * 104729) % 2001) as f64 / 1000.0 - 1.0;
+    let x: Vec<f64> = (0..width).map(|i| val(i, 1)).collect();
+    let r: Vec<f64> = (0..width).map(|i| val(i, 2) * 0.25).collect();
+    let (xt, rt) = (
+        be.activation_from_host(&x, 1, width).unwrap(),
+        be.activation_from_host(&r, 1, width).unwrap(),
+    );
+    let (sum, normed) = be.add_rms_norm(&xt, &rt, &norm, 1e-6).unwrap();
+    let sum2 = be.add(&xt, &rt).unwrap();
+    let normed2 = be.rms_norm(&sum2, &norm, 1e-6).unwrap();
+    assert_eq!(be.to_host(&sum).unwrap(), be.to_host(&sum2).unwrap());
+    assert_eq!(be.to_host(&normed).unwrap(), be.to_host(&normed2).unwrap());
+    let h = be.gate_up_swiglu(&normed, &gate, &upw).unwrap();
+    let h2 = be
+        .swiglu(
+            &be.linear(&normed, &gate).unwrap(),
+            &be.linear(&normed, &upw).unwrap(),
+        )
+        .unwrap();
+    let (a, b) = (be.to_host(&h).unwrap(), be.to_host(&h2).unwrap());
+    assert!(
+        a.0.iter().any(|&v| v != 0.0),
+        "the MLP input is not all zero"
+    );
+    assert_eq!(a, b);
+}
+
+/// A row's fused output is bit-identical whether it is computed alone or
+/// among 1..64 rows.
+#[test]
+fn the_fused_kernel_is_batch_invariant() {
+    let Some((_g, be)) = open::<CudaBackend>(&t("the_fused_kernel_is_batch_invariant")) else {
+        return;
+    };
+    let m = Model::open("synth:tiny").unwrap();
+    let e = Engine::load(&m, be).unwrap();
+    let ids: Vec<u32> = (0..64u32).map(|i| (i * 37 + 5) % 512).collect();
+    let all = e.record_attention_inputs(&ids, &[AttnPath::Fused]).unwrap();
+    // Layer 0's input for row r depends only on token r (no attention
+    // before it), so compare layer 0 of batches 1..64 against the full batch.
+    for n in [1usize, 2, 7, 32, 64] {
+        let part = e
+            .record_attention_inputs(&ids[..n], &[AttnPath::Fused])
+            .unwrap();
+        for t in 0..3 {
+            let w = part[0].by_path[0].1[t].len() / n;
+            assert_eq!(
+                part[0].by_path[0].1[t][..n * w],
+                all[0].by_path[0].1[t][..n * w],
+                "batch of {n}: tensor {t} differs from the batch of 64"
+            );
+        }
+    }
 }

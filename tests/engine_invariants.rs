@@ -83,7 +83,7 @@ fn generating_past_max_position_embeddings_is_refused_up_front() {
 
 #[test]
 fn greedy_picks_the_lowest_index_among_equal_logits() {
-    use lockstep::engine::record::top_k_of;
+    use lockstep::logits::top_k_of;
     let top = top_k_of(&[0.5, 2.0, -1.0, 2.0, 1.0], 3);
     assert_eq!(top, vec![(1, 2.0), (3, 2.0), (4, 1.0)]);
 }

@@ -3,9 +3,9 @@
 //! layer and logits level, for every preset CI runs, in both numerics modes.
 
 mod common;
-use common::PROMPT;
+use common::{prompt_and_continuation, PROMPT};
 use lockstep::backend::cpu::{Faults, Numerics};
-use lockstep::jobs::{cpu_parity, prompt_and_continuation};
+use lockstep::jobs::parity::cpu_parity;
 use lockstep::model::Model;
 use lockstep::verify::parity::Nearer;
 

@@ -5,25 +5,16 @@
 
 mod common;
 
-use lockstep::jobs::{golden_cases, golden_run};
+use lockstep::ident::BackendKind;
+use lockstep::jobs::golden::{golden_cases, golden_regen, golden_runs, golden_set, under_ci};
 use lockstep::verify::golden::{self, golden_path, GoldenOutcome};
 use std::path::Path;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn insta_assert(name: &str, body: &str) {
-    let mut s = insta::Settings::clone_current();
-    s.set_snapshot_path(root().join("golden"));
-    s.set_prepend_module_to_snapshot(false);
-    s.bind(|| insta::assert_snapshot!(name, body));
-}
+use common::{insta_assert, root};
 
 #[test]
 fn fresh_cpu_runs_match_the_committed_goldens() {
-    for case in golden_cases() {
-        let (now, _) = golden_run(&case).unwrap();
+    for (now, _) in golden_runs(&golden_cases(BackendKind::Cpu)).unwrap() {
         let name = now.name();
         let path = golden_path(root(), &name);
         let golden = golden::load(&path).unwrap_or_else(|e| {
@@ -113,10 +104,8 @@ fn a_corrupted_golden_is_an_error_naming_the_file() {
 fn regeneration_is_refused_under_ci() {
     // Only meaningful where CI is set; elsewhere the check is the function's
     // own condition, exercised by the CLI test below.
-    if lockstep::jobs::under_ci() {
-        let e = lockstep::jobs::golden_regen(root(), None)
-            .unwrap_err()
-            .to_string();
+    if under_ci() {
+        let e = golden_regen(root(), None).unwrap_err().to_string();
         assert!(e.contains("refusing"), "{e}");
     }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_lockstep"))
@@ -134,28 +123,26 @@ fn regeneration_is_refused_under_ci() {
 
 #[test]
 fn regeneration_writes_every_golden_and_reports_changes() {
-    if lockstep::jobs::under_ci() {
+    if under_ci() {
         // Regeneration refuses under CI by design (tested above); this test
         // then checks the refusal instead of the writing.
-        assert!(
-            lockstep::jobs::golden_regen(Path::new(env!("CARGO_TARGET_TMPDIR")), None).is_err()
-        );
+        assert!(golden_regen(Path::new(env!("CARGO_TARGET_TMPDIR")), None).is_err());
         return;
     }
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join("golden-regen");
     let _ = std::fs::remove_dir_all(&tmp);
-    let first = lockstep::jobs::golden_regen(&tmp, None).unwrap();
+    let first = golden_regen(&tmp, None).unwrap();
     assert!(first.iter().all(|l| l.ends_with(": new")), "{first:?}");
     // Every backend this build can run: the MLX goldens too with `--features mlx`.
-    assert_eq!(first.len(), lockstep::jobs::golden_set(None).unwrap().len());
+    assert_eq!(first.len(), golden_set(None).unwrap().len());
     // The regenerated files equal the committed ones, byte for byte in the body.
-    for case in golden_cases().iter().take(2) {
-        let (now, _) = golden_run(case).unwrap();
+    let cases = golden_cases(BackendKind::Cpu);
+    for (now, _) in golden_runs(&cases[..2]).unwrap() {
         let written = golden::load(&golden_path(&tmp, &now.name())).unwrap();
         let committed = golden::load(&golden_path(root(), &now.name())).unwrap();
         assert_eq!(written, committed);
     }
-    let second = lockstep::jobs::golden_regen(&tmp, None).unwrap();
+    let second = golden_regen(&tmp, None).unwrap();
     assert!(
         second.iter().all(|l| l.ends_with(": unchanged")),
         "{second:?}"

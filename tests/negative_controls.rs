@@ -2,9 +2,9 @@
 //! harness that cannot fail proves nothing.
 
 mod common;
-use common::PROMPT;
+use common::{prompt_and_continuation, PROMPT};
 use lockstep::backend::cpu::{Faults, Numerics};
-use lockstep::jobs::{cpu_parity, prompt_and_continuation};
+use lockstep::jobs::parity::cpu_parity;
 use lockstep::model::Model;
 
 fn op_check_fails(numerics: Numerics, faults: Faults, what: &str) {
@@ -67,7 +67,7 @@ fn the_clean_build_passes_the_same_checks() {
 #[test]
 fn a_one_ulp_perturbation_breaks_fused_bitwise_stability() {
     use lockstep::backend::AttnPath;
-    use lockstep::jobs::cpu_envelope;
+    use lockstep::jobs::envelope::cpu_envelope;
     let m = Model::open("synth:tiny").unwrap();
     let clean = cpu_envelope(
         &m,
@@ -97,7 +97,7 @@ fn a_one_ulp_perturbation_breaks_fused_bitwise_stability() {
 #[test]
 fn bisection_names_the_first_op_outside_tolerance() {
     use lockstep::backend::AttnPath;
-    use lockstep::jobs::{investigate_divergence, Side};
+    use lockstep::jobs::divergence::{investigate_divergence, Side};
     use lockstep::verify::divergence::Verdict;
     let m = Model::open("synth:tiny").unwrap();
     let good = Side {
@@ -133,7 +133,7 @@ fn bisection_names_the_first_op_outside_tolerance() {
 #[test]
 fn a_rope_shift_hides_from_greedy_output_but_not_from_the_op_check() {
     use lockstep::backend::AttnPath;
-    use lockstep::jobs::{investigate_divergence, Side};
+    use lockstep::jobs::divergence::{investigate_divergence, Side};
     let m = Model::open("synth:tiny").unwrap();
     let good = Side {
         numerics: Numerics::F64,

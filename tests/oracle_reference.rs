@@ -2,7 +2,7 @@
 //! written on a GPU by ci/oracle.py): f64 truth vs float32 and the
 //! bf16-faithful mode vs bfloat16, teacher-forced per step and greedy.
 
-use lockstep::jobs::compare_with_reference;
+use lockstep::jobs::oracle::compare_with_reference;
 use lockstep::model::Model;
 use lockstep::verify::reference::Reference;
 use std::path::Path;

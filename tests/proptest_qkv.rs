@@ -10,7 +10,7 @@ use lockstep::model::safetensors::{Dtype, HostTensor};
 use lockstep::model::synth::mix;
 use lockstep::util::bf16_bits;
 use lockstep::verify::metrics::diff;
-use lockstep::verify::tolerances::tol;
+use lockstep::verify::tolerances::{tol, Tol};
 use proptest::prelude::*;
 use std::borrow::Cow;
 
@@ -165,7 +165,7 @@ proptest! {
     #[test]
     fn fused_qkv_stays_within_the_contract_in_bf16(c in case()) {
         let (g, f) = run(&c, Numerics::Bf16);
-        let limit = tol("fused_vs_graph_rms");
+        let limit = tol(Tol::FusedVsGraphRms);
         for (i, t) in ["q", "k"].iter().enumerate() {
             let d = diff(&f[i], &g[i]);
             prop_assert!(d.finite_ok(), "{t}: non-finite at {:?}", d.first_non_finite);

@@ -66,11 +66,14 @@ fn require_variables_turn_skips_into_failures() {
 /// LOCKSTEP_REQUIRE_* variable is 1.
 #[test]
 fn verify_rows_of_a_required_backend_fail_instead_of_skipping() {
-    use lockstep::jobs::skipped_backend_row;
+    use lockstep::ident::BackendKind;
+    use lockstep::verify::case::{Case, Op};
+    use lockstep::verify::checks::skipped_backend_row;
+    let qkv = |b| Case::new(Op::Qkv, b);
     use lockstep::verify::summary::{failed, Status};
-    let row = skipped_backend_row(Need::Gpu, None, "qkv@cuda", "no driver");
+    let row = skipped_backend_row(Need::Gpu, None, qkv(BackendKind::Cuda), "no driver");
     assert_eq!(row.status, Status::Skipped("no driver".into()));
-    let row = skipped_backend_row(Need::Gpu, Some("1"), "qkv@cuda", "no driver");
+    let row = skipped_backend_row(Need::Gpu, Some("1"), qkv(BackendKind::Cuda), "no driver");
     assert_eq!(row.status, Status::Fail);
     assert!(
         row.detail
@@ -81,11 +84,11 @@ fn verify_rows_of_a_required_backend_fail_instead_of_skipping() {
     );
     let table = lockstep::verify::summary::to_text(std::slice::from_ref(&row));
     assert!(
-        table.contains("FAIL: SKIPPED qkv@cuda: no driver"),
+        table.contains("FAIL: SKIPPED qkv()@cuda: no driver"),
         "{table}"
     );
     assert_eq!(failed(&[row]), 1);
-    let row = skipped_backend_row(Need::Mlx, Some("1"), "qkv@mlx", "not compiled");
+    let row = skipped_backend_row(Need::Mlx, Some("1"), qkv(BackendKind::Mlx), "not compiled");
     assert!(
         row.detail.contains("LOCKSTEP_REQUIRE_MLX=1"),
         "{}",

@@ -5,33 +5,33 @@
 //! Backend-specific code stays in its module; the engine never asks which
 //! device it runs on.
 
+pub mod check;
 pub mod cpu;
 pub mod cuda;
 pub mod mlx;
+mod routing;
+#[cfg_attr(
+    all(feature = "cuda", feature = "mlx"),
+    allow(dead_code, unused_macros)
+)]
+mod stub;
+
+pub use routing::{route, routing_record, RowRouting};
 
 use crate::error::Result;
 use crate::model::safetensors::HostTensor;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// How q, k and v reach attention.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum AttnPath {
-    /// q/k/v projections, per-head RMSNorm of q and k, RoPE: each its own op.
-    Graph,
-    /// One op: packed-QKV projection + q/k RMSNorm + RoPE.
-    Fused,
-}
+pub use crate::ident::{AttnPath, BackendKind, Numerics};
 
-impl AttnPath {
-    pub fn name(self) -> &'static str {
-        match self {
-            AttnPath::Graph => "graph",
-            AttnPath::Fused => "fused",
-        }
+/// Whether this build has `backend` (a backend without its feature is a
+/// stub whose constructors say so).
+pub fn compiled(backend: BackendKind) -> bool {
+    match backend {
+        BackendKind::Cpu => true,
+        BackendKind::Mlx => cfg!(feature = "mlx"),
+        BackendKind::Cuda => cfg!(feature = "cuda"),
     }
 }
 
@@ -70,13 +70,10 @@ pub fn host_cpu_name() -> String {
 /// Describes where and how a backend computes; goes into every fingerprint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceInfo {
-    /// `cpu`, `cuda`, `mlx`.
-    pub backend: String,
+    pub backend: BackendKind,
     /// Human-readable device name (CPU model, GPU name).
     pub device: String,
-    /// Arithmetic the backend performs: `bf16` (bf16 storage, f32 accumulation)
-    /// or `f64` (truth).
-    pub numerics: String,
+    pub numerics: Numerics,
     /// Versions and settings that change results (driver, library versions,
     /// deterministic mode, ...), sorted by key.
     pub details: BTreeMap<String, String>,
@@ -101,6 +98,9 @@ pub trait Backend {
     type Weight;
     /// One layer's key/value cache; row `p` holds position `p`.
     type Cache;
+    /// Which backend this is, known before one is opened (case ids,
+    /// skip messages).
+    const KIND: BackendKind;
 
     fn device_info(&self) -> DeviceInfo;
 
@@ -231,7 +231,7 @@ pub trait Backend {
     /// to the lower index. Backends may find it on the device.
     fn argmax(&self, logits: &Self::Tensor) -> Result<u32> {
         let (v, [rows, cols]) = self.to_host(logits)?;
-        Ok(crate::engine::record::argmax(&v[(rows - 1) * cols..]) as u32)
+        Ok(crate::logits::argmax(&v[(rows - 1) * cols..]) as u32)
     }
 
     // Decode-step recording (CUDA graphs). The engine stages each decode
@@ -255,8 +255,7 @@ pub trait Backend {
     }
 
     fn replay_step(&self) -> Result<()> {
-        Err(crate::error::Error::Backend {
-            backend: "engine",
+        Err(crate::error::Error::Engine {
             problem: "this backend does not record decode steps".into(),
         })
     }
@@ -272,156 +271,17 @@ pub trait Backend {
     fn free_memory(&self) -> Option<usize> {
         None
     }
-}
 
-/// MoE routing of one token, shared by every backend (it is model logic):
-/// softmax over the router logits (f32 when `bf16`, else f64), top-k with
-/// ties to the lower expert, renormalised if asked, weights rounded to bf16
-/// when `bf16` (transformers casts them to the hidden dtype). Returns
-/// (expert, weight) in ascending expert order.
-pub fn route(bf16: bool, logits: &[f64], top_k: usize, renorm: bool) -> Vec<(usize, f64)> {
-    let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let probs: Vec<f64> = match bf16 {
-        true => {
-            let e: Vec<f32> = logits
-                .iter()
-                .map(|&l| (l as f32 - m as f32).exp())
-                .collect();
-            let s: f32 = e.iter().sum();
-            e.iter().map(|&x| (x / s) as f64).collect()
-        }
-        false => {
-            let e: Vec<f64> = logits.iter().map(|&l| (l - m).exp()).collect();
-            let s: f64 = e.iter().sum();
-            e.iter().map(|&x| x / s).collect()
-        }
-    };
-    // Highest probability first; ties go to the lower expert index.
-    let mut idx: Vec<usize> = (0..probs.len()).collect();
-    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-    idx.truncate(top_k);
-    let mut sel: Vec<(usize, f64)> = idx.iter().map(|&e| (e, probs[e])).collect();
-    if renorm {
-        match bf16 {
-            true => {
-                let s: f32 = sel.iter().map(|&(_, p)| p as f32).sum();
-                for (_, p) in sel.iter_mut() {
-                    *p = (*p as f32 / s) as f64;
-                }
-            }
-            false => {
-                let s: f64 = sel.iter().map(|&(_, p)| p).sum();
-                for (_, p) in sel.iter_mut() {
-                    *p /= s;
-                }
-            }
-        }
-    }
-    if bf16 {
-        for (_, p) in sel.iter_mut() {
-            *p = crate::util::round_bf16(*p as f32) as f64;
-        }
-    }
-    sel.sort_by_key(|&(e, _)| e);
-    sel
-}
+    /// Starts (or stops) recording the routing of every `moe` call: per
+    /// call, per row, the chosen experts and how near the choice was to a
+    /// tie, so an MoE comparison can tell a routing near-tie from a bug.
+    /// Backends that keep no record ignore it.
+    fn record_routing(&self, _on: bool) {}
 
-/// Shape checks every backend runs before an op, so a mismatch is reported
-/// the same way whichever backend meets it.
-pub mod check {
-    use super::AttnDims;
-    use crate::error::{Error, Result};
-
-    fn fail(op: &'static str, problem: String) -> Result<()> {
-        Err(Error::Shape { op, problem })
-    }
-
-    /// `x [rows, cols] @ w[out, in]^T` needs cols == in.
-    pub fn linear(x: (usize, usize), weight: &str, w: (usize, usize)) -> Result<()> {
-        if x.1 != w.1 {
-            return fail(
-                "linear",
-                format!("input has {} columns, weight `{weight}` has {}", x.1, w.1),
-            );
-        }
-        Ok(())
-    }
-
-    pub fn rms_norm(cols: usize, width: usize) -> Result<()> {
-        if width == 0 || cols % width != 0 {
-            return fail(
-                "rms_norm",
-                format!("row width {cols} is not a multiple of norm width {width}"),
-            );
-        }
-        Ok(())
-    }
-
-    pub fn rope(x: (usize, usize), positions: usize, head_dim: usize) -> Result<()> {
-        if positions != x.0 || head_dim == 0 || x.1 % head_dim != 0 || head_dim % 2 != 0 {
-            return fail(
-                "rope",
-                format!(
-                    "{} rows, {positions} positions, width {} vs head_dim {head_dim}",
-                    x.0, x.1
-                ),
-            );
-        }
-        Ok(())
-    }
-
-    pub fn fused_qkv(
-        x: (usize, usize),
-        packed: (usize, usize),
-        dims: &AttnDims,
-        positions: usize,
-    ) -> Result<()> {
-        let rows = dims.q_dim() + 2 * dims.kv_dim();
-        if packed != (rows, x.1) || positions != x.0 {
-            return fail(
-                "fused_qkv",
-                format!(
-                    "packed weight {}x{} (expected {rows}x{}), {} rows with {positions} positions",
-                    packed.0, packed.1, x.1, x.0
-                ),
-            );
-        }
-        Ok(())
-    }
-
-    /// Rows and columns of the weight made by stacking `parts` (each
-    /// `[.., cols]`); all parts must share the column count.
-    pub fn packed(
-        name: &str,
-        parts: &[&crate::model::safetensors::HostTensor],
-    ) -> Result<(usize, usize)> {
-        let cols = match parts.first() {
-            Some(t) => *t.shape.last().unwrap_or(&1),
-            None => {
-                return Err(Error::Shape {
-                    op: "upload",
-                    problem: format!("{name}: nothing to upload"),
-                })
-            }
-        };
-        let mut rows = 0;
-        for t in parts {
-            let c = *t.shape.last().unwrap_or(&1);
-            if c != cols {
-                return Err(Error::Shape {
-                    op: "upload_packed",
-                    problem: format!("{name}: {c} columns, expected {cols}"),
-                });
-            }
-            rows += t.numel() / c.max(1);
-        }
-        Ok((rows, cols))
-    }
-
-    pub fn same_shape(op: &'static str, a: (usize, usize), b: (usize, usize)) -> Result<()> {
-        if a != b {
-            return fail(op, format!("{}x{} vs {}x{}", a.0, a.1, b.0, b.1));
-        }
-        Ok(())
+    /// The routing recorded since recording started or the last take, one
+    /// entry per `moe` call in call order (a forward pass calls it once per
+    /// MoE layer, in layer order); empty without a record.
+    fn take_routing_log(&self) -> Vec<Vec<RowRouting>> {
+        Vec::new()
     }
 }

@@ -206,8 +206,7 @@ impl<'e, B: Backend> Decoder<'e, B> {
                 for c in session.caches.iter_mut() {
                     be.cache_advance(c, 1);
                 }
-                return self.recorded.as_ref().ok_or_else(|| Error::Backend {
-                    backend: "engine",
+                return self.recorded.as_ref().ok_or_else(|| Error::Engine {
                     problem: "the recorded step's output is gone".into(),
                 });
             }

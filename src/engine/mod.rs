@@ -36,6 +36,8 @@ pub struct Engine<B: Backend> {
     pub config: Qwen3Config,
     pub dims: AttnDims,
     pub model_origin: String,
+    /// `Model::name()`: the preset of a synthetic model, else its origin.
+    pub model_name: String,
     pub model_hash: String,
     embed: B::Weight,
     /// `None` when tied to the embedding.
@@ -125,8 +127,7 @@ impl<B: Backend> Engine<B> {
         if let Some(free) = backend.free_memory() {
             let need = resident_bytes(&cfg);
             if need > free {
-                return Err(Error::Backend {
-                    backend: "engine",
+                return Err(Error::Engine {
                     problem: format!(
                         "{} needs about {:.2} GiB resident (bf16 weights plus the packed QKV copies) but the device has {:.2} GiB free",
                         model.origin,
@@ -208,6 +209,7 @@ impl<B: Backend> Engine<B> {
         Ok(Engine {
             model_hash,
             model_origin: model.origin.clone(),
+            model_name: model.name(),
             backend,
             dims,
             config: cfg,

@@ -4,7 +4,9 @@
 //! (exact in f32); the f64 truth is rounded to f32 on recording, a relative
 //! change below 6e-8, far inside every tolerance in the registry.
 
-use crate::backend::{AttnPath, DeviceInfo};
+use crate::backend::DeviceInfo;
+use crate::ident::{AttnPath, BackendKind, Numerics};
+use crate::logits::top_k_of;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -12,9 +14,9 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fingerprint {
     pub lockstep_version: String,
-    pub backend: String,
+    pub backend: BackendKind,
     pub device: String,
-    pub numerics: String,
+    pub numerics: Numerics,
     pub path: AttnPath,
     /// Backend versions and flags, sorted by key.
     pub details: BTreeMap<String, String>,
@@ -38,7 +40,7 @@ impl Fingerprint {
 
     /// `cpu/bf16/graph`-style label.
     pub fn label(&self) -> String {
-        format!("{}/{}/{}", self.backend, self.numerics, self.path.name())
+        format!("{}/{}/{}", self.backend, self.numerics, self.path)
     }
 }
 
@@ -67,27 +69,6 @@ impl StepRecord {
             logits: keep.then(|| logits.iter().map(|&v| v as f32).collect()),
         }
     }
-}
-
-/// The `k` largest values with their indices; ties go to the lower index
-/// (torch.argmax's choice). Values compared as stored (f32).
-/// Index of the greedy token: the largest value, ties to the lower index.
-pub fn argmax(v: &[f64]) -> usize {
-    top_k_of(v, 1).first().map_or(0, |t| t.0 as usize)
-}
-
-pub fn top_k_of(v: &[f64], k: usize) -> Vec<(u32, f32)> {
-    let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
-    for (i, &x) in v.iter().enumerate() {
-        let x = x as f32;
-        if best.len() == k && x.partial_cmp(&best[k - 1].1) != Some(std::cmp::Ordering::Greater) {
-            continue;
-        }
-        let at = best.iter().position(|&(_, b)| x > b).unwrap_or(best.len());
-        best.insert(at, (i as u32, x));
-        best.truncate(k);
-    }
-    best
 }
 
 /// A greedy generation, optionally with teacher-forced per-layer activations.

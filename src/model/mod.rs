@@ -52,6 +52,13 @@ impl Model {
         Self::open_dir(Path::new(spec))
     }
 
+    /// What case ids call the model: a synthetic model's preset, else its
+    /// origin (the folder path).
+    pub fn name(&self) -> String {
+        self.synth()
+            .map_or(self.origin.clone(), |s| s.preset.clone())
+    }
+
     pub fn synthetic(s: Synth) -> Self {
         Model {
             config: s.config.clone(),

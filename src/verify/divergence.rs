@@ -4,7 +4,7 @@
 
 use crate::engine::record::RecordedRun;
 use crate::verify::metrics::{diff, Diff};
-use crate::verify::tolerances::tol;
+use crate::verify::tolerances::{tol, Tol};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,8 +33,8 @@ pub struct Divergence {
 /// The near-tie threshold: the named tolerance, or twice the largest logit
 /// difference seen run to run (a margin is a difference of two logits, each
 /// of which can move by the envelope), whichever is larger.
-pub fn near_tie_threshold(tolerance_name: &str, envelope_max_abs: Option<f64>) -> f64 {
-    tol(tolerance_name).max(2.0 * envelope_max_abs.unwrap_or(0.0))
+pub fn near_tie_threshold(tolerance: Tol, envelope_max_abs: Option<f64>) -> f64 {
+    tol(tolerance).max(2.0 * envelope_max_abs.unwrap_or(0.0))
 }
 
 /// First divergent token of `a` and `b` (same prompt), classified.
@@ -109,8 +109,8 @@ pub struct LayerCapture {
 /// `fused_vs_graph_rms`; a layer output when its relative RMS exceeds
 /// `bisect_layer_rel_rms`.
 pub fn bisect(step: usize, a: &[LayerCapture], b: &[LayerCapture]) -> Bisection {
-    let op_tol = tol("fused_vs_graph_rms");
-    let out_tol = tol("bisect_layer_rel_rms");
+    let op_tol = tol(Tol::FusedVsGraphRms);
+    let out_tol = tol(Tol::BisectLayerRelRms);
     let mut first = None;
     let layers = a
         .iter()

@@ -3,8 +3,9 @@
 //! histogram, per-element spread, first-divergence steps of greedy runs), and
 //! judge a candidate path against a reference path's envelope.
 
+use crate::verify::case::Case;
 use crate::verify::metrics::diff;
-use crate::verify::tolerances::tol;
+use crate::verify::tolerances::{tol, Tol};
 use serde::{Deserialize, Serialize};
 
 /// The storage type whose ULPs measure a difference.
@@ -108,7 +109,7 @@ pub fn bitwise_hash(values: &[f64]) -> u64 {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Envelope {
-    pub case: String,
+    pub case: Case,
     pub runs: usize,
     /// Number of bitwise-distinct results among the runs.
     pub distinct: usize,
@@ -130,7 +131,7 @@ pub struct Envelope {
 /// Measures the envelope of `results` (one flattened result per run; all the
 /// same length) and, for greedy runs, their token sequences.
 pub fn envelope(
-    case: &str,
+    case: Case,
     results: &[Vec<f64>],
     tokens: Option<&[Vec<u32>]>,
     ulp: UlpType,
@@ -170,7 +171,7 @@ pub fn envelope(
             .collect()
     });
     Envelope {
-        case: case.to_string(),
+        case,
         runs: n,
         distinct: hashes.len(),
         pairwise_rms: Spread::of(rms),
@@ -182,6 +183,26 @@ pub fn envelope(
     }
 }
 
+/// Which rule decided a containment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContainmentRule {
+    /// The reference envelope is non-zero: the distance must lie inside it.
+    Envelope,
+    /// The reference is deterministic (zero envelope): the candidate's error
+    /// against truth is judged relative to the reference's.
+    TruthRelative,
+}
+
+impl ContainmentRule {
+    pub fn name(self) -> &'static str {
+        match self {
+            ContainmentRule::Envelope => "envelope",
+            ContainmentRule::TruthRelative => "truth-relative",
+        }
+    }
+}
+
 /// Whether a candidate's distance from the reference path lies inside the
 /// reference path's own run-to-run envelope.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -190,8 +211,7 @@ pub struct Containment {
     pub distance: f64,
     /// The reference envelope's largest pairwise RMS.
     pub envelope_max_rms: f64,
-    /// `envelope` when the envelope is non-zero, else `truth-relative`.
-    pub rule: String,
+    pub rule: ContainmentRule,
     /// For the truth-relative rule: candidate and reference RMS against truth.
     pub truth_errors: Option<(f64, f64)>,
     pub contained: bool,
@@ -211,16 +231,16 @@ pub fn containment(
         return Containment {
             distance,
             envelope_max_rms: env,
-            rule: "envelope".into(),
+            rule: ContainmentRule::Envelope,
             truth_errors,
             contained: distance <= env,
         };
     }
-    let factor = tol("truth_relative_factor");
+    let factor = tol(Tol::TruthRelativeFactor);
     Containment {
         distance,
         envelope_max_rms: 0.0,
-        rule: "truth-relative".into(),
+        rule: ContainmentRule::TruthRelative,
         truth_errors,
         contained: truth_errors.is_some_and(|(cand, refr)| cand <= factor * refr),
     }
@@ -267,6 +287,14 @@ impl Envelope {
 }
 
 #[cfg(test)]
+fn test_case() -> Case {
+    Case::new(
+        crate::verify::case::Op::Logits,
+        crate::ident::BackendKind::Cpu,
+    )
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -286,7 +314,7 @@ mod tests {
     #[test]
     fn identical_runs_have_a_zero_envelope_and_one_distinct_result() {
         let r = vec![vec![1.0, 2.0, 3.0]; 5];
-        let e = envelope("x", &r, None, UlpType::F32);
+        let e = envelope(test_case(), &r, None, UlpType::F32);
         assert_eq!(
             (e.distinct, e.pairwise_rms.max, e.ulp.buckets[0]),
             (1, 0.0, 12)
@@ -298,7 +326,7 @@ mod tests {
         let mut r = vec![vec![1.0, 2.0, 3.0]; 4];
         r[2][1] = f32::from_bits(2.0f32.to_bits() + 3) as f64;
         let e = envelope(
-            "x",
+            test_case(),
             &r,
             Some(&[vec![1, 2], vec![1, 2], vec![1, 3], vec![1, 2]]),
             UlpType::F32,
@@ -315,7 +343,12 @@ mod containment_tests {
     use super::*;
 
     fn env_with(max_rms: f64) -> Envelope {
-        let mut e = envelope("ref", &[vec![0.0; 3], vec![0.0; 3]], None, UlpType::F32);
+        let mut e = envelope(
+            test_case(),
+            &[vec![0.0; 3], vec![0.0; 3]],
+            None,
+            UlpType::F32,
+        );
         e.pairwise_rms.max = max_rms;
         e
     }
@@ -323,16 +356,16 @@ mod containment_tests {
     #[test]
     fn a_distance_inside_a_nonzero_envelope_is_contained() {
         let c = containment(1e-3, &env_with(2e-3), None);
-        assert!(c.contained && c.rule == "envelope");
+        assert!(c.contained && c.rule == ContainmentRule::Envelope);
         assert!(!containment(3e-3, &env_with(2e-3), None).contained);
     }
 
     #[test]
     fn a_zero_envelope_falls_back_to_the_truth_relative_rule() {
-        let factor = tol("truth_relative_factor");
+        let factor = tol(Tol::TruthRelativeFactor);
         let zero = env_with(0.0);
         let c = containment(1e-3, &zero, Some((1e-3, 1e-3)));
-        assert!(c.contained && c.rule == "truth-relative");
+        assert!(c.contained && c.rule == ContainmentRule::TruthRelative);
         assert!(!containment(1e-3, &zero, Some(((factor + 0.1) * 1e-3, 1e-3))).contained);
         // Without truth there is nothing to judge by: not contained.
         assert!(!containment(1e-3, &zero, None).contained);

@@ -10,7 +10,8 @@
 
 use crate::engine::record::{Fingerprint, RecordedRun};
 use crate::error::{Error, Result};
-use crate::verify::tolerances::tol;
+use crate::ident::{AttnPath, BackendKind, Numerics};
+use crate::verify::tolerances::{tol, Tol};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -33,9 +34,9 @@ pub struct GoldenBody {
     pub preset: String,
     pub seed: u64,
     pub model_hash: String,
-    pub backend: String,
-    pub numerics: String,
-    pub path: String,
+    pub backend: BackendKind,
+    pub numerics: Numerics,
+    pub path: AttnPath,
     pub prompt: Vec<u32>,
     pub tokens: Vec<u32>,
     pub steps: Vec<GoldenStep>,
@@ -48,9 +49,9 @@ impl GoldenBody {
             preset: preset.into(),
             seed,
             model_hash: f.model_hash.clone(),
-            backend: f.backend.clone(),
-            numerics: f.numerics.clone(),
-            path: f.path.name().into(),
+            backend: f.backend,
+            numerics: f.numerics,
+            path: f.path,
             prompt: run.prompt.clone(),
             tokens: run.tokens.clone(),
             steps: run
@@ -74,7 +75,7 @@ impl GoldenBody {
 
     /// `tiny__cpu__graph__bf16`: the snapshot name and file stem.
     pub fn name(&self) -> String {
-        golden_name(&self.preset, &self.backend, &self.path, &self.numerics)
+        golden_name(&self.preset, self.backend, self.path, self.numerics)
     }
 
     pub fn render(&self) -> String {
@@ -82,7 +83,12 @@ impl GoldenBody {
     }
 }
 
-pub fn golden_name(preset: &str, backend: &str, path: &str, numerics: &str) -> String {
+pub fn golden_name(
+    preset: &str,
+    backend: BackendKind,
+    path: AttnPath,
+    numerics: Numerics,
+) -> String {
     format!("{preset}__{backend}__{path}__{numerics}")
 }
 
@@ -99,9 +105,9 @@ pub fn golden_path(root: &Path, name: &str) -> PathBuf {
 pub fn render_snap(body: &GoldenBody, fp: &Fingerprint) -> String {
     let mut s = String::from("---\nsource: tests/goldens.rs\nexpression: body\ninfo:\n");
     let mut info: Vec<(String, String)> = vec![
-        ("backend".into(), fp.backend.clone()),
+        ("backend".into(), fp.backend.name().into()),
         ("device".into(), fp.device.clone()),
-        ("numerics".into(), fp.numerics.clone()),
+        ("numerics".into(), fp.numerics.name().into()),
         ("path".into(), fp.path.name().into()),
         ("model_origin".into(), fp.model_origin.clone()),
         ("model_hash".into(), fp.model_hash.clone()),
@@ -174,11 +180,15 @@ impl GoldenOutcome {
 /// Near-tie threshold: `near_tie_margin_bf16` for bf16 runs, `_f32` otherwise.
 pub fn compare(golden: &GoldenBody, now: &GoldenBody) -> Result<GoldenOutcome> {
     for (what, a, b) in [
-        ("model hash", &golden.model_hash, &now.model_hash),
+        (
+            "model hash",
+            golden.model_hash.as_str(),
+            now.model_hash.as_str(),
+        ),
         ("preset", &golden.preset, &now.preset),
-        ("backend", &golden.backend, &now.backend),
-        ("numerics", &golden.numerics, &now.numerics),
-        ("path", &golden.path, &now.path),
+        ("backend", golden.backend.name(), now.backend.name()),
+        ("numerics", golden.numerics.name(), now.numerics.name()),
+        ("path", golden.path.name(), now.path.name()),
     ] {
         if a != b {
             return Err(Error::invalid(
@@ -196,10 +206,9 @@ pub fn compare(golden: &GoldenBody, now: &GoldenBody) -> Result<GoldenOutcome> {
             ),
         ));
     }
-    let threshold = tol(if golden.numerics == "bf16" {
-        "near_tie_margin_bf16"
-    } else {
-        "near_tie_margin_f32"
+    let threshold = tol(match golden.numerics {
+        Numerics::Bf16 => Tol::NearTieMarginBf16,
+        Numerics::F64 => Tol::NearTieMarginF32,
     });
     if let Some(step) = golden
         .tokens

@@ -1,6 +1,8 @@
 //! Verification over recorded runs: metrics, the tolerance registry, and
 //! comparison against external references. Never reaches into a backend.
 
+pub mod case;
+pub mod checks;
 pub mod divergence;
 pub mod envelope;
 pub mod golden;

@@ -11,8 +11,9 @@
 
 use crate::backend::AttnPath;
 use crate::engine::LayerQkv;
+use crate::verify::case::Case;
 use crate::verify::metrics::{diff, Diff};
-use crate::verify::tolerances::tol;
+use crate::verify::tolerances::{tol, Tol};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,11 +52,44 @@ pub struct LevelParity {
     pub tensors: Vec<TensorParity>,
 }
 
+/// What a parity report was judged by.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "rule")]
+pub enum ParityRule {
+    /// Every tensor's RMS(fused - graph) below an absolute tolerance: the op
+    /// contract, or the f64 formula check at every level.
+    Rms { tolerance: Tol, limit: f64 },
+    /// At each level fused-truth <= `factor` x graph-truth
+    /// (`truth_relative_factor`), where an absolute bound would measure the
+    /// model's conditioning rather than the fused path.
+    TruthRelative { factor: f64 },
+}
+
+impl std::fmt::Display for ParityRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParityRule::Rms { tolerance, limit } => write!(f, "RMS < {tolerance} = {limit:e}"),
+            ParityRule::TruthRelative { factor } => write!(
+                f,
+                "fused-truth <= truth_relative_factor ({factor}) x graph-truth"
+            ),
+        }
+    }
+}
+
+impl ParityRule {
+    fn rms(tolerance: Tol) -> Self {
+        ParityRule::Rms {
+            tolerance,
+            limit: tol(tolerance),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ParityReport {
-    /// `qkv(preset=tiny,numerics=bf16)@cpu`-style case id.
-    pub case: String,
-    pub rule: String,
+    pub case: Case,
+    pub rule: ParityRule,
     pub levels: Vec<LevelParity>,
     pub pass: bool,
     /// Fingerprints of the runs compared (graph, fused; truth last).
@@ -145,15 +179,15 @@ fn three_way(name: &str, fused: &[f64], graph: &[f64], truth: Option<&[f64]>) ->
 }
 
 /// Op level: q, k, v of each layer by both paths from the same input, with
-/// optional truth for the same inputs. Judged by the absolute tolerance
-/// `tolerance_name` (`fused_vs_graph_rms`, or `fused_vs_graph_f64_rms`).
+/// optional truth for the same inputs. Judged by the absolute `tolerance`
+/// (`fused_vs_graph_rms`, or `fused_vs_graph_f64_rms`).
 pub fn op_parity(
-    case: &str,
+    case: Case,
     rec: &[LayerQkv],
     truth: Option<&[[Vec<f64>; 3]]>,
-    tolerance_name: &str,
+    tolerance: Tol,
 ) -> ParityReport {
-    let limit = tol(tolerance_name);
+    let limit = tol(tolerance);
     let levels: Vec<LevelParity> = rec
         .iter()
         .enumerate()
@@ -183,8 +217,8 @@ pub fn op_parity(
         .collect();
     let pass = levels.iter().all(|l| l.tensors.iter().all(|t| t.pass));
     ParityReport {
-        case: case.to_string(),
-        rule: format!("RMS < {tolerance_name} = {limit:e}"),
+        case,
+        rule: ParityRule::rms(tolerance),
         levels,
         pass,
         fingerprints: Vec::new(),
@@ -193,15 +227,15 @@ pub fn op_parity(
 
 /// Layer and logits level: one entry per level (layer outputs, then logits),
 /// each `[tokens * width]`. With `truth`, the rule is truth-relative; a
-/// `strict` tolerance name instead demands an absolute bound (f64 mode).
+/// `strict` tolerance instead demands an absolute bound (f64 mode).
 pub fn run_parity(
-    case: &str,
+    case: Case,
     fused: &[Vec<f64>],
     graph: &[Vec<f64>],
     truth: Option<&[Vec<f64>]>,
-    strict: Option<&str>,
+    strict: Option<Tol>,
 ) -> ParityReport {
-    let factor = tol("truth_relative_factor");
+    let factor = tol(Tol::TruthRelativeFactor);
     let n = graph.len();
     let levels: Vec<LevelParity> = (0..n)
         .map(|i| {
@@ -214,7 +248,7 @@ pub fn run_parity(
             let finite = t.fused_vs_graph.finite_ok();
             t.pass = finite
                 && match (strict, &t.graph_vs_truth, &t.fused_vs_truth) {
-                    (Some(name), _, _) => t.fused_vs_graph.rms < tol(name),
+                    (Some(strict), _, _) => t.fused_vs_graph.rms < tol(strict),
                     (None, Some(g), Some(f)) => f.finite_ok() && f.rms <= factor * g.rms,
                     (None, _, _) => false,
                 };
@@ -226,10 +260,10 @@ pub fn run_parity(
         .collect();
     let pass = levels.iter().all(|l| l.tensors.iter().all(|t| t.pass));
     ParityReport {
-        case: case.to_string(),
+        case,
         rule: match strict {
-            Some(name) => format!("RMS < {name} = {:e}", tol(name)),
-            None => format!("fused-truth <= truth_relative_factor ({factor}) x graph-truth"),
+            Some(strict) => ParityRule::rms(strict),
+            None => ParityRule::TruthRelative { factor },
         },
         levels,
         pass,

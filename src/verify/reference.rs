@@ -9,7 +9,7 @@
 use crate::engine::record::RecordedRun;
 use crate::error::{Error, Result};
 use crate::verify::metrics::{diff, Diff};
-use crate::verify::tolerances::tol;
+use crate::verify::tolerances::{tol, Tol};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -30,14 +30,47 @@ pub struct RefStep {
     pub stats: FullStats,
 }
 
+/// The dtype transformers ran in, which picks the CPU arithmetic a
+/// reference is compared with and the tolerances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RefDtype {
+    /// Compared with f64 truth.
+    Float32,
+    /// Compared with the bf16-faithful reference.
+    Bfloat16,
+}
+
+impl RefDtype {
+    pub fn name(self) -> &'static str {
+        match self {
+            RefDtype::Float32 => "float32",
+            RefDtype::Bfloat16 => "bfloat16",
+        }
+    }
+
+    /// The CPU arithmetic a reference of this dtype is compared with.
+    pub fn numerics(self) -> crate::ident::Numerics {
+        match self {
+            RefDtype::Float32 => crate::ident::Numerics::F64,
+            RefDtype::Bfloat16 => crate::ident::Numerics::Bf16,
+        }
+    }
+}
+
+impl std::fmt::Display for RefDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Reference {
     pub schema: u32,
     pub preset: String,
     pub seed: u64,
     pub model_hash: String,
-    /// `float32` or `bfloat16`.
-    pub dtype: String,
+    pub dtype: RefDtype,
     pub attn_implementation: String,
     pub tf32: bool,
     pub torch: String,
@@ -150,31 +183,30 @@ pub fn first_divergence(ours: &[u32], theirs: &[u32]) -> Option<FirstDivergence>
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReferenceReport {
     pub preset: String,
-    pub dtype: String,
+    pub dtype: RefDtype,
     pub reference_device: String,
     pub ours: String,
     pub steps: Vec<StepComparison>,
     pub worst_rel_rms: f64,
-    pub rel_rms_tolerance: (String, f64),
+    pub rel_rms_tolerance: (Tol, f64),
     pub first_divergence: Option<FirstDivergence>,
     /// The smaller of the two sides' top-1/top-2 margins at the divergence.
     pub divergence_margin: Option<f32>,
-    pub near_tie_tolerance: (String, f64),
+    pub near_tie_tolerance: (Tol, f64),
     pub pass: bool,
 }
 
 /// Which CPU arithmetic a reference is compared with, and its tolerances.
-pub fn tolerance_names(reference: &Reference) -> (&'static str, &'static str) {
-    if reference.dtype == "float32" {
-        (
-            "truth_vs_transformers_f32_logits_rel_rms",
-            "near_tie_margin_f32",
-        )
-    } else {
-        (
-            "cpu_bf16_vs_transformers_bf16_logits_rel_rms",
-            "near_tie_margin_bf16",
-        )
+pub fn tolerance_names(reference: &Reference) -> (Tol, Tol) {
+    match reference.dtype {
+        RefDtype::Float32 => (
+            Tol::TruthVsTransformersF32LogitsRelRms,
+            Tol::NearTieMarginF32,
+        ),
+        RefDtype::Bfloat16 => (
+            Tol::CpuBf16VsTransformersBf16LogitsRelRms,
+            Tol::NearTieMarginBf16,
+        ),
     }
 }
 
@@ -215,16 +247,16 @@ pub fn judge(
         margin.is_none_or(|m| (m as f64) < tie_tol) && ours.tokens.len() == reference.tokens.len();
     Ok(ReferenceReport {
         preset: reference.preset.clone(),
-        dtype: reference.dtype.clone(),
+        dtype: reference.dtype,
         reference_device: reference.device.clone(),
         ours: ours.fingerprint.label(),
         pass: worst <= rel_tol && tokens_ok && steps.iter().all(|s| s.diff.finite_ok()),
         steps,
         worst_rel_rms: worst,
-        rel_rms_tolerance: (rel_name.into(), rel_tol),
+        rel_rms_tolerance: (rel_name, rel_tol),
         first_divergence: div,
         divergence_margin: margin,
-        near_tie_tolerance: (tie_name.into(), tie_tol),
+        near_tie_tolerance: (tie_name, tie_tol),
     })
 }
 

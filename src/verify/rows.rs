@@ -13,7 +13,7 @@
 //! Inputs are plain numbers (per-row relative RMS, per-row nearest routing
 //! tie); the caller gathers them, so this never touches a backend.
 
-use crate::verify::tolerances::tol;
+use crate::verify::tolerances::{tol, Tol};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,12 +56,12 @@ impl RowVerdict {
 }
 
 /// Judges `rows` (per-row relative RMS of candidate vs reference) against
-/// the tolerance `limit_name`; `ties[r]` is row `r`'s nearest routing tie in
+/// the tolerance `limit`; `ties[r]` is row `r`'s nearest routing tie in
 /// the candidate's record (gap, MoE layer), `None` for dense models or rows
 /// without a record. A NaN row is beyond any tolerance.
-pub fn judge_rows(rows: &[f64], ties: &[Option<(f32, usize)>], limit_name: &str) -> RowVerdict {
-    let limit = tol(limit_name);
-    let tie = tol("moe_routing_near_tie_bf16");
+pub fn judge_rows(rows: &[f64], ties: &[Option<(f32, usize)>], limit: Tol) -> RowVerdict {
+    let limit = tol(limit);
+    let tie = tol(Tol::MoeRoutingNearTieBf16);
     let Some(r) = rows.iter().position(|&d| d.is_nan() || d > limit) else {
         return RowVerdict::AllWithin {
             worst: rows.iter().cloned().fold(0.0, f64::max),
@@ -88,7 +88,7 @@ pub fn judge_rows(rows: &[f64], ties: &[Option<(f32, usize)>], limit_name: &str)
 mod tests {
     use super::*;
 
-    const LIMIT: &str = "mlx_bf16_vs_cpu_bf16_logits_rel_rms";
+    const LIMIT: Tol = Tol::MlxBf16VsCpuBf16LogitsRelRms;
 
     #[test]
     fn rows_within_the_tolerance_pass() {

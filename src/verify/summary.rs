@@ -1,7 +1,47 @@
 //! One result row per check, rendered as a console table, JSON or markdown:
 //! what `lockstep verify` prints and CI reads.
 
+use crate::verify::case::Case;
 use serde::{Deserialize, Serialize};
+
+/// Which kind of check a row is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Check {
+    /// Fused vs graph at op level, against the contract.
+    ParityOp,
+    /// Fused vs graph at layer and logits level, truth-relative.
+    ParityLayers,
+    /// A backend's logits against the CPU reference.
+    ParityLogits,
+    /// The CPU reference against transformers.
+    Oracle,
+    /// Run-to-run spread of one path.
+    Envelope,
+    /// Fused-vs-graph distance inside the graph path's envelope.
+    Containment,
+    Golden,
+}
+
+impl Check {
+    pub fn name(self) -> &'static str {
+        match self {
+            Check::ParityOp => "parity-op",
+            Check::ParityLayers => "parity-layers",
+            Check::ParityLogits => "parity-logits",
+            Check::Oracle => "oracle",
+            Check::Envelope => "envelope",
+            Check::Containment => "containment",
+            Check::Golden => "golden",
+        }
+    }
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "status", content = "reason")]
@@ -14,10 +54,9 @@ pub enum Status {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckResult {
-    /// `parity-op`, `parity-layers`, `oracle`, ...
-    pub check: String,
-    /// Case id, `op(k=v,...)@backend`.
-    pub case: String,
+    pub check: Check,
+    /// Serialised as its id, `op(k=v,...)@backend`.
+    pub case: Case,
     pub metric: String,
     pub value: Option<f64>,
     pub threshold: String,
@@ -27,10 +66,10 @@ pub struct CheckResult {
 }
 
 impl CheckResult {
-    pub fn skipped(check: &str, case: &str, reason: &str) -> Self {
+    pub fn skipped(check: Check, case: Case, reason: &str) -> Self {
         CheckResult {
-            check: check.into(),
-            case: case.into(),
+            check,
+            case,
             metric: "-".into(),
             value: None,
             threshold: "-".into(),
@@ -61,8 +100,8 @@ pub fn to_text(results: &[CheckResult]) -> String {
         .iter()
         .map(|r| {
             [
-                r.check.clone(),
-                r.case.clone(),
+                r.check.name().to_string(),
+                r.case.id(),
                 r.metric.clone(),
                 value_text(r.value),
                 r.threshold.clone(),

@@ -1,6 +1,8 @@
 //! The tolerance registry: one committed file (`tolerances.json` at the
 //! repository root, embedded at build time), every entry with a name, metric,
-//! value and reason. Code asks for tolerances by name only.
+//! value and reason. Code names a tolerance by a `Tol` variant, so a typo is
+//! a compile error; the committed registry must define exactly the names
+//! `Tol` lists, which `registry()` checks once and a unit test pins.
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -18,6 +20,89 @@ pub struct Tolerance {
 pub struct Registry {
     pub schema: u32,
     pub tolerances: Vec<Tolerance>,
+}
+
+/// Every tolerance the code judges by; `name()` is its registry key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(into = "&'static str", try_from = "String")]
+pub enum Tol {
+    FusedVsGraphRms,
+    FusedVsGraphF64Rms,
+    TruthVsTransformersF32LogitsRelRms,
+    CpuBf16VsTransformersBf16LogitsRelRms,
+    NearTieMarginF32,
+    NearTieMarginBf16,
+    TruthRelativeFactor,
+    BisectLayerRelRms,
+    CudaVsCpuBf16LogitsRelRms,
+    CudaVsCpuBf16OpRelRms,
+    MlxBf16VsCpuBf16LogitsRelRms,
+    MoeRoutingNearTieBf16,
+}
+
+impl Tol {
+    pub const ALL: [Tol; 12] = [
+        Tol::FusedVsGraphRms,
+        Tol::FusedVsGraphF64Rms,
+        Tol::TruthVsTransformersF32LogitsRelRms,
+        Tol::CpuBf16VsTransformersBf16LogitsRelRms,
+        Tol::NearTieMarginF32,
+        Tol::NearTieMarginBf16,
+        Tol::TruthRelativeFactor,
+        Tol::BisectLayerRelRms,
+        Tol::CudaVsCpuBf16LogitsRelRms,
+        Tol::CudaVsCpuBf16OpRelRms,
+        Tol::MlxBf16VsCpuBf16LogitsRelRms,
+        Tol::MoeRoutingNearTieBf16,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tol::FusedVsGraphRms => "fused_vs_graph_rms",
+            Tol::FusedVsGraphF64Rms => "fused_vs_graph_f64_rms",
+            Tol::TruthVsTransformersF32LogitsRelRms => "truth_vs_transformers_f32_logits_rel_rms",
+            Tol::CpuBf16VsTransformersBf16LogitsRelRms => {
+                "cpu_bf16_vs_transformers_bf16_logits_rel_rms"
+            }
+            Tol::NearTieMarginF32 => "near_tie_margin_f32",
+            Tol::NearTieMarginBf16 => "near_tie_margin_bf16",
+            Tol::TruthRelativeFactor => "truth_relative_factor",
+            Tol::BisectLayerRelRms => "bisect_layer_rel_rms",
+            Tol::CudaVsCpuBf16LogitsRelRms => "cuda_vs_cpu_bf16_logits_rel_rms",
+            Tol::CudaVsCpuBf16OpRelRms => "cuda_vs_cpu_bf16_op_rel_rms",
+            Tol::MlxBf16VsCpuBf16LogitsRelRms => "mlx_bf16_vs_cpu_bf16_logits_rel_rms",
+            Tol::MoeRoutingNearTieBf16 => "moe_routing_near_tie_bf16",
+        }
+    }
+
+    /// The variant of a registry name, if the code knows it.
+    pub fn from_name(name: &str) -> Option<Tol> {
+        Tol::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// The committed value.
+    pub fn value(self) -> f64 {
+        registry().value(self)
+    }
+}
+
+impl std::fmt::Display for Tol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl From<Tol> for &'static str {
+    fn from(t: Tol) -> Self {
+        t.name()
+    }
+}
+
+impl TryFrom<String> for Tol {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        Tol::from_name(&s).ok_or_else(|| format!("unknown tolerance `{s}`"))
+    }
 }
 
 const EMBEDDED: &str = include_str!("../../tolerances.json");
@@ -51,19 +136,70 @@ impl Registry {
     pub fn get(&self, name: &str) -> Option<&Tolerance> {
         self.tolerances.iter().find(|t| t.name == name)
     }
+
+    /// Names `Tol` lists that this registry lacks, and names it defines
+    /// that `Tol` does not list: both empty for the committed registry.
+    pub fn mismatches(&self) -> (Vec<&'static str>, Vec<&str>) {
+        let missing = Tol::ALL
+            .iter()
+            .map(|t| t.name())
+            .filter(|n| self.get(n).is_none())
+            .collect();
+        let unknown = self
+            .tolerances
+            .iter()
+            .map(|t| t.name.as_str())
+            .filter(|n| Tol::from_name(n).is_none())
+            .collect();
+        (missing, unknown)
+    }
+
+    fn value(&self, t: Tol) -> f64 {
+        self.get(t.name())
+            .map(|e| e.value)
+            .expect("registry() checked that every Tol is defined")
+    }
 }
 
-/// The committed registry.
+/// The committed registry, checked against `Tol` on first use.
 pub fn registry() -> &'static Registry {
     static R: OnceLock<Registry> = OnceLock::new();
-    R.get_or_init(|| Registry::parse(EMBEDDED).expect("committed tolerances.json is valid"))
+    R.get_or_init(|| {
+        let r = Registry::parse(EMBEDDED).expect("committed tolerances.json is valid");
+        let (missing, unknown) = r.mismatches();
+        assert!(
+            missing.is_empty() && unknown.is_empty(),
+            "tolerances.json and verify::tolerances::Tol disagree: missing {missing:?}, not in Tol {unknown:?}"
+        );
+        r
+    })
 }
 
-/// A tolerance's value by name. Panics on an unknown name: that is a bug in
-/// the caller, caught by any test that runs it.
-pub fn tol(name: &str) -> f64 {
-    registry()
-        .get(name)
-        .unwrap_or_else(|| panic!("tolerance `{name}` is not in tolerances.json"))
-        .value
+/// A tolerance's committed value.
+pub fn tol(t: Tol) -> f64 {
+    t.value()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_committed_registry_defines_exactly_the_tolerances_the_code_names() {
+        let r = Registry::parse(EMBEDDED).unwrap();
+        assert_eq!(r.mismatches(), (vec![], vec![]));
+        for t in Tol::ALL {
+            assert_eq!(Tol::from_name(t.name()), Some(t));
+            assert!(tol(t).is_finite());
+        }
+    }
+
+    #[test]
+    fn a_registry_without_a_named_tolerance_is_reported() {
+        let one = r#"{"schema":1,"tolerances":[{"name":"fused_vs_graph_rms","metric":"rms","value":1,"reason":"r"},{"name":"typo_rms","metric":"rms","value":1,"reason":"r"}]}"#;
+        let r = Registry::parse(one).unwrap();
+        let (missing, unknown) = r.mismatches();
+        assert_eq!(missing.len(), Tol::ALL.len() - 1);
+        assert_eq!(unknown, vec!["typo_rms"]);
+    }
 }

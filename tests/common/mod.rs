@@ -7,6 +7,28 @@ use lockstep::engine::Engine;
 use lockstep::model::{synth::Synth, write_synth_folder, Model};
 use std::path::{Path, PathBuf};
 
+/// The repository root (holding golden/): where the tests were built, or
+/// the working directory when a test binary runs on another machine (the
+/// GPU machine runs bundled binaries from a copy of the repository).
+pub fn root() -> &'static Path {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if built.join("golden").is_dir() {
+        built
+    } else {
+        Path::new(".")
+    }
+}
+
+/// Compares `body` with the committed snapshot `golden/{name}.snap` through
+/// insta: a difference fails with insta's diff and leaves a `.snap.new`
+/// for `cargo insta review`.
+pub fn insta_assert(name: &str, body: &str) {
+    let mut s = insta::Settings::clone_current();
+    s.set_snapshot_path(root().join("golden"));
+    s.set_prepend_module_to_snapshot(false);
+    s.bind(|| insta::assert_snapshot!(name, body));
+}
+
 /// A fresh, empty folder under the target dir, unique per test name.
 pub fn scratch(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
@@ -26,7 +48,17 @@ pub fn cpu_engine(spec: &str, numerics: Numerics) -> Engine<CpuBackend> {
     Engine::load(&Model::open(spec).unwrap(), CpuBackend::new(numerics)).unwrap()
 }
 
-pub const PROMPT: [u32; 8] = [1, 17, 42, 99, 3, 250, 7, 8];
+pub const PROMPT: [u32; 8] = lockstep::jobs::DEFAULT_PROMPT;
+
+/// `prompt` and `extra` greedy tokens of `model`'s CPU bf16 graph path.
+pub fn prompt_and_continuation(
+    model: &Model,
+    prompt: &[u32],
+    extra: usize,
+) -> lockstep::Result<Vec<u32>> {
+    let e = Engine::load(model, CpuBackend::new(Numerics::Bf16))?;
+    lockstep::jobs::continuation(&e, prompt, extra)
+}
 
 /// The prompt plus 24 greedy tokens of the CPU bf16 reference: the same
 /// input for every backend, with positions well past the prompt.
@@ -56,4 +88,34 @@ pub fn edit_a_confident_step(g: &mut lockstep::verify::golden::GoldenBody) -> us
     g.tokens[step] += 1;
     g.steps[step].token += 1;
     step
+}
+
+/// The accelerator a test needs, opened, with the lock that keeps GPU tests
+/// from running concurrently on one device; or `None` after a loud skip (a
+/// failure under the backend's LOCKSTEP_REQUIRE_* variable).
+pub fn open<A: lockstep::jobs::Accelerator>(
+    test: &str,
+) -> Option<(Option<std::sync::MutexGuard<'static, ()>>, A)> {
+    static GPU: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = (A::KIND == lockstep::ident::BackendKind::Cuda)
+        .then(|| GPU.lock().unwrap_or_else(|p| p.into_inner()));
+    match A::open() {
+        Ok(b) => Some((guard, b)),
+        Err(e) => {
+            lockstep::skip::skip(A::NEED, test, &e.to_string());
+            None
+        }
+    }
+}
+
+/// Whether `LOCKSTEP_FILTER` (comma-separated patterns of case ids; unset:
+/// all) selects `case`; says so when it does not.
+pub fn wanted(case: &lockstep::verify::case::Case) -> bool {
+    let yes = lockstep::verify::case::Filter::from_env().matches(case);
+    if !yes {
+        use std::io::Write;
+        let _ =
+            std::io::stderr().write_all(format!("FILTERED {case} (LOCKSTEP_FILTER)\n").as_bytes());
+    }
+    yes
 }

@@ -19,23 +19,7 @@ use std::collections::BTreeMap;
 
 pub use math::{dot8, dot_warp};
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Numerics {
-    Bf16,
-    F64,
-}
-
-impl Numerics {
-    pub fn name(self) -> &'static str {
-        match self {
-            Numerics::Bf16 => "bf16",
-            Numerics::F64 => "f64",
-        }
-    }
-}
+pub use crate::ident::Numerics;
 
 #[derive(Debug, Clone)]
 pub struct CpuTensor {
@@ -151,6 +135,7 @@ impl Backend for CpuBackend {
     type Tensor = CpuTensor;
     type Weight = CpuWeight;
     type Cache = CpuCache;
+    const KIND: super::BackendKind = super::BackendKind::Cpu;
 
     fn device_info(&self) -> DeviceInfo {
         let mut details = BTreeMap::new();
@@ -163,9 +148,9 @@ impl Backend for CpuBackend {
             details.insert("faults".into(), format!("{:?}", self.faults));
         }
         DeviceInfo {
-            backend: "cpu".into(),
+            backend: super::BackendKind::Cpu,
             device: super::host_cpu_name(),
-            numerics: self.numerics.name().into(),
+            numerics: self.numerics,
             details,
         }
     }

@@ -31,7 +31,7 @@ impl CudaBackend {
             self.stream
                 .alloc_zeros::<u16>((capacity * kvd).max(1))
                 .map_err(|e| Error::Backend {
-                    backend: "cuda",
+                    backend: crate::ident::BackendKind::Cuda,
                     problem: format!("allocating the {what} ({} bytes): {e}", 2 * capacity * kvd),
                 })
         };

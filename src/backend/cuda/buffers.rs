@@ -26,13 +26,13 @@ impl CudaBackend {
         match pool.take(&self.stream, n) {
             Ok(Take::Got(b)) => Ok(b),
             Ok(Take::MissWhileRecording) => Err(Error::Backend {
-                backend: "cuda",
+                backend: crate::ident::BackendKind::Cuda,
                 problem: format!(
                     "recording a decode step needs a new buffer for {what} ({n} elements): steps must repeat the warm-up step's shapes"
                 ),
             }),
             Err(e) => Err(Error::Backend {
-                backend: "cuda",
+                backend: crate::ident::BackendKind::Cuda,
                 problem: format!(
                     "allocating {what} ({} bytes): {e}",
                     n * std::mem::size_of::<T>()
@@ -93,7 +93,7 @@ impl CudaBackend {
                 .stream
                 .alloc_zeros::<f32>(n)
                 .map_err(|e| Error::Backend {
-                    backend: "cuda",
+                    backend: crate::ident::BackendKind::Cuda,
                     problem: format!("allocating {n} f32 accumulators: {e}"),
                 })?;
         }
@@ -103,7 +103,7 @@ impl CudaBackend {
     pub(super) fn counters(&self, n: usize, what: &str) -> Result<u64> {
         if n > COUNTERS {
             return Err(Error::Backend {
-                backend: "cuda",
+                backend: crate::ident::BackendKind::Cuda,
                 problem: format!("{what} needs {n} block counters; the backend has {COUNTERS}"),
             });
         }

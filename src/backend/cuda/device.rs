@@ -77,13 +77,13 @@ impl CudaBackend {
     pub fn with_options(ordinal: usize, options: CudaOptions) -> Result<Self> {
         let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal))
             .map_err(|_| Error::Backend {
-                backend: "cuda",
+                backend: crate::ident::BackendKind::Cuda,
                 problem:
                     "could not load the CUDA driver (libcuda.so): no NVIDIA driver on this machine"
                         .into(),
             })?
             .map_err(|e| Error::Backend {
-                backend: "cuda",
+                backend: crate::ident::BackendKind::Cuda,
                 problem: format!("no usable GPU {ordinal}: {e}"),
             })?;
         // SAFETY: one stream only, so cudarc's cross-stream events are not
@@ -122,9 +122,9 @@ impl CudaBackend {
         let pdl = major >= 9 && std::env::var("LOCKSTEP_CUDA_PDL").as_deref() != Ok("0");
         details.insert("pdl".into(), if pdl { "on" } else { "off" }.into());
         let info = DeviceInfo {
-            backend: "cuda".into(),
+            backend: crate::ident::BackendKind::Cuda,
             device: name,
-            numerics: "bf16".into(),
+            numerics: crate::ident::Numerics::Bf16,
             details,
         };
         let qkv1 = "qkv_fused1_bf16";
@@ -203,7 +203,7 @@ impl CudaBackend {
         self.release_step();
         if let Some(blas) = &self.blas {
             Self::blas_atomics(blas, options.mode).map_err(|e| Error::Backend {
-                backend: "cuda",
+                backend: crate::ident::BackendKind::Cuda,
                 problem: format!("cuBLAS atomics mode: {e:?}"),
             })?;
         }
@@ -230,6 +230,7 @@ impl Backend for CudaBackend {
     type Tensor = CudaTensor;
     type Weight = CudaWeight;
     type Cache = CudaCache;
+    const KIND: crate::ident::BackendKind = crate::ident::BackendKind::Cuda;
 
     fn device_info(&self) -> DeviceInfo {
         let o = self.options();

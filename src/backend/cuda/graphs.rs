@@ -42,7 +42,7 @@ impl CudaBackend {
     pub(super) fn no_host_transfer(&self, what: &str) -> Result<()> {
         if self.recording() {
             return Err(Error::Backend {
-                backend: "cuda",
+                backend: crate::ident::BackendKind::Cuda,
                 problem: format!("{what} needs the host, which a recorded decode step cannot"),
             });
         }
@@ -97,7 +97,7 @@ impl CudaBackend {
         let graph = graph
             .map_err(err("end recording the decode step"))?
             .ok_or_else(|| Error::Backend {
-                backend: "cuda",
+                backend: crate::ident::BackendKind::Cuda,
                 problem: "recording the decode step produced no graph".into(),
             })?;
         rec.step = Some(Recorded {
@@ -110,7 +110,7 @@ impl CudaBackend {
     pub(super) fn replay_step(&self) -> Result<()> {
         let rec = self.recording.lock().unwrap_or_else(|p| p.into_inner());
         let step = rec.step.as_ref().ok_or_else(|| Error::Backend {
-            backend: "cuda",
+            backend: crate::ident::BackendKind::Cuda,
             problem: "no recorded decode step to replay".into(),
         })?;
         step.graph

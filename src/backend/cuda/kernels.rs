@@ -137,7 +137,7 @@ pub fn compile_source(
             other => format!("{other:?}"),
         };
         Error::Backend {
-            backend: "cuda",
+            backend: crate::ident::BackendKind::Cuda,
             problem: format!("NVRTC failed on kernels/{file} for {arch}:\n{detail}"),
         }
     })
@@ -174,12 +174,12 @@ pub fn load_all(
         let module = ctx
             .load_module(compiled(k, arch)?)
             .map_err(|e| Error::Backend {
-                backend: "cuda",
+                backend: crate::ident::BackendKind::Cuda,
                 problem: format!("loading kernels/{}: {e}", k.file()),
             })?;
         for f in k.functions() {
             let func = module.load_function(f).map_err(|e| Error::Backend {
-                backend: "cuda",
+                backend: crate::ident::BackendKind::Cuda,
                 problem: format!("kernels/{}: no function {f}: {e}", k.file()),
             })?;
             out.insert(*f, func);

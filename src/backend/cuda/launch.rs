@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 pub(super) fn err(op: &str) -> impl Fn(DriverError) -> Error + '_ {
     move |e| Error::Backend {
-        backend: "cuda",
+        backend: crate::ident::BackendKind::Cuda,
         problem: format!("{op}: {e}"),
     }
 }
@@ -38,7 +38,7 @@ pub(super) fn loaded<'a>(
     name: &str,
 ) -> Result<&'a CudaFunction> {
     functions.get(name).ok_or_else(|| Error::Backend {
-        backend: "cuda",
+        backend: crate::ident::BackendKind::Cuda,
         problem: format!("kernel {name} is not loaded"),
     })
 }

@@ -125,7 +125,7 @@ impl CudaBackend {
             )
         }
         .map_err(|e| Error::Backend {
-            backend: "cuda",
+            backend: crate::ident::BackendKind::Cuda,
             problem: format!("cublasGemmEx for {} ({n}x{k} by {m}x{k}): {e:?}", w.name),
         })
     }

@@ -5,8 +5,8 @@
 //! so the `cuda` feature builds on machines without CUDA; without a GPU,
 //! `CudaBackend::new` returns an error that says why.
 //!
-//! Without the `cuda` feature the backend is a stub whose constructor reports
-//! `BackendNotCompiled`.
+//! Without the `cuda` feature `CudaBackend` is a stub with no values
+//! (`backend::stub`) whose constructors report `BackendNotCompiled`.
 
 #[cfg(feature = "cuda")]
 mod attention;
@@ -39,7 +39,8 @@ pub use tensor::{CudaCache, CudaTensor, CudaWeight};
 
 /// How the graph path's reductions may be ordered (recorded in the
 /// fingerprint; docs/cuda.md lists what each mode changes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ReductionMode {
     /// Fixed order everywhere: the same bits on every run.
     #[default]
@@ -50,19 +51,19 @@ pub enum ReductionMode {
 }
 
 impl ReductionMode {
+    pub const ALL: [ReductionMode; 2] = [ReductionMode::Deterministic, ReductionMode::Fast];
+
     pub fn name(self) -> &'static str {
         match self {
             ReductionMode::Deterministic => "deterministic",
             ReductionMode::Fast => "fast",
         }
     }
+}
 
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "deterministic" => Some(ReductionMode::Deterministic),
-            "fast" => Some(ReductionMode::Fast),
-            _ => None,
-        }
+impl std::fmt::Display for ReductionMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -76,19 +77,40 @@ pub struct CudaOptions {
 #[cfg(not(feature = "cuda"))]
 mod stub {
     use super::CudaOptions;
+    use crate::backend::BackendKind;
     use crate::error::{Error, Result};
 
-    pub struct CudaBackend {
-        _private: (),
-    }
+    crate::backend::stub::not_compiled_backend!(
+        /// This build has no CUDA: the constructors say so.
+        CudaBackend,
+        BackendKind::Cuda
+    );
 
     impl CudaBackend {
-        pub fn new(_ordinal: usize) -> Result<Self> {
-            Err(Error::BackendNotCompiled { backend: "cuda" })
+        pub fn new(ordinal: usize) -> Result<Self> {
+            Self::with_options(ordinal, CudaOptions::default())
         }
 
         pub fn with_options(_ordinal: usize, _options: CudaOptions) -> Result<Self> {
-            Err(Error::BackendNotCompiled { backend: "cuda" })
+            Err(Error::BackendNotCompiled {
+                backend: BackendKind::Cuda,
+            })
+        }
+
+        pub fn options(&self) -> CudaOptions {
+            match self.never {}
+        }
+
+        pub fn set_options(&self, _options: CudaOptions) -> Result<()> {
+            match self.never {}
+        }
+
+        pub fn set_memory_limit(&self, _bytes: Option<usize>) {
+            match self.never {}
+        }
+
+        pub fn copy_bandwidth(&self, _bytes: usize, _reps: usize) -> Result<f64> {
+            match self.never {}
         }
     }
 }

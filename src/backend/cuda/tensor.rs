@@ -61,7 +61,7 @@ impl CudaBackend {
         bits: Vec<u16>,
     ) -> Result<CudaWeight> {
         let data = self.stream.clone_htod(&bits).map_err(|e| Error::Backend {
-            backend: "cuda",
+            backend: crate::ident::BackendKind::Cuda,
             problem: format!("uploading {name} ({} bytes): {e}", 2 * bits.len()),
         })?;
         Ok(CudaWeight {

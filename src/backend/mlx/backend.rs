@@ -6,8 +6,10 @@
 //! is an `Error::Shape` naming the op rather than an MLX exception.
 
 use super::fused::{FusedKey, FusedQkv};
-use super::ops::{self, RowRouting};
-use crate::backend::{check, AttnDims, Backend, DeviceInfo, MoeWeights};
+use super::ops;
+use super::MlxFaults;
+use crate::backend::{check, AttnDims, Backend, BackendKind, DeviceInfo, MoeWeights};
+use crate::backend::{routing_record, RowRouting};
 use crate::error::{Error, Result};
 use crate::model::safetensors::HostTensor;
 use half::bf16;
@@ -58,14 +60,6 @@ pub struct MlxCache {
     v: Option<Array>,
 }
 
-/// Deliberate defects for negative controls (tests prove a check can fail);
-/// all off in normal use.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct MlxFaults {
-    /// The fused path rotates as if every position were this much further on.
-    pub fused_rope_position_offset: usize,
-}
-
 /// The MLX backend. Not `Send`: MLX streams and compiled functions belong to
 /// the thread that made them; make one backend per thread.
 pub struct MlxBackend {
@@ -91,7 +85,7 @@ pub(super) trait OrBackendError<T> {
 impl<T> OrBackendError<T> for std::result::Result<T, Exception> {
     fn or_err(self, op: &str) -> Result<T> {
         self.map_err(|e| Error::Backend {
-            backend: "mlx",
+            backend: crate::ident::BackendKind::Mlx,
             problem: format!("{op}: {}", e.what()),
         })
     }
@@ -103,7 +97,7 @@ fn shape_err(op: &'static str, problem: String) -> Error {
 
 fn to_i32(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::Backend {
-        backend: "mlx",
+        backend: crate::ident::BackendKind::Mlx,
         problem: format!("{what} {v} does not fit MLX's 32-bit shapes and indices"),
     })
 }
@@ -186,24 +180,6 @@ impl MlxBackend {
         &self.mlx_version
     }
 
-    /// Starts (or stops) recording the routing of every `moe` call: per
-    /// call, per row, the chosen experts and how near the choice was to a
-    /// tie. MoE parity tests use it to tell a routing near-tie from a bug.
-    pub fn record_routing(&self, on: bool) {
-        *self.routing_log.borrow_mut() = on.then(Vec::new);
-    }
-
-    /// The routing recorded since recording started or the last take, one
-    /// entry per `moe` call in call order (a forward pass calls it once per
-    /// MoE layer, in layer order).
-    pub fn take_routing_log(&self) -> Vec<Vec<RowRouting>> {
-        self.routing_log
-            .borrow_mut()
-            .as_mut()
-            .map(std::mem::take)
-            .unwrap_or_default()
-    }
-
     /// Runs `f` with this backend's stream as the default for new ops.
     fn on<T>(&self, op: &str, f: impl FnOnce() -> std::result::Result<T, Exception>) -> Result<T> {
         mlx_rs::with_stream(&self.stream, f).or_err(op)
@@ -243,6 +219,19 @@ impl Backend for MlxBackend {
     type Tensor = MlxTensor;
     type Weight = MlxWeight;
     type Cache = MlxCache;
+    const KIND: BackendKind = BackendKind::Mlx;
+
+    fn record_routing(&self, on: bool) {
+        *self.routing_log.borrow_mut() = on.then(Vec::new);
+    }
+
+    fn take_routing_log(&self) -> Vec<Vec<RowRouting>> {
+        self.routing_log
+            .borrow_mut()
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
 
     fn device_info(&self) -> DeviceInfo {
         let mut details = BTreeMap::new();
@@ -277,13 +266,13 @@ impl Backend for MlxBackend {
             details.insert("faults".into(), format!("{:?}", self.faults));
         }
         DeviceInfo {
-            backend: "mlx".into(),
+            backend: BackendKind::Mlx,
             device: if self.on_metal() {
                 "MLX gpu (Metal)".into()
             } else {
                 format!("MLX cpu: {}", crate::backend::host_cpu_name())
             },
-            numerics: "bf16".into(),
+            numerics: crate::ident::Numerics::Bf16,
             details,
         }
     }
@@ -530,7 +519,7 @@ impl Backend for MlxBackend {
         let logits = self.on("moe router", || ops::linear(&x.array, &w.router.array))?;
         let logits = self.host_f32(&logits, "moe router")?;
         if let Some(log) = self.routing_log.borrow_mut().as_mut() {
-            log.push(ops::routing_record(&logits, experts, w.top_k));
+            log.push(routing_record(&logits, experts, w.top_k));
         }
         // 2. Routing, shared by every backend (crate::backend::route): f32
         //    softmax, top-k with ties to the lower index, renormalised,
@@ -594,7 +583,7 @@ impl Backend for MlxBackend {
         let rc = unsafe { mlx_sys::mlx_synchronize(self.stream.as_ptr()) };
         if rc != 0 {
             return Err(Error::Backend {
-                backend: "mlx",
+                backend: crate::ident::BackendKind::Mlx,
                 problem: "synchronize: mlx_synchronize failed".into(),
             });
         }
@@ -612,7 +601,7 @@ impl MlxBackend {
         kd: usize,
     ) -> Result<(MlxTensor, MlxTensor, MlxTensor)> {
         let [q, k, v]: [Array; 3] = outs.try_into().map_err(|o: Vec<Array>| Error::Backend {
-            backend: "mlx",
+            backend: crate::ident::BackendKind::Mlx,
             problem: format!("fused_qkv: {} output arrays, not 3", o.len()),
         })?;
         Ok((
@@ -629,7 +618,7 @@ impl MlxBackend {
         }
         let wide = self.on(op, || a.as_dtype(Dtype::Float32)?.contiguous())?;
         let slice = wide.try_as_slice::<f32>().map_err(|e| Error::Backend {
-            backend: "mlx",
+            backend: crate::ident::BackendKind::Mlx,
             problem: format!("{op}: {e}"),
         })?;
         Ok(slice.to_vec())

@@ -1,7 +1,8 @@
 //! MLX backend (through `mlx-rs`), compiled in with the `mlx` feature.
 //!
-//! Without the feature `MlxBackend::new()` still exists and reports
-//! `Error::BackendNotCompiled { backend: "mlx" }`. With it, every op is built
+//! Without the feature `MlxBackend` is a stub with no values
+//! (`backend::stub`) whose constructors report `Error::BackendNotCompiled`.
+//! With it, every op is built
 //! from MLX operations on `Device::cpu()` (Linux CI; macOS would reach Metal
 //! through the same code, untested): bf16 weights and activations, 2-D
 //! row-major tensors `[rows, cols]` as the `Backend` trait defines them.
@@ -30,22 +31,41 @@ mod metal;
 mod ops;
 
 #[cfg(feature = "mlx")]
-pub use backend::{MlxBackend, MlxCache, MlxFaults, MlxTensor, MlxWeight};
-#[cfg(feature = "mlx")]
-pub use ops::RowRouting;
+pub use backend::{MlxBackend, MlxCache, MlxTensor, MlxWeight};
+
+/// Deliberate defects for negative controls (tests prove a check can fail);
+/// all off in normal use.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MlxFaults {
+    /// The fused path rotates as if every position were this much further on.
+    pub fused_rope_position_offset: usize,
+}
 
 #[cfg(not(feature = "mlx"))]
 mod stub {
+    use super::MlxFaults;
+    use crate::backend::BackendKind;
     use crate::error::{Error, Result};
 
-    /// Placeholder: this build has no MLX.
-    pub struct MlxBackend {
-        _private: (),
-    }
+    crate::backend::stub::not_compiled_backend!(
+        /// This build has no MLX: `new` says so.
+        MlxBackend,
+        BackendKind::Mlx
+    );
 
     impl MlxBackend {
         pub fn new() -> Result<Self> {
-            Err(Error::BackendNotCompiled { backend: "mlx" })
+            Err(Error::BackendNotCompiled {
+                backend: BackendKind::Mlx,
+            })
+        }
+
+        pub fn with_faults(_faults: MlxFaults) -> Result<Self> {
+            Self::new()
+        }
+
+        pub fn mlx_version(&self) -> &str {
+            match self.never {}
         }
     }
 }

@@ -103,47 +103,6 @@ pub fn swiglu(gate: &Array, up: &Array) -> R<Array> {
 /// weights rounded to bf16 (the precision the combine multiplies in).
 pub type Route = Vec<(usize, bf16)>;
 
-/// The first `k` indices of `v` by descending value, ties to the lower index.
-fn ranked(v: &[f32], k: usize) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..v.len()).collect();
-    idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
-    idx.truncate(k);
-    idx
-}
-
-/// One token's routing as recorded for diagnostics.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RowRouting {
-    /// The chosen experts, ascending.
-    pub experts: Vec<usize>,
-    /// How far the decision was from a tie: the router-logit gap between the
-    /// k-th and (k+1)-th ranked experts, divided by the row's largest
-    /// |logit| (infinite when every expert is chosen).
-    pub boundary_gap: f32,
-}
-
-/// The routing record of one `moe` call from its bf16 logits (as f32).
-pub fn routing_record(logits: &[f32], experts: usize, top_k: usize) -> Vec<RowRouting> {
-    logits
-        .chunks_exact(experts)
-        .map(|l| {
-            let order = ranked(l, experts);
-            let mut chosen = order[..top_k].to_vec();
-            chosen.sort_unstable();
-            let scale = l.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let boundary_gap = match order.get(top_k) {
-                Some(&next) if scale > 0.0 => (l[order[top_k - 1]] - l[next]) / scale,
-                Some(_) => 0.0,
-                None => f32::INFINITY,
-            };
-            RowRouting {
-                experts: chosen,
-                boundary_gap,
-            }
-        })
-        .collect()
-}
-
 /// The MoE output: for each expert in ascending order, its SwiGLU MLP on the
 /// rows that chose it, scaled by their weights (bf16 product) and added to
 /// those rows' running sums (bf16 add), as the reference accumulates.

@@ -1,0 +1,122 @@
+//! Option values shared by several commands: each enumerated option is a
+//! value enum that clap checks, mapped onto the library's own types (which
+//! know nothing of the command line).
+
+use lockstep::backend::cuda::{CudaOptions, ReductionMode};
+use lockstep::ident::{AttnPath, BackendKind, Numerics};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendArg {
+    Cpu,
+    Cuda,
+    Mlx,
+}
+
+impl From<BackendArg> for BackendKind {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::Cpu => BackendKind::Cpu,
+            BackendArg::Cuda => BackendKind::Cuda,
+            BackendArg::Mlx => BackendKind::Mlx,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NumericsArg {
+    /// bf16 storage, f32 accumulation, rounded where transformers rounds.
+    Bf16,
+    /// f64 over the same weights: truth.
+    F64,
+}
+
+impl From<NumericsArg> for Numerics {
+    fn from(n: NumericsArg) -> Self {
+        match n {
+            NumericsArg::Bf16 => Numerics::Bf16,
+            NumericsArg::F64 => Numerics::F64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PathArg {
+    /// q/k/v projections, q/k RMSNorm and RoPE as separate ops.
+    Graph,
+    /// One op: packed QKV projection + q/k RMSNorm + RoPE.
+    Fused,
+}
+
+impl From<PathArg> for AttnPath {
+    fn from(p: PathArg) -> Self {
+        match p {
+            PathArg::Graph => AttnPath::Graph,
+            PathArg::Fused => AttnPath::Fused,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    /// Fixed reduction order everywhere: the same bits on every run.
+    Deterministic,
+    /// Float atomics in the decode products and split-KV attention.
+    Fast,
+}
+
+impl From<ModeArg> for ReductionMode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Deterministic => ReductionMode::Deterministic,
+            ModeArg::Fast => ReductionMode::Fast,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GraphsArg {
+    On,
+    Off,
+}
+
+impl From<GraphsArg> for bool {
+    fn from(g: GraphsArg) -> Self {
+        g == GraphsArg::On
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LevelArg {
+    /// Every row's logits of one teacher-forced pass.
+    Logits,
+    /// q, k, v of every layer from the same inputs.
+    Op,
+}
+
+/// CUDA run settings (refused by the other backends where they matter).
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct CudaArgs {
+    /// CUDA reduction mode of the graph path.
+    #[arg(long, value_enum, default_value = "deterministic")]
+    pub mode: ModeArg,
+    /// Record the decode step once and replay it (CUDA graphs; dense models).
+    #[arg(long)]
+    pub cuda_graphs: bool,
+}
+
+impl CudaArgs {
+    pub fn options(self) -> CudaOptions {
+        CudaOptions {
+            mode: self.mode.into(),
+            graphs: self.cuda_graphs,
+        }
+    }
+}
+
+/// Prints `v` as pretty JSON on stdout.
+pub fn print_json(v: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("results serialise")
+    );
+}

@@ -1,0 +1,88 @@
+//! `lockstep envelope`: one input run N times, and the spread.
+
+use super::args::{print_json, BackendArg, CudaArgs, LevelArg, NumericsArg, PathArg};
+use lockstep::backend::{AttnPath, Backend};
+use lockstep::engine::Engine;
+use lockstep::error::{Error, Result};
+use lockstep::jobs::fixture::{run_on, EngineJob, Target};
+use lockstep::jobs::{envelope_of, EnvelopeLevel};
+use lockstep::model::Model;
+use lockstep::verify::envelope::Envelope;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value = "synth:tiny")]
+    model: String,
+    #[arg(long, value_enum, default_value = "bf16")]
+    numerics: NumericsArg,
+    #[arg(long, value_enum, default_value = "graph")]
+    path: PathArg,
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    #[arg(long, value_delimiter = ',', default_value = "1,17,42,99,3,250,7,8")]
+    prompt_ids: Vec<u32>,
+    /// Greedy steps per run (0: one teacher-forced pass over the prompt).
+    #[arg(long, default_value_t = 32)]
+    steps: usize,
+    /// With --steps 0: every row's logits (default) or q, k, v of every
+    /// layer (op).
+    #[arg(long, value_enum)]
+    level: Option<LevelArg>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: BackendArg,
+    #[command(flatten)]
+    cuda: CudaArgs,
+    #[arg(long)]
+    json: bool,
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+struct Runs<'a> {
+    level: EnvelopeLevel,
+    path: AttnPath,
+    tokens: &'a [u32],
+    runs: usize,
+}
+
+impl EngineJob for Runs<'_> {
+    type Output = Envelope;
+    fn run<B: Backend>(self, e: &Engine<B>) -> Result<Envelope> {
+        envelope_of(e, self.level, self.path, self.tokens, self.runs)
+    }
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let level = match (a.steps, a.level) {
+        (0, None | Some(LevelArg::Logits)) => EnvelopeLevel::Logits,
+        (0, Some(LevelArg::Op)) => EnvelopeLevel::Op,
+        (steps, None) => EnvelopeLevel::Greedy { steps },
+        (_, Some(_)) => {
+            return Err(Error::invalid(
+                "--level",
+                "applies to teacher-forced envelopes (--steps 0); greedy runs record logits",
+            ))
+        }
+    };
+    let m = Model::open(&a.model)?;
+    let target = Target::new(a.backend.into(), a.numerics.into(), a.cuda.options())?;
+    let job = Runs {
+        level,
+        path: a.path.into(),
+        tokens: &a.prompt_ids,
+        runs: a.runs as usize,
+    };
+    let env = run_on(&m, target, job)?;
+    if a.json {
+        print_json(&env);
+    } else {
+        print!("{}", env.to_text());
+    }
+    if let Some(dir) = a.report {
+        for p in lockstep::report::write_envelope_report(&dir, "envelope", &[&env], a.steps)? {
+            eprintln!("wrote {}", p.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! The command line: `Cli` parses, `run` dispatches, and each command is a
+//! file of its own that calls library jobs and renders their results. No
+//! computation lives here.
+
+mod args;
+mod bench;
+mod compare_reference;
+mod env;
+mod envelope;
+mod generate;
+mod golden;
+mod info;
+mod parity;
+mod synth;
+mod verify;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "lockstep",
+    version,
+    about = "Deterministic-parity verification for Qwen3 inference"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Write a synthetic Hugging Face model folder (byte-identical per seed).
+    Synth(synth::Args),
+    /// Greedy generation on one backend and path.
+    Generate(generate::Args),
+    /// Decode speed, batch 1: every path x mode x graphs configuration timed
+    /// in one process on one loaded model, against the weight-bytes roofline
+    /// of the measured copy bandwidth.
+    Bench(bench::Args),
+    /// The main job: parity and the transformers oracle on the embedded
+    /// default models (tiny, tiny-moe) on every compiled backend; one table.
+    Verify(verify::Args),
+    /// Print the numeric fingerprint of every backend in this build.
+    Env(env::Args),
+    /// Fused vs graph vs f64 truth at op, layer and logits level (CPU reference).
+    Parity(parity::Args),
+    /// Run one input N times and measure the spread (bitwise-distinct count,
+    /// pairwise RMS, ULP histogram, first-divergence steps).
+    Envelope(envelope::Args),
+    /// Golden generations: check them (near-tie aware) or regenerate them.
+    Golden {
+        #[command(subcommand)]
+        action: golden::Action,
+    },
+    /// Config summary and the model hash (loads every tensor).
+    Info(info::Args),
+    /// Compare the CPU reference with a transformers reference file
+    /// (f64 truth for float32 files, bf16 for bfloat16 files).
+    CompareReference(compare_reference::Args),
+}
+
+pub fn run(cmd: Cmd) -> lockstep::error::Result<()> {
+    match cmd {
+        Cmd::Synth(a) => synth::run(a),
+        Cmd::Generate(a) => generate::run(a),
+        Cmd::Bench(a) => bench::run(a),
+        Cmd::Verify(a) => verify::run(a),
+        Cmd::Env(a) => env::run(a),
+        Cmd::Parity(a) => parity::run(a),
+        Cmd::Envelope(a) => envelope::run(a),
+        Cmd::Golden { action } => golden::run(action),
+        Cmd::Info(a) => info::run(a),
+        Cmd::CompareReference(a) => compare_reference::run(a),
+    }
+}

@@ -1,0 +1,57 @@
+//! `lockstep parity`: fused vs graph vs f64 truth at op, layer and logits
+//! level on the CPU reference.
+
+use super::args::{print_json, NumericsArg};
+use lockstep::error::{Error, Result};
+use lockstep::ident::Numerics;
+use lockstep::jobs::parity::cpu_parity_on;
+use lockstep::jobs::{continuation, load_cpu};
+use lockstep::model::Model;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value = "synth:tiny")]
+    model: String,
+    #[arg(long, value_enum, default_value = "bf16")]
+    numerics: NumericsArg,
+    /// Comma-separated prompt ids; greedy tokens are appended up to --tokens.
+    #[arg(long, value_delimiter = ',', default_value = "1,17,42,99,3,250,7,8")]
+    prompt_ids: Vec<u32>,
+    #[arg(long, default_value_t = 32)]
+    tokens: usize,
+    #[arg(long)]
+    json: bool,
+    /// Write markdown, JSON and SVG plots into this folder.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let m = Model::open(&a.model)?;
+    let bf16 = load_cpu(&m, Numerics::Bf16)?;
+    let truth = load_cpu(&m, Numerics::F64)?;
+    // The continuation is the bf16 graph path's, whatever is compared.
+    let extra = a.tokens.saturating_sub(a.prompt_ids.len());
+    let seq = continuation(&bf16, &a.prompt_ids, extra)?;
+    let e = match a.numerics.into() {
+        Numerics::Bf16 => &bf16,
+        Numerics::F64 => &truth,
+    };
+    let (op, run) = cpu_parity_on(e, &truth, &seq)?;
+    if a.json {
+        print_json(&[&op, &run]);
+    } else {
+        print!("{}\n{}", op.to_text(), run.to_text());
+    }
+    if let Some(dir) = a.report {
+        for p in lockstep::report::write_parity_report(&dir, "parity", &[&op, &run])? {
+            eprintln!("wrote {}", p.display());
+        }
+    }
+    if op.pass && run.pass {
+        Ok(())
+    } else {
+        Err(Error::invalid("parity", "outside tolerance"))
+    }
+}

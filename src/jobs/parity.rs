@@ -1,0 +1,147 @@
+//! Fused-vs-graph parity jobs on any backend: op level (q, k, v from the
+//! same inputs, against the contract) and layer / logits level
+//! (teacher-forced, truth-relative, or strict in f64), each with f64 truth
+//! from the CPU reference on exactly the inputs the backend saw.
+
+use crate::backend::cpu::{CpuBackend, Faults};
+use crate::backend::{AttnPath, Backend};
+use crate::engine::{Capture, Engine};
+use crate::error::{Error, Result};
+use crate::ident::Numerics;
+use crate::model::Model;
+use crate::verify::case::{Case, Op};
+use crate::verify::parity::{op_parity, run_parity, ParityReport};
+use crate::verify::tolerances::Tol;
+
+fn same_model<B: Backend>(e: &Engine<B>, truth: &Engine<CpuBackend>, case: &Case) -> Result<()> {
+    if truth.model_hash != e.model_hash {
+        return Err(Error::invalid(
+            case.id(),
+            format!(
+                "engine holds model {}, truth {}: refusing to compare",
+                e.model_hash, truth.model_hash
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The fingerprints a parity report carries: `e`'s graph and fused runs,
+/// then truth's.
+fn fingerprints<B: Backend>(
+    e: &Engine<B>,
+    truth: &Engine<CpuBackend>,
+) -> Vec<crate::engine::record::Fingerprint> {
+    vec![
+        e.fingerprint(AttnPath::Graph),
+        e.fingerprint(AttnPath::Fused),
+        truth.fingerprint(AttnPath::Graph),
+    ]
+}
+
+/// The op contract for a backend's arithmetic: the published RMS bound in
+/// bf16, the formula check in f64.
+pub fn op_tolerance(numerics: Numerics) -> Tol {
+    match numerics {
+        Numerics::Bf16 => Tol::FusedVsGraphRms,
+        Numerics::F64 => Tol::FusedVsGraphF64Rms,
+    }
+}
+
+/// The case of an op-level parity row of `e` on `tokens` tokens.
+pub fn op_case<B: Backend>(e: &Engine<B>, tokens: usize) -> Case {
+    Case::new(Op::Qkv, B::KIND)
+        .preset(&e.model_name)
+        .numerics(e.backend.device_info().numerics)
+        .tokens(tokens)
+}
+
+/// The case of a layer-level parity row of `e` on `tokens` tokens.
+pub fn layers_case<B: Backend>(e: &Engine<B>, tokens: usize) -> Case {
+    let mut case = op_case(e, tokens);
+    case.op = Op::Layers;
+    case
+}
+
+/// Fused vs graph q, k, v on `e` from the same normalised inputs, judged by
+/// `tolerance`, with truth computed by `truth` on exactly the inputs `e`
+/// saw (so truth does not inherit `e`'s earlier layers' error).
+pub fn op_parity_on<B: Backend>(
+    e: &Engine<B>,
+    truth: &Engine<CpuBackend>,
+    tokens: &[u32],
+    tolerance: Tol,
+) -> Result<ParityReport> {
+    let case = op_case(e, tokens.len());
+    same_model(e, truth, &case)?;
+    let rec = e.record_attention_inputs(tokens, &[AttnPath::Graph, AttnPath::Fused])?;
+    let positions: Vec<usize> = (0..tokens.len()).collect();
+    let truth_ops = rec
+        .iter()
+        .map(|l| truth.attention_inputs_from_host(l.layer, &l.input, &positions, AttnPath::Graph))
+        .collect::<Result<Vec<_>>>()?;
+    let mut op = op_parity(case, &rec, Some(&truth_ops), tolerance);
+    op.fingerprints = fingerprints(e, truth);
+    Ok(op)
+}
+
+/// Each layer's output and the logits (last), teacher-forced on `tokens`.
+pub fn layers_and_logits<B: Backend>(
+    e: &Engine<B>,
+    tokens: &[u32],
+    path: AttnPath,
+) -> Result<Vec<Vec<f64>>> {
+    let mut c = Capture {
+        layers: Some(Vec::new()),
+        qkv: None,
+    };
+    let logits = e.teacher_forced(tokens, path, &mut c)?;
+    let mut all = c.layers.expect("requested");
+    all.push(logits.concat());
+    Ok(all)
+}
+
+/// Fused vs graph at every layer and the logits, teacher-forced on
+/// `tokens`: truth-relative, or the absolute `strict` bound.
+pub fn layer_parity_on<B: Backend>(
+    e: &Engine<B>,
+    truth: &Engine<CpuBackend>,
+    tokens: &[u32],
+    strict: Option<Tol>,
+) -> Result<ParityReport> {
+    let case = layers_case(e, tokens.len());
+    same_model(e, truth, &case)?;
+    let g = layers_and_logits(e, tokens, AttnPath::Graph)?;
+    let f = layers_and_logits(e, tokens, AttnPath::Fused)?;
+    let t = layers_and_logits(truth, tokens, AttnPath::Graph)?;
+    let mut run = run_parity(case, &f, &g, Some(&t), strict);
+    run.fingerprints = fingerprints(e, truth);
+    Ok(run)
+}
+
+/// Both parity levels on the CPU reference in `numerics` (op: the contract;
+/// layers: truth-relative in bf16, strict in f64).
+pub fn cpu_parity_on(
+    e: &Engine<CpuBackend>,
+    truth: &Engine<CpuBackend>,
+    tokens: &[u32],
+) -> Result<(ParityReport, ParityReport)> {
+    let numerics = e.backend.numerics;
+    let op = op_parity_on(e, truth, tokens, op_tolerance(numerics))?;
+    let strict = (numerics == Numerics::F64).then_some(Tol::FusedVsGraphF64Rms);
+    Ok((op, layer_parity_on(e, truth, tokens, strict)?))
+}
+
+/// `cpu_parity_on` for a model loaded here, with `faults` planted in the
+/// candidate engine (negative controls); truth is a separate, fault-free
+/// f64 engine.
+pub fn cpu_parity(
+    model: &Model,
+    numerics: Numerics,
+    faults: Faults,
+    tokens: &[u32],
+) -> Result<(ParityReport, ParityReport)> {
+    let engine = super::load(model, CpuBackend::with_faults(numerics, faults))?;
+    let truth = super::load_cpu(model, Numerics::F64)?;
+    cpu_parity_on(&engine, &truth, tokens)
+}

@@ -1,0 +1,170 @@
+//! The main job: on every default model, the CPU reference's parity at op
+//! and layer level, the transformers oracle, envelopes, containment and
+//! goldens, then each accelerator's rows (or one row saying why it could
+//! not run here). Each model's engines are loaded once (`Fixture`) and
+//! shared by its rows; a row the filter does not match is not run.
+
+use super::accelerator::accelerator_rows;
+use super::envelope::{containment_case, containment_on, envelope_case};
+use super::golden::{against_committed, golden_cases, golden_run_on};
+use super::oracle::{compare_on, embedded_references, oracle_case};
+use super::parity::{layer_parity_on, layers_case, op_case, op_parity_on, op_tolerance};
+use super::{envelope_of, Accelerator, EnvelopeLevel, Fixture, DEFAULT_PRESETS};
+use crate::backend::cuda::CudaBackend;
+use crate::backend::mlx::MlxBackend;
+use crate::backend::{AttnPath, BackendKind};
+use crate::error::Result;
+use crate::ident::Numerics;
+use crate::verify::case::{Case, Filter, Op};
+use crate::verify::checks::{
+    containment_row, envelope_row, golden_row, oracle_row, parity_row, skipped_backend_row,
+};
+use crate::verify::envelope::Envelope;
+use crate::verify::summary::{Check, CheckResult};
+use crate::verify::tolerances::Tol;
+use std::path::Path;
+
+/// Runs per CPU envelope in `verify`.
+pub const ENVELOPE_RUNS: usize = 20;
+
+/// Collects the rows of one run: skips those the filter does not match,
+/// hands each result to the caller as it lands.
+pub struct Rows<'a> {
+    filter: &'a Filter,
+    on_check: &'a mut dyn FnMut(&CheckResult),
+    out: Vec<CheckResult>,
+    /// Rows the filter left out.
+    pub filtered_out: usize,
+}
+
+impl<'a> Rows<'a> {
+    pub fn new(filter: &'a Filter, on_check: &'a mut dyn FnMut(&CheckResult)) -> Self {
+        Rows {
+            filter,
+            on_check,
+            out: Vec::new(),
+            filtered_out: 0,
+        }
+    }
+
+    pub fn wants(&self, case: &Case) -> bool {
+        self.filter.matches(case)
+    }
+
+    /// Runs `job` for `case` if the filter matches it, and keeps its row.
+    pub fn run(&mut self, case: Case, job: impl FnOnce(Case) -> Result<CheckResult>) -> Result<()> {
+        if !self.wants(&case) {
+            self.filtered_out += 1;
+            return Ok(());
+        }
+        let r = job(case)?;
+        (self.on_check)(&r);
+        self.out.push(r);
+        Ok(())
+    }
+
+    pub fn finish(self) -> Vec<CheckResult> {
+        self.out
+    }
+}
+
+/// The CPU reference's rows for one fixture.
+fn cpu_rows(fx: &Fixture, golden_root: &Path, rows: &mut Rows) -> Result<()> {
+    let seq = &fx.seq;
+    for numerics in Numerics::ALL {
+        let e = fx.cpu(numerics);
+        rows.run(op_case(e, seq.len()), |_| {
+            let op = op_parity_on(e, &fx.truth, seq, op_tolerance(numerics))?;
+            Ok(parity_row(&op, Check::ParityOp))
+        })?;
+        rows.run(layers_case(e, seq.len()), |_| {
+            let strict = (numerics == Numerics::F64).then_some(Tol::FusedVsGraphF64Rms);
+            let run = layer_parity_on(e, &fx.truth, seq, strict)?;
+            Ok(parity_row(&run, Check::ParityLayers))
+        })?;
+    }
+    for r in embedded_references(fx.name())? {
+        rows.run(oracle_case(&r), |case| {
+            Ok(oracle_row(
+                case,
+                &compare_on(fx.cpu(r.dtype.numerics()), &r)?,
+            ))
+        })?;
+    }
+    // The graph envelope is also what containment is judged against.
+    let containment = containment_case(&fx.bf16, seq.len());
+    let mut graph_env: Option<Envelope> = None;
+    for path in AttnPath::ALL {
+        let case = envelope_case(&fx.bf16, EnvelopeLevel::Logits, path, seq.len());
+        let needed = path == AttnPath::Graph && rows.wants(&containment);
+        if !rows.wants(&case) && !needed {
+            rows.filtered_out += 1;
+            continue;
+        }
+        let env = envelope_of(&fx.bf16, EnvelopeLevel::Logits, path, seq, ENVELOPE_RUNS)?;
+        rows.run(case, |_| Ok(envelope_row(&env)))?;
+        if path == AttnPath::Graph {
+            graph_env = Some(env);
+        }
+    }
+    rows.run(containment, |case| {
+        let env = graph_env
+            .as_ref()
+            .expect("measured when containment is wanted");
+        Ok(containment_row(
+            case,
+            &containment_on(&fx.bf16, &fx.truth, seq, env)?,
+        ))
+    })?;
+    for g in golden_cases(BackendKind::Cpu)
+        .iter()
+        .filter(|c| c.preset == fx.name())
+    {
+        rows.run(g.case(), |case| {
+            let (now, _) = golden_run_on(fx.cpu(g.numerics), g)?;
+            Ok(golden_row(case, &against_committed(golden_root, &now)))
+        })?;
+    }
+    Ok(())
+}
+
+/// An accelerator's rows for one fixture when this build has it and the
+/// machine can run it, else one skipped row saying why (a failure under
+/// its REQUIRE variable).
+fn rows_of<A: Accelerator>(fx: &Fixture, golden_root: &Path, rows: &mut Rows) -> Result<()> {
+    match A::open() {
+        Ok(b) => accelerator_rows(&super::load(&fx.model, b)?, fx, golden_root, rows),
+        Err(why) => {
+            let case = Case::new(Op::Qkv, A::KIND).preset(fx.name());
+            let required = std::env::var(A::NEED.env_var()).ok();
+            let reason = why.to_string();
+            rows.run(case, |case| {
+                Ok(skipped_backend_row(
+                    A::NEED,
+                    required.as_deref(),
+                    case,
+                    &reason,
+                ))
+            })
+        }
+    }
+}
+
+/// Every row of `verify` on the default models, goldens read from
+/// `golden_root/golden`; `on_check` sees each result as it lands. Returns
+/// the rows and how many the filter left out.
+pub fn verify(
+    golden_root: &Path,
+    filter: &Filter,
+    on_check: &mut dyn FnMut(&CheckResult),
+) -> Result<(Vec<CheckResult>, usize)> {
+    let mut rows = Rows::new(filter, on_check);
+    for preset in DEFAULT_PRESETS {
+        let fx = Fixture::preset(preset)?;
+        cpu_rows(&fx, golden_root, &mut rows)?;
+        rows_of::<MlxBackend>(&fx, golden_root, &mut rows)?;
+        rows_of::<CudaBackend>(&fx, golden_root, &mut rows)?;
+    }
+    let filtered = rows.filtered_out;
+    Ok((rows.finish(), filtered))
+}

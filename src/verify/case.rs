@@ -1,0 +1,286 @@
+//! Case identities: what one check was run on, as `op(k=v,...)@backend`.
+//!
+//! A case is built from typed parts (an `Op`, parameters keyed by `Key`, a
+//! `BackendKind`) and has exactly one text form, `id()`: the parameters
+//! always in `Key` order, whatever order they were given in. That one string
+//! is the row of the `verify` table, the JSON `case` field and what
+//! `--filter` (and `LOCKSTEP_FILTER` in the tests) matches against, as
+//! llama.cpp's test-backend-ops names and filters its op cases.
+
+use crate::error::{Error, Result};
+use crate::ident::{AttnPath, BackendKind, Numerics};
+use serde::{Deserialize, Serialize};
+
+/// What a check ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Op {
+    /// q, k, v of every layer from the same inputs (op level).
+    Qkv,
+    /// Every layer's output and the logits (teacher-forced).
+    Layers,
+    /// Every row's logits of one teacher-forced pass.
+    Logits,
+    /// Greedy generations.
+    Greedy,
+    /// A golden generation against its committed snapshot.
+    Golden,
+    /// The CPU reference against a transformers reference file.
+    Transformers,
+}
+
+impl Op {
+    pub const ALL: [Op; 6] = [
+        Op::Qkv,
+        Op::Layers,
+        Op::Logits,
+        Op::Greedy,
+        Op::Golden,
+        Op::Transformers,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Qkv => "qkv",
+            Op::Layers => "layers",
+            Op::Logits => "logits",
+            Op::Greedy => "greedy",
+            Op::Golden => "golden",
+            Op::Transformers => "transformers",
+        }
+    }
+}
+
+/// A parameter of a case; the declaration order is the order in `id()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Key {
+    Preset,
+    /// The dtype a transformers reference ran in.
+    Dtype,
+    Numerics,
+    Path,
+    /// CUDA's reduction mode.
+    Mode,
+    Tokens,
+    Steps,
+    /// The backend a result is compared with, when not truth.
+    Vs,
+}
+
+impl Key {
+    pub const ALL: [Key; 8] = [
+        Key::Preset,
+        Key::Dtype,
+        Key::Numerics,
+        Key::Path,
+        Key::Mode,
+        Key::Tokens,
+        Key::Steps,
+        Key::Vs,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Key::Preset => "preset",
+            Key::Dtype => "dtype",
+            Key::Numerics => "numerics",
+            Key::Path => "path",
+            Key::Mode => "mode",
+            Key::Tokens => "tokens",
+            Key::Steps => "steps",
+            Key::Vs => "vs",
+        }
+    }
+}
+
+/// One case: an op, its parameters (at most one value per key) and the
+/// backend it ran on.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct Case {
+    pub op: Op,
+    params: Vec<(Key, String)>,
+    pub backend: BackendKind,
+}
+
+impl Case {
+    pub fn new(op: Op, backend: BackendKind) -> Self {
+        Case {
+            op,
+            params: Vec::new(),
+            backend,
+        }
+    }
+
+    /// Sets `key` (replacing an earlier value), keeping keys in order.
+    pub fn with(mut self, key: Key, value: impl std::fmt::Display) -> Self {
+        let value = value.to_string();
+        match self.params.binary_search_by_key(&key, |p| p.0) {
+            Ok(i) => self.params[i].1 = value,
+            Err(i) => self.params.insert(i, (key, value)),
+        }
+        self
+    }
+
+    pub fn preset(self, preset: &str) -> Self {
+        self.with(Key::Preset, preset)
+    }
+    pub fn numerics(self, n: Numerics) -> Self {
+        self.with(Key::Numerics, n)
+    }
+    pub fn path(self, p: AttnPath) -> Self {
+        self.with(Key::Path, p)
+    }
+    pub fn tokens(self, n: usize) -> Self {
+        self.with(Key::Tokens, n)
+    }
+
+    pub fn get(&self, key: Key) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|p| p.0 == key)
+            .map(|p| p.1.as_str())
+    }
+
+    /// `op(k=v,...)@backend`, keys in `Key` order.
+    pub fn id(&self) -> String {
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|(k, v)| format!("{}={v}", k.name()))
+            .collect();
+        format!("{}({})@{}", self.op.name(), params.join(","), self.backend)
+    }
+
+    /// Parses an id written by `id()`.
+    pub fn parse(id: &str) -> Result<Self> {
+        let bad = |why: &str| Error::invalid(format!("case id `{id}`"), why.to_string());
+        let (head, backend) = id.rsplit_once(")@").ok_or_else(|| bad("no `)@backend`"))?;
+        let backend = BackendKind::ALL
+            .into_iter()
+            .find(|b| b.name() == backend)
+            .ok_or_else(|| bad("unknown backend"))?;
+        let (op, params) = head.split_once('(').ok_or_else(|| bad("no `(`"))?;
+        let op = Op::ALL
+            .into_iter()
+            .find(|o| o.name() == op)
+            .ok_or_else(|| bad("unknown op"))?;
+        let mut case = Case::new(op, backend);
+        for kv in params.split(',').filter(|s| !s.is_empty()) {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| bad("a parameter without `=`"))?;
+            let key = Key::ALL
+                .into_iter()
+                .find(|x| x.name() == k)
+                .ok_or_else(|| bad("unknown parameter"))?;
+            if case.get(key).is_some() {
+                return Err(bad("a parameter given twice"));
+            }
+            case = case.with(key, v);
+        }
+        if case.id() != id {
+            return Err(bad("parameters out of order"));
+        }
+        Ok(case)
+    }
+}
+
+impl std::fmt::Display for Case {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.id())
+    }
+}
+
+impl From<Case> for String {
+    fn from(c: Case) -> String {
+        c.id()
+    }
+}
+
+impl TryFrom<String> for Case {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        Case::parse(&s)
+    }
+}
+
+/// Which cases to run: all, or those whose id contains any of the patterns
+/// (`lockstep verify --filter`, `LOCKSTEP_FILTER` in the tests).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    patterns: Vec<String>,
+}
+
+impl Filter {
+    pub fn all() -> Self {
+        Filter::default()
+    }
+
+    pub fn new(patterns: impl IntoIterator<Item = String>) -> Self {
+        Filter {
+            patterns: patterns.into_iter().filter(|p| !p.is_empty()).collect(),
+        }
+    }
+
+    /// From `LOCKSTEP_FILTER`: comma-separated patterns (unset: all).
+    pub fn from_env() -> Self {
+        let v = std::env::var("LOCKSTEP_FILTER").unwrap_or_default();
+        Filter::new(v.split(',').map(str::to_string))
+    }
+
+    pub fn is_all(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    pub fn matches(&self, case: &Case) -> bool {
+        let id = case.id();
+        self.is_all() || self.patterns.iter().any(|p| id.contains(p.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_lists_parameters_in_key_order_whatever_the_order_given() {
+        let a = Case::new(Op::Qkv, BackendKind::Cpu)
+            .tokens(32)
+            .numerics(Numerics::Bf16)
+            .preset("tiny");
+        assert_eq!(a.id(), "qkv(preset=tiny,numerics=bf16,tokens=32)@cpu");
+        let b = Case::new(Op::Qkv, BackendKind::Cpu)
+            .preset("tiny")
+            .numerics(Numerics::Bf16)
+            .tokens(32);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn ids_parse_back_and_malformed_ids_are_refused() {
+        let c = Case::new(Op::Logits, BackendKind::Mlx)
+            .preset("tiny-moe")
+            .path(AttnPath::Fused)
+            .with(Key::Vs, BackendKind::Cpu);
+        assert_eq!(Case::parse(&c.id()).unwrap(), c);
+        for bad in [
+            "qkv(preset=tiny)@gpu",
+            "nop(preset=tiny)@cpu",
+            "qkv(tokens=3,preset=tiny)@cpu",
+            "qkv(preset=tiny,preset=x)@cpu",
+            "qkv(colour=red)@cpu",
+            "qkv(preset)@cpu",
+        ] {
+            assert!(Case::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_filter_matches_any_of_its_patterns_and_an_empty_one_matches_all() {
+        let c = Case::new(Op::Golden, BackendKind::Cuda).preset("tiny");
+        assert!(Filter::all().matches(&c));
+        assert!(Filter::new(["@mlx".into(), "golden".into()]).matches(&c));
+        assert!(!Filter::new(["@mlx".into()]).matches(&c));
+        assert!(Filter::new(["".into()]).is_all());
+    }
+}

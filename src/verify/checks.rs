@@ -1,0 +1,181 @@
+//! How each kind of result becomes one row of the `verify` table: the
+//! metric shown, the threshold it was judged by and why it passed or failed.
+//! Reads verification results only.
+
+use crate::skip::{decide, Need};
+use crate::verify::case::Case;
+use crate::verify::envelope::{Containment, ContainmentRule, Envelope};
+use crate::verify::golden::GoldenOutcome;
+use crate::verify::parity::{ParityReport, ParityRule};
+use crate::verify::reference::ReferenceReport;
+use crate::verify::rows::RowVerdict;
+use crate::verify::summary::{Check, CheckResult, Status};
+use crate::verify::tolerances::{tol, Tol};
+
+fn status(pass: bool) -> Status {
+    if pass {
+        Status::Pass
+    } else {
+        Status::Fail
+    }
+}
+
+/// A parity report: the worst fused-graph RMS under an absolute rule, the
+/// worst fused-truth / graph-truth ratio under the truth-relative one.
+pub fn parity_row(rep: &ParityReport, check: Check) -> CheckResult {
+    let (metric, value) = match rep.rule {
+        ParityRule::Rms { .. } => ("max RMS fused-graph", rep.worst_fused_vs_graph_rms()),
+        ParityRule::TruthRelative { .. } => {
+            let worst = rep
+                .levels
+                .iter()
+                .flat_map(|l| &l.tensors)
+                .filter_map(|t| {
+                    Some(t.fused_vs_truth?.rms / t.graph_vs_truth?.rms.max(f64::MIN_POSITIVE))
+                })
+                .fold(0.0, f64::max);
+            ("max fused-truth / graph-truth", worst)
+        }
+    };
+    CheckResult {
+        check,
+        case: rep.case.clone(),
+        metric: metric.into(),
+        value: Some(value),
+        threshold: rep.rule.to_string(),
+        status: status(rep.pass),
+        detail: rep.first_failure().map_or(String::new(), |(l, t)| {
+            format!("first failure: {l} {}", t.tensor)
+        }),
+    }
+}
+
+/// A transformers reference comparison.
+pub fn oracle_row(case: Case, rep: &ReferenceReport) -> CheckResult {
+    CheckResult {
+        check: Check::Oracle,
+        case,
+        metric: "max rel RMS logits".into(),
+        value: Some(rep.worst_rel_rms),
+        threshold: format!(
+            "{} = {:e}",
+            rep.rel_rms_tolerance.0, rep.rel_rms_tolerance.1
+        ),
+        status: status(rep.pass),
+        detail: match (&rep.first_divergence, rep.divergence_margin) {
+            (Some(d), Some(m)) => format!("greedy differs at step {} (margin {m:.4})", d.step),
+            _ => format!("greedy agrees for {} steps", rep.steps.len()),
+        },
+    }
+}
+
+/// An envelope of a deterministic backend: one bitwise result however
+/// often it runs.
+pub fn envelope_row(env: &Envelope) -> CheckResult {
+    CheckResult {
+        check: Check::Envelope,
+        case: env.case.clone(),
+        metric: format!("bitwise-distinct of {}", env.runs),
+        value: Some(env.distinct as f64),
+        threshold: "1 (deterministic backend)".into(),
+        status: status(env.distinct == 1),
+        detail: format!("max pairwise RMS {:.3e}", env.pairwise_rms.max),
+    }
+}
+
+/// Fused-vs-graph distance against the graph path's envelope.
+pub fn containment_row(case: Case, c: &Containment) -> CheckResult {
+    CheckResult {
+        check: Check::Containment,
+        case,
+        metric: "RMS fused-graph".into(),
+        value: Some(c.distance),
+        threshold: match c.truth_errors {
+            Some((f, g)) if c.rule == ContainmentRule::TruthRelative => format!(
+                "zero envelope: fused-truth {f:.3e} <= truth_relative_factor x graph-truth {g:.3e}"
+            ),
+            _ => format!("graph envelope max RMS {:.3e}", c.envelope_max_rms),
+        },
+        status: status(c.contained),
+        detail: c.rule.name().into(),
+    }
+}
+
+/// A fresh golden run against its committed snapshot (`committed`: the
+/// outcome of the comparison, or why there was none).
+pub fn golden_row(case: Case, committed: &crate::error::Result<GoldenOutcome>) -> CheckResult {
+    CheckResult {
+        check: Check::Golden,
+        case,
+        metric: "first token change".into(),
+        value: match committed {
+            Ok(GoldenOutcome::NearTie { step, .. } | GoldenOutcome::Regression { step, .. }) => {
+                Some(*step as f64)
+            }
+            _ => None,
+        },
+        threshold: "none, or at a recorded near-tie".into(),
+        status: status(matches!(committed, Ok(o) if o.passes())),
+        detail: match committed {
+            Ok(o) => format!("{o:?}"),
+            Err(e) => e.to_string(),
+        },
+    }
+}
+
+/// A backend's teacher-forced logits against the CPU reference, judged row
+/// by row (`tolerance`; MoE: up to a routing near-tie).
+pub fn logits_row(case: Case, tolerance: Tol, verdict: &RowVerdict, rows: usize) -> CheckResult {
+    CheckResult {
+        check: Check::ParityLogits,
+        case,
+        metric: "max row rel RMS judged".into(),
+        value: Some(verdict.worst_judged()),
+        threshold: format!(
+            "{tolerance} = {:e} per row; MoE: up to a routing near-tie",
+            tol(tolerance)
+        ),
+        status: status(verdict.passes()),
+        detail: match verdict {
+            RowVerdict::AllWithin { .. } => format!("all {rows} rows within"),
+            RowVerdict::RoutingNearTie {
+                row,
+                value,
+                gap,
+                layer,
+                ..
+            } => format!(
+                "rows 0..{row} within; row {row} ({value:.3e}) follows a routing near-tie \
+                 (gap {gap:.2e}, MoE layer {layer}); later rows not judged"
+            ),
+            RowVerdict::Outside {
+                row,
+                value,
+                nearest_tie,
+            } => format!(
+                "row {row} at {value:.3e}, no routing near-tie explains it (nearest {nearest_tie:?})"
+            ),
+        },
+    }
+}
+
+/// The row of a backend that could not run here (`reason`): a skip, or a
+/// failure when `required` (the LOCKSTEP_REQUIRE_GPU / LOCKSTEP_REQUIRE_MLX
+/// value) is "1", as for tests.
+pub fn skipped_backend_row(
+    need: Need,
+    required: Option<&str>,
+    case: Case,
+    reason: &str,
+) -> CheckResult {
+    let test = case.id();
+    let skipped = CheckResult::skipped(Check::ParityOp, case, reason);
+    match decide(need, required, &test, reason) {
+        Ok(_) => skipped,
+        Err(msg) => CheckResult {
+            status: Status::Fail,
+            detail: msg,
+            ..skipped
+        },
+    }
+}

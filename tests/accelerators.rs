@@ -1,0 +1,402 @@
+//! One test suite for every accelerator, written once and instantiated per
+//! backend (as candle's `test_device!`): each test opens the backend (or
+//! says loudly why it skipped; LOCKSTEP_REQUIRE_MLX=1 / LOCKSTEP_REQUIRE_GPU=1
+//! make that a failure) and calls the library's jobs, the same ones
+//! `lockstep verify` runs:
+//! - teacher-forced logits against the CPU reference, row by row (MoE: up to
+//!   a routing near-tie in the backend's own record), on both paths;
+//! - greedy generation against the CPU reference, parting only at a near-tie;
+//! - fused vs graph q, k, v at op level against the contract;
+//! - bitwise stability: teacher-forced logits over 20 runs, op level over
+//!   100, and two backend instances agreeing;
+//! - the committed goldens of the backend, and negative controls (an edited
+//!   golden, another model's logits) proving the checks can fail.
+//!
+//! LOCKSTEP_FILTER (comma-separated patterns) runs only the cases whose id
+//! contains one of them, as `lockstep verify --filter` does. Backend-specific
+//! tests live in mlx_backend.rs and cuda_backend.rs.
+
+mod common;
+
+use common::{open, wanted, PROMPT};
+use lockstep::backend::cpu::CpuBackend;
+use lockstep::backend::{AttnPath, Backend};
+use lockstep::engine::Engine;
+use lockstep::ident::{BackendKind, Numerics};
+use lockstep::jobs::accelerator::{greedy_vs_cpu, logits_case, logits_vs_cpu, GreedyVerdict};
+use lockstep::jobs::envelope::envelope_case;
+use lockstep::jobs::golden::{against_committed, golden_cases, golden_runs, GoldenCase};
+use lockstep::jobs::parity::{layers_and_logits, op_case, op_parity_on};
+use lockstep::jobs::{envelope_of, load, load_cpu, Accelerator, EnvelopeLevel, Fixture};
+use lockstep::model::Model;
+use lockstep::verify::case::{Case, Key, Op};
+use lockstep::verify::golden::GoldenOutcome;
+use lockstep::verify::metrics::diff;
+use lockstep::verify::rows::RowVerdict;
+use lockstep::verify::tolerances::{tol, Tol};
+
+fn engine<A: Accelerator>(fx: &Fixture, be: A) -> Engine<A> {
+    let e = load(&fx.model, be).unwrap();
+    assert_eq!(
+        e.model_hash, fx.bf16.model_hash,
+        "engines hold different models"
+    );
+    e
+}
+
+/// Per-level distances of `e` from the CPU reference and from truth,
+/// teacher-forced on the fixture's sequence (diagnostics for a failure).
+fn level_table<A: Backend>(fx: &Fixture, e: &Engine<A>, path: AttnPath) {
+    let m = layers_and_logits(e, &fx.seq, path).unwrap();
+    let c = layers_and_logits(&fx.bf16, &fx.seq, path).unwrap();
+    let t = layers_and_logits(&fx.truth, &fx.seq, AttnPath::Graph).unwrap();
+    println!(
+        "level     {0}-cpu rel_rms  max_abs    | {0}-truth rel_rms  cpu-truth rel_rms",
+        A::KIND
+    );
+    let n = m.len();
+    for (l, ((m, c), t)) in m.iter().zip(&c).zip(&t).enumerate() {
+        let level = if l + 1 == n {
+            "logits".to_string()
+        } else {
+            format!("layer {l}")
+        };
+        let (mc, mt, ct) = (diff(m, c), diff(m, t), diff(c, t));
+        println!(
+            "{level:<9} {:.3e}        {:.3e}  | {:.3e}          {:.3e}",
+            mc.rel_rms, mc.max_abs, mt.rel_rms, ct.rel_rms
+        );
+        assert!(
+            mc.finite_ok(),
+            "{level}: non-finite at {:?}",
+            mc.first_non_finite
+        );
+    }
+}
+
+pub fn logits_match_the_cpu_reference<A: Accelerator>(test: &str, preset: &str) {
+    let Some((_lock, be)) = open::<A>(test) else {
+        return;
+    };
+    let fx = Fixture::preset(preset).unwrap();
+    let e = engine(&fx, be);
+    println!("device: {:?}", e.backend.device_info());
+    for path in AttnPath::ALL {
+        let case = logits_case(&e, fx.seq.len()).path(path);
+        if !wanted(&case) {
+            continue;
+        }
+        level_table(&fx, &e, path);
+        let l = logits_vs_cpu(&e, &fx.bf16, &fx.seq, path, A::LOGITS_TOLERANCE).unwrap();
+        println!("row  rel_rms    nearest routing tie (gap, MoE layer)");
+        for (r, d) in l.rows.iter().enumerate() {
+            println!("{r:>3}  {d:.3e}  {:?}", l.ties[r]);
+        }
+        println!(
+            "{case}: {:?} ({} = {})",
+            l.verdict,
+            A::LOGITS_TOLERANCE,
+            tol(A::LOGITS_TOLERANCE)
+        );
+        assert!(l.verdict.passes(), "{case}: {:?}", l.verdict);
+    }
+}
+
+pub fn greedy_matches_the_cpu_reference<A: Accelerator>(test: &str, preset: &str) {
+    let Some((_lock, be)) = open::<A>(test) else {
+        return;
+    };
+    const STEPS: usize = 32;
+    let fx = Fixture::preset(preset).unwrap();
+    let e = engine(&fx, be);
+    for path in AttnPath::ALL {
+        let case = Case::new(Op::Greedy, A::KIND)
+            .preset(preset)
+            .path(path)
+            .with(Key::Steps, STEPS)
+            .with(Key::Vs, BackendKind::Cpu);
+        if !wanted(&case) {
+            continue;
+        }
+        let (v, ours, cpu) =
+            greedy_vs_cpu(&e, &fx.bf16, &PROMPT, STEPS, path, A::LOGITS_TOLERANCE).unwrap();
+        println!("{case}: ours {ours:?}\n{case}: cpu  {cpu:?}\n{case}: {v:?}");
+        assert!(v.passes(), "{case}: {v:?}");
+        if let GreedyVerdict::NearTie { step, margin } = v {
+            println!(
+                "{case}: parts at step {step}, a near-tie (margin {margin:.5} < {})",
+                tol(Tol::NearTieMarginBf16)
+            );
+        }
+    }
+}
+
+/// Fused vs graph q, k, v from the same inputs, every layer within
+/// `fused_vs_graph_rms`; f64 truth says which path is nearer.
+pub fn fused_qkv_matches_graph<A: Accelerator>(test: &str, presets: &[&str]) {
+    for preset in presets {
+        let Some((_lock, be)) = open::<A>(test) else {
+            return;
+        };
+        // The default models on their long sequence; real shapes on the
+        // prompt alone (a CPU continuation of them would take minutes).
+        let (model, truth, seq) = match preset.starts_with("tiny") {
+            true => {
+                let fx = Fixture::preset(preset).unwrap();
+                (fx.model, fx.truth, fx.seq)
+            }
+            false => {
+                let m = Model::open(&format!("synth:{preset}")).unwrap();
+                let t = load_cpu(&m, Numerics::F64).unwrap();
+                let v = m.config.vocab_size as u32;
+                (m, t, PROMPT.iter().map(|&x| x % v).collect())
+            }
+        };
+        let e = load(&model, be).unwrap();
+        if !wanted(&op_case(&e, seq.len())) {
+            continue;
+        }
+        let op = op_parity_on(&e, &truth, &seq, Tol::FusedVsGraphRms).unwrap();
+        println!("{}", op.to_text());
+        assert!(op.pass, "{}", op.to_text());
+    }
+}
+
+pub fn teacher_forced_logits_are_bitwise_stable<A: Accelerator>(test: &str, preset: &str) {
+    const RUNS: usize = 20;
+    let Some((_lock, be)) = open::<A>(test) else {
+        return;
+    };
+    let fx = Fixture::preset(preset).unwrap();
+    let e = engine(&fx, be);
+    let other = engine(&fx, A::open().unwrap());
+    for path in AttnPath::ALL {
+        if !wanted(&envelope_case(
+            &e,
+            EnvelopeLevel::Logits,
+            path,
+            fx.seq.len(),
+        )) {
+            continue;
+        }
+        let env = envelope_of(&e, EnvelopeLevel::Logits, path, &fx.seq, RUNS).unwrap();
+        println!("{}", env.to_text());
+        assert_eq!(env.distinct, 1, "{}", env.to_text());
+        // A second backend instance lands on the same bits.
+        let first = |e: &Engine<A>| {
+            e.teacher_forced(&fx.seq, path, &mut Default::default())
+                .unwrap()
+                .concat()
+        };
+        let (a, b) = (first(&e), first(&other));
+        assert!(
+            a.iter()
+                .map(|v| v.to_bits())
+                .eq(b.iter().map(|v| v.to_bits())),
+            "{}: two backend instances disagree bitwise",
+            env.case
+        );
+    }
+}
+
+/// q, k, v of every layer over 100 runs (each layer's input held fixed):
+/// one bitwise result per path.
+pub fn op_level_envelopes_have_one_distinct_result<A: Accelerator>(test: &str) {
+    let Some((_lock, be)) = open::<A>(test) else {
+        return;
+    };
+    let m = Model::open("synth:tiny").unwrap();
+    let e = load(&m, be).unwrap();
+    for path in AttnPath::ALL {
+        if !wanted(&envelope_case(&e, EnvelopeLevel::Op, path, PROMPT.len())) {
+            continue;
+        }
+        let env = envelope_of(&e, EnvelopeLevel::Op, path, &PROMPT, 100).unwrap();
+        println!("{}", env.to_text());
+        assert_eq!(env.distinct, 1, "{}", env.to_text());
+    }
+}
+
+fn fresh_and_committed(cases: &[GoldenCase]) -> Vec<(String, GoldenOutcome)> {
+    golden_runs(cases)
+        .unwrap()
+        .into_iter()
+        .map(|(now, _)| {
+            let name = now.name();
+            let out = against_committed(common::root(), &now).unwrap_or_else(|e| {
+                panic!(
+                    "{name}: {e}\n(write it with `lockstep golden regen --backend {}`)",
+                    now.backend
+                )
+            });
+            if !matches!(
+                out,
+                GoldenOutcome::Identical | GoldenOutcome::NearTie { .. }
+            ) {
+                // Fails with insta's diff, leaving a .snap.new for review.
+                common::insta_assert(&name, &now.render());
+            }
+            (name, out)
+        })
+        .collect()
+}
+
+/// The committed goldens of the backend reproduce: the same tokens and
+/// values, or a token change at a recorded near-tie (a warning).
+pub fn committed_goldens_reproduce<A: Accelerator>(test: &str) {
+    let Some((_lock, _be)) = open::<A>(test) else {
+        return;
+    };
+    let cases: Vec<GoldenCase> = golden_cases(A::KIND)
+        .into_iter()
+        .filter(|c| wanted(&c.case()))
+        .collect();
+    for (name, out) in fresh_and_committed(&cases) {
+        println!("{name}: {out:?}");
+        if let GoldenOutcome::NearTie {
+            step,
+            margin,
+            threshold,
+        } = out
+        {
+            eprintln!("warning: {name}: tokens differ from step {step}, a recorded near-tie (margin {margin:.4} < {threshold})");
+        }
+        assert!(out.passes(), "{name}: {out:?}");
+    }
+}
+
+/// Negative control: a golden of the backend with one token changed at a
+/// confident step fails the check against a fresh run.
+pub fn an_edited_golden_fails_the_check<A: Accelerator>(test: &str) {
+    let Some((_lock, _be)) = open::<A>(test) else {
+        return;
+    };
+    let case = golden_cases(A::KIND)[0];
+    let (now, _) = golden_runs(&[case]).unwrap().swap_remove(0);
+    let path = lockstep::verify::golden::golden_path(common::root(), &now.name());
+    let mut g = lockstep::verify::golden::load(&path).unwrap();
+    let step = common::edit_a_confident_step(&mut g);
+    let out = lockstep::verify::golden::compare(&g, &now).unwrap();
+    println!("{}: {out:?}", now.name());
+    assert!(
+        matches!(out, GoldenOutcome::Regression { step: s, .. } if s == step),
+        "{out:?}"
+    );
+    assert!(!out.passes());
+}
+
+/// Negative control for the row rule: the backend running a model with
+/// other weights is refused, not explained away as a routing near-tie.
+pub fn row_rule_refuses_another_models_logits<A: Accelerator>(test: &str) {
+    let Some((_lock, be)) = open::<A>(test) else {
+        return;
+    };
+    let fx = Fixture::preset("tiny-moe").unwrap();
+    let other = load(&Model::open("synth:tiny-moe:1").unwrap(), be).unwrap();
+    let cpu: &Engine<CpuBackend> = &fx.bf16;
+    assert_ne!(cpu.model_hash, other.model_hash);
+    let e = logits_vs_cpu(&other, cpu, &fx.seq, AttnPath::Graph, A::LOGITS_TOLERANCE)
+        .err()
+        .expect("logits of another model were compared");
+    println!("refused as expected: {e}");
+    assert!(e.to_string().contains("refusing to compare"), "{e}");
+    // With the identity check out of the way (the same hash), the row rule
+    // itself must reject these logits.
+    let c = cpu
+        .teacher_forced(&fx.seq, AttnPath::Graph, &mut Default::default())
+        .unwrap();
+    let o = other
+        .teacher_forced(&fx.seq, AttnPath::Graph, &mut Default::default())
+        .unwrap();
+    let rows: Vec<f64> = o.iter().zip(&c).map(|(o, c)| diff(o, c).rel_rms).collect();
+    other.backend.record_routing(true);
+    other
+        .teacher_forced(&fx.seq, AttnPath::Graph, &mut Default::default())
+        .unwrap();
+    let ties =
+        lockstep::jobs::accelerator::nearest_ties(&other.backend.take_routing_log(), rows.len());
+    let v = lockstep::verify::rows::judge_rows(&rows, &ties, A::LOGITS_TOLERANCE);
+    println!("{v:?}");
+    assert!(matches!(v, RowVerdict::Outside { .. }), "{v:?}");
+}
+
+/// Instantiates the suite for one accelerator as a module of tests.
+macro_rules! accelerator_suite {
+    ($name:ident, $backend:ty, op_presets = [$($preset:literal),*]) => {
+        mod $name {
+            use super::*;
+            type A = $backend;
+            const B: &str = stringify!($name);
+
+            fn t(test: &str) -> String {
+                format!("tests/accelerators.rs::{B}::{test}")
+            }
+
+            #[test]
+            fn logits_match_the_cpu_reference_on_tiny() {
+                logits_match_the_cpu_reference::<A>(&t("logits_match_the_cpu_reference_on_tiny"), "tiny");
+            }
+
+            #[test]
+            fn logits_match_the_cpu_reference_on_tiny_moe() {
+                logits_match_the_cpu_reference::<A>(&t("logits_match_the_cpu_reference_on_tiny_moe"), "tiny-moe");
+            }
+
+            #[test]
+            fn greedy_generation_matches_the_cpu_reference_or_parts_at_a_near_tie_on_tiny() {
+                greedy_matches_the_cpu_reference::<A>(&t("greedy_generation_matches_the_cpu_reference_or_parts_at_a_near_tie_on_tiny"), "tiny");
+            }
+
+            #[test]
+            fn greedy_generation_matches_the_cpu_reference_or_parts_at_a_near_tie_on_tiny_moe() {
+                greedy_matches_the_cpu_reference::<A>(&t("greedy_generation_matches_the_cpu_reference_or_parts_at_a_near_tie_on_tiny_moe"), "tiny-moe");
+            }
+
+            #[test]
+            fn fused_qkv_matches_graph_within_the_contract() {
+                fused_qkv_matches_graph::<A>(&t("fused_qkv_matches_graph_within_the_contract"), &[$($preset),*]);
+            }
+
+            #[test]
+            fn teacher_forced_logits_are_bitwise_stable_over_20_runs_on_tiny() {
+                teacher_forced_logits_are_bitwise_stable::<A>(&t("teacher_forced_logits_are_bitwise_stable_over_20_runs_on_tiny"), "tiny");
+            }
+
+            #[test]
+            fn teacher_forced_logits_are_bitwise_stable_over_20_runs_on_tiny_moe() {
+                teacher_forced_logits_are_bitwise_stable::<A>(&t("teacher_forced_logits_are_bitwise_stable_over_20_runs_on_tiny_moe"), "tiny-moe");
+            }
+
+            #[test]
+            fn op_level_envelopes_have_one_distinct_result_over_100_runs() {
+                op_level_envelopes_have_one_distinct_result::<A>(&t("op_level_envelopes_have_one_distinct_result_over_100_runs"));
+            }
+
+            #[test]
+            fn the_committed_goldens_reproduce() {
+                committed_goldens_reproduce::<A>(&t("the_committed_goldens_reproduce"));
+            }
+
+            #[test]
+            fn a_golden_edited_at_a_confident_step_fails_the_check() {
+                an_edited_golden_fails_the_check::<A>(&t("a_golden_edited_at_a_confident_step_fails_the_check"));
+            }
+
+            #[test]
+            fn the_row_rule_refuses_logits_of_a_model_with_other_weights() {
+                row_rule_refuses_another_models_logits::<A>(&t("the_row_rule_refuses_logits_of_a_model_with_other_weights"));
+            }
+        }
+    };
+}
+
+accelerator_suite!(
+    mlx,
+    lockstep::backend::mlx::MlxBackend,
+    op_presets = ["tiny", "tiny-moe"]
+);
+accelerator_suite!(
+    cuda,
+    lockstep::backend::cuda::CudaBackend,
+    op_presets = ["tiny", "tiny-moe", "qwen3-0.6b"]
+);
