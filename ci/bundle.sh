@@ -4,6 +4,8 @@
 #   .device/bin/lockstep        the CLI (release, --features cuda)
 #   .device/tests/<name>        the test binaries that run CUDA (release, --features cuda)
 # cudarc loads libcuda / NVRTC at run time, so this builds without CUDA.
+# LOCKSTEP_FEATURES=cuda,mlx adds MLX (run on MLX's CUDA build by
+# ci/device-mlx.sh, with the library ci/mlx_cuda_pack.py packs).
 # LOCKSTEP_DEVICE_DIR=.device-b puts a second build beside the first, so one
 # device call can time two builds (carry both; ci/device-cuda.sh reads the
 # same variable).
@@ -14,8 +16,12 @@ cargo build --release --features "$features" --bin lockstep
 dir="${LOCKSTEP_DEVICE_DIR:-.device}"
 rm -rf "$dir" && mkdir -p "$dir/bin" "$dir/tests"
 cp target/release/lockstep "$dir/bin/"
+tests="--test accelerators --test cuda_backend --test cuda_kernels"
+# With MLX compiled in (LOCKSTEP_FEATURES=cuda,mlx, for ci/device-mlx.sh),
+# MLX's own tests go too.
+case ",$features," in *,mlx,*) tests="$tests --test mlx_backend" ;; esac
 cargo test --release --features "$features" --no-run --message-format=json \
-  --test accelerators --test cuda_backend --test cuda_kernels 2>/dev/null |
+  $tests 2>/dev/null |
   python3 -c '
 import json, sys, shutil, os
 for line in sys.stdin:

@@ -6,23 +6,37 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Which backend computed a result.
+/// Which backend computed a result. MLX on its GPU device (CUDA or Metal)
+/// is a backend of its own: its kernels, rounding and envelopes are not the
+/// CPU device's, so its results, goldens and rows are kept apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// The plain-Rust reference (the oracle).
+    #[serde(rename = "cpu")]
     Cpu,
+    /// MLX on its CPU device.
+    #[serde(rename = "mlx")]
     Mlx,
+    /// MLX on its GPU device: a CUDA build on NVIDIA cards, Metal on macOS.
+    #[serde(rename = "mlx-gpu")]
+    MlxGpu,
+    #[serde(rename = "cuda")]
     Cuda,
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 3] = [BackendKind::Cpu, BackendKind::Mlx, BackendKind::Cuda];
+    pub const ALL: [BackendKind; 4] = [
+        BackendKind::Cpu,
+        BackendKind::Mlx,
+        BackendKind::MlxGpu,
+        BackendKind::Cuda,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Cpu => "cpu",
             BackendKind::Mlx => "mlx",
+            BackendKind::MlxGpu => "mlx-gpu",
             BackendKind::Cuda => "cuda",
         }
     }
@@ -31,9 +45,14 @@ impl BackendKind {
     pub fn feature(self) -> Option<&'static str> {
         match self {
             BackendKind::Cpu => None,
-            BackendKind::Mlx => Some("mlx"),
+            BackendKind::Mlx | BackendKind::MlxGpu => Some("mlx"),
             BackendKind::Cuda => Some("cuda"),
         }
+    }
+
+    /// Whether it computes on a GPU (its tests then take the GPU lock).
+    pub fn on_gpu(self) -> bool {
+        matches!(self, BackendKind::MlxGpu | BackendKind::Cuda)
     }
 }
 

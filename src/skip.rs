@@ -7,6 +7,8 @@
 pub enum Need {
     Gpu,
     Mlx,
+    /// MLX's GPU device: a CUDA (or Metal) build of libmlx and its GPU.
+    MlxGpu,
 }
 
 impl Need {
@@ -14,6 +16,7 @@ impl Need {
         match self {
             Need::Gpu => "LOCKSTEP_REQUIRE_GPU",
             Need::Mlx => "LOCKSTEP_REQUIRE_MLX",
+            Need::MlxGpu => "LOCKSTEP_REQUIRE_MLX_GPU",
         }
     }
 }

@@ -35,7 +35,7 @@ use lockstep::verify::metrics::diff;
 use lockstep::verify::rows::RowVerdict;
 use lockstep::verify::tolerances::{tol, Tol};
 
-fn engine<A: Accelerator>(fx: &Fixture, be: A) -> Engine<A> {
+fn engine<A: Accelerator>(fx: &Fixture, be: A::Backend) -> Engine<A::Backend> {
     let e = load(&fx.model, be).unwrap();
     assert_eq!(
         e.model_hash, fx.bf16.model_hash,
@@ -46,7 +46,7 @@ fn engine<A: Accelerator>(fx: &Fixture, be: A) -> Engine<A> {
 
 /// Per-level distances of `e` from the CPU reference and from truth,
 /// teacher-forced on the fixture's sequence (diagnostics for a failure).
-fn level_table<A: Backend>(fx: &Fixture, e: &Engine<A>, path: AttnPath) {
+fn level_table<A: Accelerator>(fx: &Fixture, e: &Engine<A::Backend>, path: AttnPath) {
     let m = layers_and_logits(e, &fx.seq, path).unwrap();
     let c = layers_and_logits(&fx.bf16, &fx.seq, path).unwrap();
     let t = layers_and_logits(&fx.truth, &fx.seq, AttnPath::Graph).unwrap();
@@ -79,14 +79,14 @@ pub fn logits_match_the_cpu_reference<A: Accelerator>(test: &str, preset: &str) 
         return;
     };
     let fx = Fixture::preset(preset).unwrap();
-    let e = engine(&fx, be);
+    let e = engine::<A>(&fx, be);
     println!("device: {:?}", e.backend.device_info());
     for path in AttnPath::ALL {
         let case = logits_case(&e, fx.seq.len()).path(path);
         if !wanted(&case) {
             continue;
         }
-        level_table(&fx, &e, path);
+        level_table::<A>(&fx, &e, path);
         let l = logits_vs_cpu(&e, &fx.bf16, &fx.seq, path, A::LOGITS_TOLERANCE).unwrap();
         println!("row  rel_rms    nearest routing tie (gap, MoE layer)");
         for (r, d) in l.rows.iter().enumerate() {
@@ -108,7 +108,7 @@ pub fn greedy_matches_the_cpu_reference<A: Accelerator>(test: &str, preset: &str
     };
     const STEPS: usize = 32;
     let fx = Fixture::preset(preset).unwrap();
-    let e = engine(&fx, be);
+    let e = engine::<A>(&fx, be);
     for path in AttnPath::ALL {
         let case = Case::new(Op::Greedy, A::KIND)
             .preset(preset)
@@ -168,8 +168,8 @@ pub fn teacher_forced_logits_are_bitwise_stable<A: Accelerator>(test: &str, pres
         return;
     };
     let fx = Fixture::preset(preset).unwrap();
-    let e = engine(&fx, be);
-    let other = engine(&fx, A::open().unwrap());
+    let e = engine::<A>(&fx, be);
+    let other = engine::<A>(&fx, A::open().unwrap());
     for path in AttnPath::ALL {
         if !wanted(&envelope_case(
             &e,
@@ -183,7 +183,7 @@ pub fn teacher_forced_logits_are_bitwise_stable<A: Accelerator>(test: &str, pres
         println!("{}", env.to_text());
         assert_eq!(env.distinct, 1, "{}", env.to_text());
         // A second backend instance lands on the same bits.
-        let first = |e: &Engine<A>| {
+        let first = |e: &Engine<A::Backend>| {
             e.teacher_forced(&fx.seq, path, &mut Default::default())
                 .unwrap()
                 .concat()
@@ -392,11 +392,16 @@ macro_rules! accelerator_suite {
 
 accelerator_suite!(
     mlx,
-    lockstep::backend::mlx::MlxBackend,
+    lockstep::jobs::accelerator::Mlx,
     op_presets = ["tiny", "tiny-moe"]
 );
 accelerator_suite!(
+    mlx_gpu,
+    lockstep::jobs::accelerator::MlxGpu,
+    op_presets = ["tiny", "tiny-moe", "qwen3-0.6b"]
+);
+accelerator_suite!(
     cuda,
-    lockstep::backend::cuda::CudaBackend,
+    lockstep::jobs::accelerator::Cuda,
     op_presets = ["tiny", "tiny-moe", "qwen3-0.6b"]
 );

@@ -24,6 +24,7 @@ use lockstep::backend::cuda::{CudaBackend, CudaOptions, ReductionMode};
 use lockstep::backend::{AttnPath, Backend};
 use lockstep::engine::generate::GenerateOptions;
 use lockstep::engine::Engine;
+use lockstep::jobs::accelerator::Cuda;
 use lockstep::model::Model;
 use lockstep::verify::metrics::diff;
 use lockstep::verify::tolerances::{tol, Tol};
@@ -52,8 +53,7 @@ fn greedy(e: &Engine<CudaBackend>, path: AttnPath, steps: usize) -> Vec<Vec<(u32
 /// recorded run's tokens.
 #[test]
 fn recorded_decode_steps_match_op_by_op_steps() {
-    let Some((_g, be)) = open::<CudaBackend>(&t("recorded_decode_steps_match_op_by_op_steps"))
-    else {
+    let Some((_g, be)) = open::<Cuda>(&t("recorded_decode_steps_match_op_by_op_steps")) else {
         return;
     };
     let m = Model::open("synth:tiny").unwrap();
@@ -86,7 +86,7 @@ fn recorded_decode_steps_match_op_by_op_steps() {
 /// differences possible, not certain.
 #[test]
 fn fast_mode_stays_close_and_the_fused_kernel_stays_deterministic() {
-    let Some((_g, be)) = open::<CudaBackend>(&t("fast_mode_stays_close")) else {
+    let Some((_g, be)) = open::<Cuda>(&t("fast_mode_stays_close")) else {
         return;
     };
     let m = Model::open("synth:tiny").unwrap();
@@ -162,8 +162,7 @@ fn fast_mode_stays_close_and_the_fused_kernel_stays_deterministic() {
 /// before (12288): CUDA against the CPU reference on the same inputs.
 #[test]
 fn long_context_attention_matches_the_cpu_reference() {
-    let Some((_g, be)) =
-        open::<CudaBackend>(&t("long_context_attention_matches_the_cpu_reference"))
+    let Some((_g, be)) = open::<Cuda>(&t("long_context_attention_matches_the_cpu_reference"))
     else {
         return;
     };
@@ -234,8 +233,7 @@ fn long_context_attention_matches_the_cpu_reference() {
 /// index, NaN never wins, wherever the winner sits among the blocks.
 #[test]
 fn device_argmax_picks_the_first_largest_value() {
-    let Some((_g, be)) = open::<CudaBackend>(&t("device_argmax_picks_the_first_largest_value"))
-    else {
+    let Some((_g, be)) = open::<Cuda>(&t("device_argmax_picks_the_first_largest_value")) else {
         return;
     };
     let n = 151_936;
@@ -278,8 +276,7 @@ fn device_argmax_picks_the_first_largest_value() {
 /// one-launch result for a shorter row differs.
 #[test]
 fn one_launch_decode_attention_equals_the_split_passes() {
-    let Some((_g, be)) =
-        open::<CudaBackend>(&t("one_launch_decode_attention_equals_the_split_passes"))
+    let Some((_g, be)) = open::<Cuda>(&t("one_launch_decode_attention_equals_the_split_passes"))
     else {
         return;
     };
@@ -342,7 +339,7 @@ fn one_launch_decode_attention_equals_the_split_passes() {
 fn large_models_fused_vs_graph_and_cpu() {
     let specs = std::env::var("LOCKSTEP_BIG_MODELS").unwrap_or("synth:qwen3-8b".into());
     for spec in specs.split(',') {
-        let Some((_g, be)) = open::<CudaBackend>(&t("large_models_fused_vs_graph_and_cpu")) else {
+        let Some((_g, be)) = open::<Cuda>(&t("large_models_fused_vs_graph_and_cpu")) else {
             return;
         };
         let m = Model::open(spec).unwrap();
@@ -406,7 +403,7 @@ fn large_models_fused_vs_graph_and_cpu() {
 /// also pins device routing to the host's. With and without recorded steps.
 #[test]
 fn decode_steps_equal_teacher_forced_rows() {
-    let Some((_g, be)) = open::<CudaBackend>(&t("decode_steps_equal_teacher_forced_rows")) else {
+    let Some((_g, be)) = open::<Cuda>(&t("decode_steps_equal_teacher_forced_rows")) else {
         return;
     };
     let mut be = Some(be);
@@ -462,8 +459,7 @@ fn decode_steps_equal_teacher_forced_rows() {
 /// allocation the device cannot satisfy names the buffer and its size.
 #[test]
 fn memory_faults_name_the_model_and_the_allocation() {
-    let Some((_g, be)) = open::<CudaBackend>(&t("memory_faults_name_the_model_and_the_allocation"))
-    else {
+    let Some((_g, be)) = open::<Cuda>(&t("memory_faults_name_the_model_and_the_allocation")) else {
         return;
     };
     be.set_memory_limit(Some(1 << 20));
@@ -501,7 +497,7 @@ fn memory_faults_name_the_model_and_the_allocation() {
 /// SwiGLU in one pass) give the bits of the separate ops.
 #[test]
 fn decode_fusions_equal_their_separate_ops() {
-    let Some((_g, be)) = open::<CudaBackend>(&t("decode_fusions_equal_their_separate_ops")) else {
+    let Some((_g, be)) = open::<Cuda>(&t("decode_fusions_equal_their_separate_ops")) else {
         return;
     };
     let m = Model::open("synth:qwen3-0.6b").unwrap();
@@ -543,7 +539,7 @@ fn decode_fusions_equal_their_separate_ops() {
 /// among 1..64 rows.
 #[test]
 fn the_fused_kernel_is_batch_invariant() {
-    let Some((_g, be)) = open::<CudaBackend>(&t("the_fused_kernel_is_batch_invariant")) else {
+    let Some((_g, be)) = open::<Cuda>(&t("the_fused_kernel_is_batch_invariant")) else {
         return;
     };
     let m = Model::open("synth:tiny").unwrap();

@@ -14,6 +14,7 @@ use common::{open, sequence};
 use lockstep::backend::cpu::{CpuBackend, Numerics};
 use lockstep::backend::mlx::{MlxBackend, MlxFaults};
 use lockstep::backend::{AttnPath, Backend, BackendKind, ExpertWeights, MoeWeights};
+use lockstep::jobs::accelerator::Mlx;
 use lockstep::jobs::parity::op_parity_on;
 use lockstep::jobs::{load, Fixture};
 use lockstep::model::Model;
@@ -51,7 +52,7 @@ fn moe_weights<B: Backend>(be: &B, model: &Model, l: usize) -> MoeWeights<B::Wei
 /// any difference is a difference in what the op computes.
 #[test]
 fn mlx_moe_matches_cpu_bf16_bitwise_on_the_same_input() {
-    if let Some((_lock, mlx)) = open::<MlxBackend>(&t("mlx_moe_matches_cpu_bf16_bitwise")) {
+    if let Some((_lock, mlx)) = open::<Mlx>(&t("mlx_moe_matches_cpu_bf16_bitwise")) {
         moe_matches_cpu_bitwise(&mlx);
     }
 }
@@ -99,7 +100,7 @@ fn moe_matches_cpu_bitwise<B: Backend>(other: &B) {
             0.0,
             "layer {}: {}'s MoE differs from the reference on the same input (max abs {:e} at {})",
             l.layer,
-            B::KIND,
+            other.kind(),
             d.max_abs,
             d.max_abs_index
         );
@@ -108,7 +109,7 @@ fn moe_matches_cpu_bitwise<B: Backend>(other: &B) {
 
 #[test]
 fn mlx_backend_reports_mlx_device_bf16_numerics_and_version() {
-    let Some((_lock, be)) = open::<MlxBackend>(&t("mlx_backend_reports_device")) else {
+    let Some((_lock, be)) = open::<Mlx>(&t("mlx_backend_reports_device")) else {
         return;
     };
     reports_device(&be, be.mlx_version());
@@ -132,8 +133,7 @@ fn reports_device<B: Backend>(be: &B, version: &str) {
 /// fail the fused-vs-graph contract at op level (the check verify runs).
 #[test]
 fn mlx_fused_qkv_with_a_planted_rope_offset_fails_the_check() {
-    let Some((_lock, _be)) = open::<MlxBackend>(&t("mlx_fused_qkv_with_a_planted_rope_offset"))
-    else {
+    let Some((_lock, _be)) = open::<Mlx>(&t("mlx_fused_qkv_with_a_planted_rope_offset")) else {
         return;
     };
     let fx = Fixture::preset("tiny").unwrap();

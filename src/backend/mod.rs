@@ -30,7 +30,7 @@ pub use crate::ident::{AttnPath, BackendKind, Numerics};
 pub fn compiled(backend: BackendKind) -> bool {
     match backend {
         BackendKind::Cpu => true,
-        BackendKind::Mlx => cfg!(feature = "mlx"),
+        BackendKind::Mlx | BackendKind::MlxGpu => cfg!(feature = "mlx"),
         BackendKind::Cuda => cfg!(feature = "cuda"),
     }
 }
@@ -98,11 +98,14 @@ pub trait Backend {
     type Weight;
     /// One layer's key/value cache; row `p` holds position `p`.
     type Cache;
-    /// Which backend this is, known before one is opened (case ids,
-    /// skip messages).
-    const KIND: BackendKind;
 
     fn device_info(&self) -> DeviceInfo;
+
+    /// `device_info().backend`, without gathering the rest.
+    fn kind(&self) -> BackendKind;
+
+    /// `device_info().numerics`, without gathering the rest.
+    fn numerics(&self) -> Numerics;
 
     /// Makes a checkpoint tensor resident (converting to the backend's storage).
     fn upload(&self, name: &str, t: &HostTensor) -> Result<Self::Weight>;

@@ -9,10 +9,9 @@
 /// The contents of a stub backend, and its tensor, weight and cache types.
 pub enum Never {}
 
-/// Declares `$name` as a stub backend of kind `$kind`: the `Backend` trait
-/// over `Never`. The module that uses it writes the constructors.
+/// Declares `$name` as a stub backend: the `Backend` trait over `Never`. The module that uses it writes the constructors.
 macro_rules! not_compiled_backend {
-    ($(#[$meta:meta])* $name:ident, $kind:expr) => {
+    ($(#[$meta:meta])* $name:ident) => {
         $(#[$meta])*
         pub struct $name {
             pub(crate) never: $crate::backend::stub::Never,
@@ -22,9 +21,13 @@ macro_rules! not_compiled_backend {
             type Tensor = $crate::backend::stub::Never;
             type Weight = $crate::backend::stub::Never;
             type Cache = $crate::backend::stub::Never;
-            const KIND: $crate::backend::BackendKind = $kind;
-
             fn device_info(&self) -> $crate::backend::DeviceInfo {
+                match self.never {}
+            }
+            fn kind(&self) -> $crate::backend::BackendKind {
+                match self.never {}
+            }
+            fn numerics(&self) -> $crate::backend::Numerics {
                 match self.never {}
             }
             fn upload(

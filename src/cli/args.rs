@@ -3,13 +3,20 @@
 //! know nothing of the command line).
 
 use lockstep::backend::cuda::{CudaOptions, ReductionMode};
+use lockstep::backend::mlx::MlxDevice;
 use lockstep::ident::{AttnPath, BackendKind, Numerics};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendArg {
+    /// The CPU reference.
     Cpu,
+    /// lockstep's own CUDA backend.
     Cuda,
+    /// MLX (on its default device unless --device says: the GPU of a CUDA
+    /// or Metal build of libmlx, else the CPU).
     Mlx,
+    /// MLX on its GPU device.
+    MlxGpu,
 }
 
 impl From<BackendArg> for BackendKind {
@@ -18,6 +25,23 @@ impl From<BackendArg> for BackendKind {
             BackendArg::Cpu => BackendKind::Cpu,
             BackendArg::Cuda => BackendKind::Cuda,
             BackendArg::Mlx => BackendKind::Mlx,
+            BackendArg::MlxGpu => BackendKind::MlxGpu,
+        }
+    }
+}
+
+/// MLX's device, for `--backend mlx`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceArg {
+    Cpu,
+    Gpu,
+}
+
+impl From<DeviceArg> for MlxDevice {
+    fn from(d: DeviceArg) -> Self {
+        match d {
+            DeviceArg::Cpu => MlxDevice::Cpu,
+            DeviceArg::Gpu => MlxDevice::Gpu,
         }
     }
 }

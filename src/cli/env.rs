@@ -16,7 +16,8 @@ pub struct Args {
 }
 
 /// The fingerprints of the CPU reference (both arithmetics), CUDA (when
-/// `with_cuda`) and MLX where they open here, and why the others did not.
+/// `with_cuda`) and MLX on each device where they open here, and why the
+/// others did not.
 pub fn backend_infos(with_cuda: bool) -> (Vec<DeviceInfo>, BTreeMap<BackendKind, String>) {
     let mut infos: Vec<DeviceInfo> = Numerics::ALL
         .iter()
@@ -31,10 +32,15 @@ pub fn backend_infos(with_cuda: bool) -> (Vec<DeviceInfo>, BTreeMap<BackendKind,
             }
         }
     }
-    match MlxBackend::new() {
-        Ok(b) => infos.push(b.device_info()),
-        Err(e) => {
-            missing.insert(BackendKind::Mlx, e.to_string());
+    for (kind, b) in [
+        (BackendKind::Mlx, MlxBackend::new()),
+        (BackendKind::MlxGpu, MlxBackend::gpu()),
+    ] {
+        match b {
+            Ok(b) => infos.push(b.device_info()),
+            Err(e) => {
+                missing.insert(kind, e.to_string());
+            }
         }
     }
     (infos, missing)

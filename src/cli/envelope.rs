@@ -1,6 +1,6 @@
 //! `lockstep envelope`: one input run N times, and the spread.
 
-use super::args::{print_json, BackendArg, CudaArgs, LevelArg, NumericsArg, PathArg};
+use super::args::{print_json, BackendArg, CudaArgs, DeviceArg, LevelArg, NumericsArg, PathArg};
 use lockstep::backend::{AttnPath, Backend};
 use lockstep::engine::Engine;
 use lockstep::error::{Error, Result};
@@ -31,6 +31,10 @@ pub struct Args {
     level: Option<LevelArg>,
     #[arg(long, value_enum, default_value = "cpu")]
     backend: BackendArg,
+    /// MLX's device (with --backend mlx; default: the GPU of a CUDA or
+    /// Metal build of libmlx, else the CPU).
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
     #[command(flatten)]
     cuda: CudaArgs,
     #[arg(long)]
@@ -66,7 +70,12 @@ pub fn run(a: Args) -> Result<()> {
         }
     };
     let m = Model::open(&a.model)?;
-    let target = Target::new(a.backend.into(), a.numerics.into(), a.cuda.options())?;
+    let target = Target::new(
+        a.backend.into(),
+        a.device.map(Into::into),
+        a.numerics.into(),
+        a.cuda.options(),
+    )?;
     let job = Runs {
         level,
         path: a.path.into(),

@@ -1,6 +1,6 @@
 //! `lockstep generate`: greedy generation on one backend and path.
 
-use super::args::{print_json, BackendArg, CudaArgs, NumericsArg, PathArg};
+use super::args::{print_json, BackendArg, CudaArgs, DeviceArg, NumericsArg, PathArg};
 use lockstep::backend::Backend;
 use lockstep::engine::generate::GenerateOptions;
 use lockstep::engine::record::RecordedRun;
@@ -17,6 +17,10 @@ pub struct Args {
     model: String,
     #[arg(long, value_enum, default_value = "cpu")]
     backend: BackendArg,
+    /// MLX's device (with --backend mlx; default: the GPU of a CUDA or
+    /// Metal build of libmlx, else the CPU).
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
     /// Arithmetic: bf16 (transformers-faithful) or f64 (truth; CPU only).
     #[arg(long, value_enum, default_value = "bf16")]
     numerics: NumericsArg,
@@ -75,7 +79,12 @@ pub fn run(a: Args) -> Result<()> {
         }
         (None, None) => return Err(Error::Prompt("give --prompt-ids or --prompt".into())),
     };
-    let target = Target::new(a.backend.into(), a.numerics.into(), a.cuda.options())?;
+    let target = Target::new(
+        a.backend.into(),
+        a.device.map(Into::into),
+        a.numerics.into(),
+        a.cuda.options(),
+    )?;
     let opts = GenerateOptions {
         max_tokens: a.max_tokens,
         path: a.path.into(),

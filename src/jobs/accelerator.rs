@@ -24,9 +24,14 @@ use crate::verify::rows::{judge_rows, RowVerdict};
 use crate::verify::summary::Check;
 use crate::verify::tolerances::Tol;
 
-/// A backend that `verify` and the shared test suite run against the CPU
-/// reference.
-pub trait Accelerator: Backend + Sized {
+/// An accelerator that `verify` and the shared test suite run against the
+/// CPU reference: a backend on one device, with what it is judged by. The
+/// implementors are marker types because one backend type can stand for two
+/// of them (MLX on its CPU and on its GPU device).
+pub trait Accelerator {
+    type Backend: Backend;
+    /// Its results' backend identity (`Backend::kind` of what `open` gives).
+    const KIND: BackendKind;
     /// What a machine needs to run it (for loud skips).
     const NEED: Need;
     /// Teacher-forced runs per logits envelope in `verify`.
@@ -35,10 +40,21 @@ pub trait Accelerator: Backend + Sized {
     const LOGITS_TOLERANCE: Tol;
     /// The default device in the default settings, or why there is none
     /// here (not compiled in, no driver, no device).
-    fn open() -> Result<Self>;
+    fn open() -> Result<Self::Backend>;
 }
 
-impl Accelerator for MlxBackend {
+/// MLX on its CPU device.
+pub struct Mlx;
+
+/// MLX on its GPU device (a CUDA build of libmlx on NVIDIA cards).
+pub struct MlxGpu;
+
+/// lockstep's own CUDA backend on GPU 0.
+pub struct Cuda;
+
+impl Accelerator for Mlx {
+    type Backend = MlxBackend;
+    const KIND: BackendKind = BackendKind::Mlx;
     const NEED: Need = Need::Mlx;
     /// MLX on its CPU device gave one bitwise result in 20 runs
     /// (docs/mlx.md, the MLX tests); five keep `verify` quick and still
@@ -47,12 +63,28 @@ impl Accelerator for MlxBackend {
     const ENVELOPE_RUNS: usize = 5;
     const LOGITS_TOLERANCE: Tol = Tol::MlxBf16VsCpuBf16LogitsRelRms;
 
-    fn open() -> Result<Self> {
+    fn open() -> Result<MlxBackend> {
         MlxBackend::new()
     }
 }
 
-impl Accelerator for CudaBackend {
+impl Accelerator for MlxGpu {
+    type Backend = MlxBackend;
+    const KIND: BackendKind = BackendKind::MlxGpu;
+    const NEED: Need = Need::MlxGpu;
+    /// As many as for MLX's CPU device; whether MLX's GPU is bitwise
+    /// stable is what the envelope rows find out.
+    const ENVELOPE_RUNS: usize = 5;
+    const LOGITS_TOLERANCE: Tol = Tol::MlxGpuBf16VsCpuBf16LogitsRelRms;
+
+    fn open() -> Result<MlxBackend> {
+        MlxBackend::gpu()
+    }
+}
+
+impl Accelerator for Cuda {
+    type Backend = CudaBackend;
+    const KIND: BackendKind = BackendKind::Cuda;
     const NEED: Need = Need::Gpu;
     /// Deterministic mode gave one bitwise result in 100 op-level and 20
     /// greedy runs (docs/cuda.md); five catch a backend that stopped being
@@ -61,7 +93,7 @@ impl Accelerator for CudaBackend {
     const LOGITS_TOLERANCE: Tol = Tol::CudaVsCpuBf16LogitsRelRms;
 
     /// GPU 0 in deterministic mode.
-    fn open() -> Result<Self> {
+    fn open() -> Result<CudaBackend> {
         open_cuda(CudaOptions::default())
     }
 }
@@ -112,7 +144,7 @@ pub fn logits_vs_cpu<B: Backend>(
 ) -> Result<LogitsVsCpu> {
     if cpu.model_hash != e.model_hash {
         return Err(Error::invalid(
-            format!("{} vs cpu logits", B::KIND),
+            format!("{} vs cpu logits", e.backend.kind()),
             format!(
                 "the backend holds model {}, the CPU reference {}: refusing to compare",
                 e.model_hash, cpu.model_hash
@@ -186,7 +218,7 @@ pub fn greedy_vs_cpu<B: Backend>(
     let theirs = cpu.generate(prompt, &opts, &mut |_| {})?;
     if ours.fingerprint.model_hash != theirs.fingerprint.model_hash {
         return Err(Error::invalid(
-            format!("{} vs cpu greedy", B::KIND),
+            format!("{} vs cpu greedy", e.backend.kind()),
             "the two engines hold different models: refusing to compare",
         ));
     }
@@ -226,9 +258,9 @@ pub fn greedy_vs_cpu<B: Backend>(
 
 /// The case of an accelerator's logits-vs-CPU row.
 pub fn logits_case<B: Backend>(e: &Engine<B>, tokens: usize) -> Case {
-    Case::new(Op::Logits, B::KIND)
+    Case::new(Op::Logits, e.backend.kind())
         .preset(&e.model_name)
-        .numerics(e.backend.device_info().numerics)
+        .numerics(e.backend.numerics())
         .path(AttnPath::Graph)
         .tokens(tokens)
         .with(Key::Vs, BackendKind::Cpu)
@@ -238,7 +270,7 @@ pub fn logits_case<B: Backend>(e: &Engine<B>, tokens: usize) -> Case {
 /// its logits against the CPU reference, fused vs graph at op level against
 /// the contract, a logits envelope per path, and its goldens of the preset.
 pub fn accelerator_rows<A: Accelerator>(
-    e: &Engine<A>,
+    e: &Engine<A::Backend>,
     fx: &Fixture,
     golden_root: &std::path::Path,
     rows: &mut Rows,

@@ -48,7 +48,7 @@ pub fn envelope_case<B: Backend>(
         EnvelopeLevel::Logits => Op::Logits,
         EnvelopeLevel::Greedy { .. } => Op::Greedy,
     };
-    let case = Case::new(op, B::KIND)
+    let case = Case::new(op, e.backend.kind())
         .preset(&e.model_name)
         .numerics(info.numerics)
         .path(path);
@@ -120,7 +120,7 @@ pub fn envelope_of<B: Backend>(
     // Greedy runs that diverged have logits in other contexts: still the same
     // length, so the spread is measured, and the divergence steps say why.
     let toks = matches!(level, EnvelopeLevel::Greedy { .. }).then_some(greedy_tokens.as_slice());
-    let ulp = ulp_type(e.backend.device_info().numerics);
+    let ulp = ulp_type(e.backend.numerics());
     let mut env = envelope(case, &results, toks, ulp);
     env.fingerprint = Some(e.fingerprint(path));
     Ok(env)
@@ -142,9 +142,9 @@ pub fn cpu_envelope(
 
 /// The case of a containment row of `e`: teacher-forced logits.
 pub fn containment_case<B: Backend>(e: &Engine<B>, tokens: usize) -> Case {
-    Case::new(Op::Logits, B::KIND)
+    Case::new(Op::Logits, e.backend.kind())
         .preset(&e.model_name)
-        .numerics(e.backend.device_info().numerics)
+        .numerics(e.backend.numerics())
         .tokens(tokens)
 }
 

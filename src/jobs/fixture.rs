@@ -84,19 +84,36 @@ impl Fixture {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Target {
     Cpu(Numerics),
-    Mlx,
+    Mlx(crate::backend::mlx::MlxDevice),
     Cuda(crate::backend::cuda::CudaOptions),
 }
 
 impl Target {
     /// The target for `backend` in `numerics`: refused, naming the option,
-    /// where the backend cannot compute in it.
+    /// where the backend cannot compute in it. `BackendKind::Mlx` is MLX on
+    /// `device`, by default its default device (`MlxBackend::default_device`:
+    /// the GPU of a CUDA or Metal build of libmlx).
     pub fn new(
         backend: crate::ident::BackendKind,
+        device: Option<crate::backend::mlx::MlxDevice>,
         numerics: Numerics,
         cuda: crate::backend::cuda::CudaOptions,
     ) -> Result<Self> {
+        use crate::backend::mlx::{MlxBackend, MlxDevice};
         use crate::ident::BackendKind;
+        match (backend, device) {
+            (BackendKind::Mlx, _) | (_, None) => {}
+            (BackendKind::MlxGpu, Some(MlxDevice::Gpu)) => {}
+            (b, Some(d)) => {
+                return Err(crate::error::Error::invalid(
+                    "--device",
+                    format!(
+                        "picks MLX's device (--backend mlx); {b} has no device {}",
+                        d.name()
+                    ),
+                ))
+            }
+        }
         if backend != BackendKind::Cpu && numerics != Numerics::Bf16 {
             return Err(crate::error::Error::invalid(
                 "--numerics",
@@ -107,7 +124,8 @@ impl Target {
         }
         Ok(match backend {
             BackendKind::Cpu => Target::Cpu(numerics),
-            BackendKind::Mlx => Target::Mlx,
+            BackendKind::Mlx => Target::Mlx(device.unwrap_or_else(MlxBackend::default_device)),
+            BackendKind::MlxGpu => Target::Mlx(MlxDevice::Gpu),
             BackendKind::Cuda => Target::Cuda(cuda),
         })
     }
@@ -121,10 +139,12 @@ pub trait EngineJob {
 
 /// Opens `target`, loads `model` on it and runs `job`.
 pub fn run_on<J: EngineJob>(model: &Model, target: Target, job: J) -> Result<J::Output> {
-    use super::Accelerator;
     match target {
         Target::Cpu(n) => job.run(&load_cpu(model, n)?),
-        Target::Mlx => job.run(&load(model, crate::backend::mlx::MlxBackend::open()?)?),
+        Target::Mlx(d) => job.run(&load(
+            model,
+            crate::backend::mlx::MlxBackend::on_device(d)?,
+        )?),
         Target::Cuda(o) => job.run(&load(model, super::accelerator::open_cuda(o)?)?),
     }
 }

@@ -2,9 +2,8 @@
 //! one, the check of every golden of the backends this build can run, and
 //! the explicit, atomic regeneration (refused under CI).
 
+use super::accelerator::{Cuda, Mlx, MlxGpu};
 use super::{load, load_cpu, Accelerator, DEFAULT_PRESETS, DEFAULT_PROMPT};
-use crate::backend::cuda::CudaBackend;
-use crate::backend::mlx::MlxBackend;
 use crate::backend::{compiled, Backend};
 use crate::engine::generate::GenerateOptions;
 use crate::engine::record::Fingerprint;
@@ -49,7 +48,7 @@ impl GoldenCase {
 pub fn golden_cases(backend: BackendKind) -> Vec<GoldenCase> {
     let numerics: &[Numerics] = match backend {
         BackendKind::Cpu => &Numerics::ALL,
-        BackendKind::Mlx | BackendKind::Cuda => &[Numerics::Bf16],
+        BackendKind::Mlx | BackendKind::MlxGpu | BackendKind::Cuda => &[Numerics::Bf16],
     };
     let mut v = Vec::new();
     for preset in DEFAULT_PRESETS {
@@ -67,9 +66,9 @@ pub fn golden_cases(backend: BackendKind) -> Vec<GoldenCase> {
     v
 }
 
-/// The goldens of `backend`, or (`None`) of the CPU reference and MLX when
-/// compiled in. CUDA goldens are checked only when asked for: a GPU may be
-/// absent where a CUDA build runs.
+/// The goldens of `backend`, or (`None`) of the CPU reference and MLX's CPU
+/// device when compiled in. GPU goldens (CUDA, MLX's GPU) are checked only
+/// when asked for: a GPU may be absent where such a build runs.
 pub fn golden_set(backend: Option<BackendKind>) -> Result<Vec<GoldenCase>> {
     match backend {
         None => {
@@ -120,8 +119,9 @@ pub fn golden_runs(cases: &[GoldenCase]) -> Result<Vec<(GoldenBody, Fingerprint)
         let model = Model::open(&format!("synth:{}:0", first.preset))?;
         out.extend(match first.backend {
             BackendKind::Cpu => runs(&load_cpu(&model, first.numerics)?, group)?,
-            BackendKind::Mlx => runs(&load(&model, MlxBackend::open()?)?, group)?,
-            BackendKind::Cuda => runs(&load(&model, CudaBackend::open()?)?, group)?,
+            BackendKind::Mlx => runs(&load(&model, Mlx::open()?)?, group)?,
+            BackendKind::MlxGpu => runs(&load(&model, MlxGpu::open()?)?, group)?,
+            BackendKind::Cuda => runs(&load(&model, Cuda::open()?)?, group)?,
         });
         p.set(out.len());
     }

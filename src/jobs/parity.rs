@@ -50,9 +50,9 @@ pub fn op_tolerance(numerics: Numerics) -> Tol {
 
 /// The case of an op-level parity row of `e` on `tokens` tokens.
 pub fn op_case<B: Backend>(e: &Engine<B>, tokens: usize) -> Case {
-    Case::new(Op::Qkv, B::KIND)
+    Case::new(Op::Qkv, e.backend.kind())
         .preset(&e.model_name)
-        .numerics(e.backend.device_info().numerics)
+        .numerics(e.backend.numerics())
         .tokens(tokens)
 }
 

@@ -4,14 +4,12 @@
 //! not run here). Each model's engines are loaded once (`Fixture`) and
 //! shared by its rows; a row the filter does not match is not run.
 
-use super::accelerator::accelerator_rows;
+use super::accelerator::{accelerator_rows, Cuda, Mlx, MlxGpu};
 use super::envelope::{containment_case, containment_on, envelope_case};
 use super::golden::{against_committed, golden_cases, golden_run_on};
 use super::oracle::{compare_on, embedded_references, oracle_case};
 use super::parity::{layer_parity_on, layers_case, op_case, op_parity_on, op_tolerance};
 use super::{envelope_of, Accelerator, EnvelopeLevel, Fixture, DEFAULT_PRESETS};
-use crate::backend::cuda::CudaBackend;
-use crate::backend::mlx::MlxBackend;
 use crate::backend::{AttnPath, BackendKind};
 use crate::error::Result;
 use crate::ident::Numerics;
@@ -133,7 +131,7 @@ fn cpu_rows(fx: &Fixture, golden_root: &Path, rows: &mut Rows) -> Result<()> {
 /// its REQUIRE variable).
 fn rows_of<A: Accelerator>(fx: &Fixture, golden_root: &Path, rows: &mut Rows) -> Result<()> {
     match A::open() {
-        Ok(b) => accelerator_rows(&super::load(&fx.model, b)?, fx, golden_root, rows),
+        Ok(b) => accelerator_rows::<A>(&super::load(&fx.model, b)?, fx, golden_root, rows),
         Err(why) => {
             let case = Case::new(Op::Qkv, A::KIND).preset(fx.name());
             let required = std::env::var(A::NEED.env_var()).ok();
@@ -162,8 +160,9 @@ pub fn verify(
     for preset in DEFAULT_PRESETS {
         let fx = Fixture::preset(preset)?;
         cpu_rows(&fx, golden_root, &mut rows)?;
-        rows_of::<MlxBackend>(&fx, golden_root, &mut rows)?;
-        rows_of::<CudaBackend>(&fx, golden_root, &mut rows)?;
+        rows_of::<Mlx>(&fx, golden_root, &mut rows)?;
+        rows_of::<MlxGpu>(&fx, golden_root, &mut rows)?;
+        rows_of::<Cuda>(&fx, golden_root, &mut rows)?;
     }
     let filtered = rows.filtered_out;
     Ok((rows.finish(), filtered))

@@ -37,11 +37,12 @@ pub enum Tol {
     CudaVsCpuBf16LogitsRelRms,
     CudaVsCpuBf16OpRelRms,
     MlxBf16VsCpuBf16LogitsRelRms,
+    MlxGpuBf16VsCpuBf16LogitsRelRms,
     MoeRoutingNearTieBf16,
 }
 
 impl Tol {
-    pub const ALL: [Tol; 12] = [
+    pub const ALL: [Tol; 13] = [
         Tol::FusedVsGraphRms,
         Tol::FusedVsGraphF64Rms,
         Tol::TruthVsTransformersF32LogitsRelRms,
@@ -53,6 +54,7 @@ impl Tol {
         Tol::CudaVsCpuBf16LogitsRelRms,
         Tol::CudaVsCpuBf16OpRelRms,
         Tol::MlxBf16VsCpuBf16LogitsRelRms,
+        Tol::MlxGpuBf16VsCpuBf16LogitsRelRms,
         Tol::MoeRoutingNearTieBf16,
     ];
 
@@ -71,6 +73,7 @@ impl Tol {
             Tol::CudaVsCpuBf16LogitsRelRms => "cuda_vs_cpu_bf16_logits_rel_rms",
             Tol::CudaVsCpuBf16OpRelRms => "cuda_vs_cpu_bf16_op_rel_rms",
             Tol::MlxBf16VsCpuBf16LogitsRelRms => "mlx_bf16_vs_cpu_bf16_logits_rel_rms",
+            Tol::MlxGpuBf16VsCpuBf16LogitsRelRms => "mlx_gpu_bf16_vs_cpu_bf16_logits_rel_rms",
             Tol::MoeRoutingNearTieBf16 => "moe_routing_near_tie_bf16",
         }
     }

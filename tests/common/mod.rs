@@ -95,9 +95,10 @@ pub fn edit_a_confident_step(g: &mut lockstep::verify::golden::GoldenBody) -> us
 /// failure under the backend's LOCKSTEP_REQUIRE_* variable).
 pub fn open<A: lockstep::jobs::Accelerator>(
     test: &str,
-) -> Option<(Option<std::sync::MutexGuard<'static, ()>>, A)> {
+) -> Option<(Option<std::sync::MutexGuard<'static, ()>>, A::Backend)> {
     static GPU: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let guard = (A::KIND == lockstep::ident::BackendKind::Cuda)
+    let guard = A::KIND
+        .on_gpu()
         .then(|| GPU.lock().unwrap_or_else(|p| p.into_inner()));
     match A::open() {
         Ok(b) => Some((guard, b)),

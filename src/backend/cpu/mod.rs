@@ -135,7 +135,14 @@ impl Backend for CpuBackend {
     type Tensor = CpuTensor;
     type Weight = CpuWeight;
     type Cache = CpuCache;
-    const KIND: super::BackendKind = super::BackendKind::Cpu;
+
+    fn kind(&self) -> super::BackendKind {
+        super::BackendKind::Cpu
+    }
+
+    fn numerics(&self) -> Numerics {
+        self.numerics
+    }
 
     fn device_info(&self) -> DeviceInfo {
         let mut details = BTreeMap::new();

@@ -230,7 +230,14 @@ impl Backend for CudaBackend {
     type Tensor = CudaTensor;
     type Weight = CudaWeight;
     type Cache = CudaCache;
-    const KIND: crate::ident::BackendKind = crate::ident::BackendKind::Cuda;
+
+    fn kind(&self) -> crate::ident::BackendKind {
+        crate::ident::BackendKind::Cuda
+    }
+
+    fn numerics(&self) -> crate::ident::Numerics {
+        crate::ident::Numerics::Bf16
+    }
 
     fn device_info(&self) -> DeviceInfo {
         let o = self.options();

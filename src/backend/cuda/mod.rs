@@ -82,8 +82,7 @@ mod stub {
 
     crate::backend::stub::not_compiled_backend!(
         /// This build has no CUDA: the constructors say so.
-        CudaBackend,
-        BackendKind::Cuda
+        CudaBackend
     );
 
     impl CudaBackend {

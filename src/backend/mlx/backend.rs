@@ -5,9 +5,10 @@
 //! fused path. Shapes are checked here, before any MLX call, so a mismatch
 //! is an `Error::Shape` naming the op rather than an MLX exception.
 
+use super::device::{gpu_properties, loaded_build, loaded_mlx_version};
 use super::fused::{FusedKey, FusedQkv};
 use super::ops;
-use super::MlxFaults;
+use super::{MlxBuild, MlxDevice, MlxFaults};
 use crate::backend::{check, AttnDims, Backend, BackendKind, DeviceInfo, MoeWeights};
 use crate::backend::{routing_record, RowRouting};
 use crate::error::{Error, Result};
@@ -64,6 +65,11 @@ pub struct MlxCache {
 /// the thread that made them; make one backend per thread.
 pub struct MlxBackend {
     stream: Stream,
+    device: MlxDevice,
+    /// What the loaded libmlx was built for.
+    build: MlxBuild,
+    /// GPU 0 as MLX describes it (GPU device only).
+    gpu: BTreeMap<String, String>,
     faults: MlxFaults,
     /// One compiled fused function per attention geometry.
     fused: RefCell<BTreeMap<FusedKey, FusedQkv>>,
@@ -102,25 +108,6 @@ fn to_i32(v: usize, what: &str) -> Result<i32> {
     })
 }
 
-/// The version string of the libmlx this process loaded.
-fn loaded_mlx_version() -> String {
-    // SAFETY: `mlx_string_new` returns an empty string handle that
-    // `mlx_version` fills; `mlx_string_data` points into that handle and is
-    // copied before `mlx_string_free` releases it.
-    unsafe {
-        let mut s = mlx_sys::mlx_string_new();
-        let v = if mlx_sys::mlx_version(&mut s) == 0 {
-            std::ffi::CStr::from_ptr(mlx_sys::mlx_string_data(s))
-                .to_string_lossy()
-                .into_owned()
-        } else {
-            "unknown".to_string()
-        };
-        mlx_sys::mlx_string_free(s);
-        v
-    }
-}
-
 /// MLX fuses the elementwise parts of a compiled function on the CPU only
 /// when it can run `g++` (it JIT-compiles the fused kernels); otherwise it
 /// runs them unfused. Part of the fingerprint since it could change results.
@@ -134,18 +121,71 @@ fn cpu_jit_available() -> bool {
 impl MlxBackend {
     /// A backend on MLX's default CPU stream.
     pub fn new() -> Result<Self> {
-        Self::with_faults(MlxFaults::default())
+        Self::on_device(MlxDevice::Cpu)
     }
 
-    /// A backend with planted defects (negative controls only).
+    /// A backend on MLX's default GPU stream: refused, saying why, when the
+    /// loaded libmlx has no GPU backend or no GPU is there.
+    pub fn gpu() -> Result<Self> {
+        Self::on_device(MlxDevice::Gpu)
+    }
+
+    pub fn on_device(device: MlxDevice) -> Result<Self> {
+        Self::with_faults_on(device, MlxFaults::default())
+    }
+
+    /// The device MLX runs on when none is asked for: the GPU of a CUDA or
+    /// Metal build of libmlx, else the CPU.
+    pub fn default_device() -> MlxDevice {
+        match loaded_build() {
+            MlxBuild::Cpu => MlxDevice::Cpu,
+            MlxBuild::Cuda | MlxBuild::Metal => MlxDevice::Gpu,
+        }
+    }
+
+    /// A CPU backend with planted defects (negative controls only).
     pub fn with_faults(faults: MlxFaults) -> Result<Self> {
+        Self::with_faults_on(MlxDevice::Cpu, faults)
+    }
+
+    pub fn with_faults_on(device: MlxDevice, faults: MlxFaults) -> Result<Self> {
+        let build = loaded_build();
+        let version = loaded_mlx_version();
+        let (stream, gpu) = match device {
+            MlxDevice::Cpu => (Stream::cpu(), BTreeMap::new()),
+            MlxDevice::Gpu => {
+                if build == MlxBuild::Cpu {
+                    return Err(Error::Backend {
+                        backend: BackendKind::MlxGpu,
+                        problem: format!(
+                            "the loaded libmlx {version} is a CPU-only build (no CUDA or Metal); \
+                             point LD_LIBRARY_PATH at a CUDA build of the same version (docs/mlx.md)"
+                        ),
+                    });
+                }
+                let gpu = gpu_properties();
+                if gpu.is_empty() {
+                    return Err(Error::Backend {
+                        backend: BackendKind::MlxGpu,
+                        problem: format!(
+                            "the loaded libmlx {version} is a {} build but reports no GPU 0",
+                            build.name()
+                        ),
+                    });
+                }
+                (Stream::gpu(), gpu)
+            }
+        };
         Ok(MlxBackend {
-            stream: Stream::cpu(),
+            stream,
+            device,
+            build,
+            gpu,
             faults,
             fused: RefCell::new(BTreeMap::new()),
             pending: RefCell::new(Vec::new()),
             routing_log: RefCell::new(None),
-            mlx_version: loaded_mlx_version(),
+            mlx_version: version,
             #[cfg(any(target_os = "macos", feature = "mlx-metal-check"))]
             metal: None,
         })
@@ -158,9 +198,8 @@ impl MlxBackend {
     pub fn metal_gpu() -> Result<Self> {
         let kernel = super::metal::QkNormRopeKernel::new().or_err("metal kernel")?;
         Ok(MlxBackend {
-            stream: Stream::gpu(),
             metal: Some(kernel),
-            ..Self::new()?
+            ..Self::gpu()?
         })
     }
 
@@ -219,7 +258,17 @@ impl Backend for MlxBackend {
     type Tensor = MlxTensor;
     type Weight = MlxWeight;
     type Cache = MlxCache;
-    const KIND: BackendKind = BackendKind::Mlx;
+
+    fn kind(&self) -> BackendKind {
+        match self.device {
+            MlxDevice::Cpu => BackendKind::Mlx,
+            MlxDevice::Gpu => BackendKind::MlxGpu,
+        }
+    }
+
+    fn numerics(&self) -> crate::ident::Numerics {
+        crate::ident::Numerics::Bf16
+    }
 
     fn record_routing(&self, on: bool) {
         *self.routing_log.borrow_mut() = on.then(Vec::new);
@@ -239,12 +288,17 @@ impl Backend for MlxBackend {
         details.insert("mlx".into(), self.mlx_version.clone());
         details.insert("mlx-c".into(), "0.7.0".into());
         details.insert("mlx-rs".into(), "0.33.0".into());
-        let device = if self.on_metal() { "gpu" } else { "cpu" };
-        details.insert("mlx_device".into(), device.into());
+        details.insert("mlx_device".into(), self.device.name().into());
+        details.insert("mlx_build".into(), self.build.name().into());
+        for (k, v) in &self.gpu {
+            details.insert(format!("gpu_{k}"), v.clone());
+        }
         details.insert(
             "matmul".into(),
-            "MLX CPU simd_gemm: bf16 inputs, f32 accumulation in 16-wide k blocks, one rounding"
-                .into(),
+            match self.device {
+                MlxDevice::Cpu => "MLX CPU simd_gemm: bf16 inputs, f32 accumulation in 16-wide k blocks, one rounding".into(),
+                MlxDevice::Gpu => format!("MLX's {} GPU matmul, bf16 in and out", self.build.name()),
+            },
         );
         details.insert(
             "fused".into(),
@@ -254,23 +308,30 @@ impl Backend for MlxBackend {
                 "transforms::compile(packed matmul + fast::rms_norm + fast::rope)".into()
             },
         );
-        details.insert(
-            "compile_cpu_jit".into(),
-            if cpu_jit_available() {
-                "g++ (elementwise fusion on)".into()
-            } else {
-                "none (elementwise fusion off)".into()
-            },
-        );
+        if self.device == MlxDevice::Cpu {
+            details.insert(
+                "compile_cpu_jit".into(),
+                if cpu_jit_available() {
+                    "g++ (elementwise fusion on)".into()
+                } else {
+                    "none (elementwise fusion off)".into()
+                },
+            );
+        }
         if self.faults != MlxFaults::default() {
             details.insert("faults".into(), format!("{:?}", self.faults));
         }
         DeviceInfo {
-            backend: BackendKind::Mlx,
-            device: if self.on_metal() {
-                "MLX gpu (Metal)".into()
-            } else {
-                format!("MLX cpu: {}", crate::backend::host_cpu_name())
+            backend: self.kind(),
+            device: match self.device {
+                MlxDevice::Cpu => format!("MLX cpu: {}", crate::backend::host_cpu_name()),
+                MlxDevice::Gpu => format!(
+                    "MLX gpu ({}): {}",
+                    self.build.name(),
+                    self.gpu
+                        .get("device_name")
+                        .map_or("unnamed", String::as_str)
+                ),
             },
             numerics: crate::ident::Numerics::Bf16,
             details,

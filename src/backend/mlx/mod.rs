@@ -24,6 +24,8 @@
 #[cfg(feature = "mlx")]
 mod backend;
 #[cfg(feature = "mlx")]
+mod device;
+#[cfg(feature = "mlx")]
 mod fused;
 #[cfg(all(feature = "mlx", any(target_os = "macos", feature = "mlx-metal-check")))]
 mod metal;
@@ -32,6 +34,43 @@ mod ops;
 
 #[cfg(feature = "mlx")]
 pub use backend::{MlxBackend, MlxCache, MlxTensor, MlxWeight};
+
+/// Which of MLX's devices a backend computes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlxDevice {
+    Cpu,
+    /// The GPU of a CUDA build (NVIDIA) or of a Metal build (macOS).
+    Gpu,
+}
+
+impl MlxDevice {
+    pub fn name(self) -> &'static str {
+        match self {
+            MlxDevice::Cpu => "cpu",
+            MlxDevice::Gpu => "gpu",
+        }
+    }
+}
+
+/// What the loaded libmlx was built for (asked of the library at run time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlxBuild {
+    /// The CPU device only (the `mlx-cpu` wheel).
+    Cpu,
+    /// A CUDA build (`mlx-cuda-13`): the GPU device is an NVIDIA GPU.
+    Cuda,
+    Metal,
+}
+
+impl MlxBuild {
+    pub fn name(self) -> &'static str {
+        match self {
+            MlxBuild::Cpu => "cpu",
+            MlxBuild::Cuda => "cuda",
+            MlxBuild::Metal => "metal",
+        }
+    }
+}
 
 /// Deliberate defects for negative controls (tests prove a check can fail);
 /// all off in normal use.
@@ -49,19 +88,38 @@ mod stub {
 
     crate::backend::stub::not_compiled_backend!(
         /// This build has no MLX: `new` says so.
-        MlxBackend,
-        BackendKind::Mlx
+        MlxBackend
     );
 
     impl MlxBackend {
         pub fn new() -> Result<Self> {
+            Self::on_device(super::MlxDevice::Cpu)
+        }
+
+        pub fn gpu() -> Result<Self> {
+            Self::on_device(super::MlxDevice::Gpu)
+        }
+
+        pub fn on_device(device: super::MlxDevice) -> Result<Self> {
+            Self::with_faults_on(device, MlxFaults::default())
+        }
+
+        pub fn with_faults(faults: MlxFaults) -> Result<Self> {
+            Self::with_faults_on(super::MlxDevice::Cpu, faults)
+        }
+
+        pub fn with_faults_on(device: super::MlxDevice, _faults: MlxFaults) -> Result<Self> {
             Err(Error::BackendNotCompiled {
-                backend: BackendKind::Mlx,
+                backend: match device {
+                    super::MlxDevice::Cpu => BackendKind::Mlx,
+                    super::MlxDevice::Gpu => BackendKind::MlxGpu,
+                },
             })
         }
 
-        pub fn with_faults(_faults: MlxFaults) -> Result<Self> {
-            Self::new()
+        /// The device MLX runs on when none is asked for.
+        pub fn default_device() -> super::MlxDevice {
+            super::MlxDevice::Cpu
         }
 
         pub fn mlx_version(&self) -> &str {

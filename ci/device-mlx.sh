@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine: lockstep's MLX backend on MLX's CUDA build.
+# Here, first: LOCKSTEP_FEATURES=cuda,mlx bash ci/bundle.sh and
+# python3 ci/mlx_cuda_pack.py; carry .device and .device-mlx; then there:
+#   OUT=$OUT bash ci/device-mlx.sh STAGE...
+# The binaries were linked against the mlx-cpu wheel's libmlx; the CUDA
+# libmlx of the same version takes its place through LD_LIBRARY_PATH (the
+# binaries carry DT_RUNPATH), and finds cuBLAS, cuDNN, NVRTC, NCCL and CUDA's
+# headers through an `nvidia` link beside it into the machine's Python
+# environment (its RPATH is $ORIGIN/../../nvidia/*/lib). docs/mlx.md says why.
+# Stages (in order given): env, goldens (regen the mlx-gpu goldens here and
+# copy them to $OUT), tests (the shared suite on MLX's GPU), verify (its rows),
+# envelopes (op level N=100 and greedy N=20 x 256, both paths, tiny and
+# qwen3-0.6b), cpu-tests (MLX's CPU device of the CUDA build: does it
+# reproduce the CPU wheel's results?), archive.
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+D=${LOCKSTEP_DEVICE_DIR:-.device}
+L=$D/bin/lockstep
+M=/tmp/mlx-cuda
+PACK=$(ls .device-mlx/mlx-cuda-*.tar.xz | head -1)
+if [ ! -f $M/mlx/lib/libmlx.so ]; then
+  mkdir -p $M && tar xJf "$PACK" -C $M
+fi
+NV=$(python3 -c "import nvidia; print(list(nvidia.__path__)[0])")
+ln -sfn "$NV" $M/nvidia
+export LD_LIBRARY_PATH=$M/mlx/lib$(printf ':%s' "$NV"/*/lib)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+[ -d /usr/local/cuda/include ] && export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+export LOCKSTEP_REQUIRE_MLX_GPU=1
+rc=0
+step() { echo "== $*" | tee -a "$OUT/log.txt"; "$@" 2>&1 | tee -a "$OUT/log.txt"; [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1; }
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$OUT/log.txt"
+echo "libmlx: $PACK; nvidia: $NV" | tee -a "$OUT/log.txt"
+for stage in "$@"; do
+  case $stage in
+    env)
+      step $L env --json ;;
+    goldens)
+      step $L golden regen --backend mlx-gpu --root .
+      mkdir -p "$OUT/golden" && cp golden/*__mlx-gpu__*.snap "$OUT/golden/" ;;
+    tests)
+      step $D/tests/accelerators --test-threads 1 --nocapture mlx_gpu:: ;;
+    verify)
+      step $L verify --root . --filter @mlx-gpu ;;
+    envelopes)
+      for preset in ${ENV_PRESETS:-tiny qwen3-0.6b}; do
+        for path in graph fused; do
+          for kind in op greedy; do
+            if [ $kind = op ]; then args="--steps 0 --level op --runs 100"; else args="--steps 256 --runs 20"; fi
+            name=$preset-$kind-$path
+            echo "== envelope $name" | tee -a "$OUT/log.txt"
+            timeout ${ENV_TIMEOUT:-240} $L envelope --backend mlx --device gpu --model synth:$preset --path $path $args \
+              --json > "$OUT/envelope-$name.json" 2>>"$OUT/log.txt" || { echo "envelope $name failed" | tee -a "$OUT/log.txt"; rc=1; }
+            python3 - "$OUT/envelope-$name.json" <<'PY' | tee -a "$OUT/log.txt"
+import json, sys
+try:
+    e = json.load(open(sys.argv[1]))
+except Exception as x:
+    print("  (no JSON:", x, ")"); sys.exit()
+fd = e.get("first_divergence")
+div = [d for d in (fd or []) if d is not None]
+print(f"  {e['case']}: {e['runs']} runs, {e['distinct']} distinct, pairwise RMS max {e['pairwise_rms']['max']:.3e}, "
+      f"ULP buckets {e['ulp']['buckets']}" + (f", {len(div)} of {len(fd)} diverge, steps {sorted(div)}" if fd is not None else ""))
+PY
+          done
+        done
+      done ;;
+    cpu-tests)
+      LOCKSTEP_REQUIRE_MLX=1 step $D/tests/accelerators --test-threads 1 --nocapture mlx:: ;;
+    archive)
+      tar czf /tmp/lockstep-results.tgz -C "$OUT" --exclude=./results.tgz . &&
+        find "$OUT" -mindepth 1 -maxdepth 1 ! -name log.txt -exec rm -rf {} + &&
+        mv /tmp/lockstep-results.tgz "$OUT/results.tgz" || rc=1
+      ls "$OUT" ;;
+    *) echo "unknown stage $stage"; rc=1 ;;
+  esac
+done
+exit $rc
