@@ -9,7 +9,8 @@
 # headers through an `nvidia` link beside it into the machine's Python
 # environment (its RPATH is $ORIGIN/../../nvidia/*/lib). docs/mlx.md says why.
 # Stages (in order given): env, goldens (regen the mlx-gpu goldens here and
-# copy them to $OUT), tests (the shared suite on MLX's GPU), verify (its rows),
+# copy them to $OUT), tests (the shared suite on MLX's GPU and the MLX-GPU
+# tests of mlx_backend: the fused CUDA kernel), verify (its rows),
 # envelopes (op level N=100 and greedy N=20 x 256, both paths, tiny and
 # qwen3-0.6b), cpu-tests (MLX's CPU device of the CUDA build: does it
 # reproduce the CPU wheel's results?), archive.
@@ -40,7 +41,8 @@ for stage in "$@"; do
       step $L golden regen --backend mlx-gpu --root .
       mkdir -p "$OUT/golden" && cp golden/*__mlx-gpu__*.snap "$OUT/golden/" ;;
     tests)
-      step $D/tests/accelerators --test-threads 1 --nocapture mlx_gpu:: ;;
+      step $D/tests/accelerators --test-threads 1 --nocapture mlx_gpu::
+      step $D/tests/mlx_backend --test-threads 1 --nocapture mlx_gpu_ ;;
     verify)
       step $L verify --root . --filter @mlx-gpu ;;
     envelopes)

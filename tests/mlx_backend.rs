@@ -2,7 +2,10 @@
 //! the checks every accelerator shares are in accelerators.rs:
 //! - its MoE op reproduces the CPU reference bit for bit on equal inputs;
 //! - it reports its device, numerics and the MLX version it loaded;
-//! - a planted fault in its fused path fails the op-level contract.
+//! - a planted fault in its fused path fails the op-level contract;
+//! - on MLX's GPU of a CUDA build, the fused path is lockstep's CUDA kernel:
+//!   distinct from the graph path, within the contract, nearer truth, batch
+//!   invariant, and a planted fault in it fails the contract.
 //!
 //! Built without the feature, every test prints a SKIPPED line straight to
 //! stderr (through `lockstep::skip`) and passes, unless
@@ -12,13 +15,15 @@ mod common;
 
 use common::{open, sequence};
 use lockstep::backend::cpu::{CpuBackend, Numerics};
-use lockstep::backend::mlx::{MlxBackend, MlxFaults};
+use lockstep::backend::mlx::{MlxBackend, MlxDevice, MlxFaults, MlxFused};
 use lockstep::backend::{AttnPath, Backend, BackendKind, ExpertWeights, MoeWeights};
-use lockstep::jobs::accelerator::Mlx;
+use lockstep::jobs::accelerator::{Mlx, MlxGpu};
 use lockstep::jobs::parity::op_parity_on;
+use lockstep::jobs::Accelerator;
 use lockstep::jobs::{load, Fixture};
 use lockstep::model::Model;
 use lockstep::verify::metrics::diff;
+use lockstep::verify::parity::Nearer;
 use lockstep::verify::tolerances::{tol, Tol};
 
 fn t(test: &str) -> String {
@@ -149,4 +154,96 @@ fn mlx_fused_qkv_with_a_planted_rope_offset_fails_the_check() {
         "a planted RoPE offset stayed within fused_vs_graph_rms ({:.3e} < {limit:e})",
         op.worst_fused_vs_graph_rms()
     );
+}
+
+/// On MLX's GPU of a CUDA build the fused path is lockstep's one CUDA
+/// kernel: a path of its own (not bitwise the graph path, as the compiled
+/// chain is), within the op contract, and nearer f64 truth than the graph
+/// path on q and k, which it rounds once where the graph path rounds after
+/// every op. The compiled chain (`MlxFused::Compiled`) stays bitwise the
+/// graph path.
+#[test]
+fn mlx_gpu_fused_kernel_is_a_distinct_path_within_the_contract() {
+    let Some((_lock, be)) = open::<MlxGpu>(&t("mlx_gpu_fused_kernel_is_a_distinct_path")) else {
+        return;
+    };
+    assert_eq!(be.fused(), MlxFused::Kernel);
+    let fx = Fixture::preset("tiny").unwrap();
+    let e = load(&fx.model, be).unwrap();
+    let op = op_parity_on(&e, &fx.truth, &fx.seq, Tol::FusedVsGraphRms).unwrap();
+    println!("{}", op.to_text());
+    assert!(op.pass, "{}", op.to_text());
+    assert!(
+        op.worst_fused_vs_graph_rms() > 0.0,
+        "the kernel's output equals the graph path bit for bit: is it running?"
+    );
+    for l in &op.levels {
+        for t in l.tensors.iter().filter(|t| t.tensor != "v") {
+            assert_eq!(
+                t.nearer_truth,
+                Some(Nearer::Fused),
+                "{} {}: {}",
+                l.level,
+                t.tensor,
+                op.to_text()
+            );
+        }
+    }
+    let chain = load(
+        &fx.model,
+        MlxGpu::open()
+            .unwrap()
+            .with_fused(MlxFused::Compiled)
+            .unwrap(),
+    )
+    .unwrap();
+    let op = op_parity_on(&chain, &fx.truth, &fx.seq, Tol::FusedVsGraphRms).unwrap();
+    assert_eq!(op.worst_fused_vs_graph_rms(), 0.0, "{}", op.to_text());
+}
+
+/// Negative control for the kernel: rotating one position too far must
+/// fail the op contract.
+#[test]
+fn mlx_gpu_fused_kernel_with_a_planted_rope_offset_fails_the_check() {
+    let Some((_lock, _be)) = open::<MlxGpu>(&t("mlx_gpu_fused_kernel_with_a_planted_rope_offset"))
+    else {
+        return;
+    };
+    let fx = Fixture::preset("tiny").unwrap();
+    let faults = MlxFaults {
+        fused_rope_position_offset: 1,
+    };
+    let be = MlxBackend::with_faults_on(MlxDevice::Gpu, faults).unwrap();
+    assert_eq!(be.fused(), MlxFused::Kernel);
+    let e = load(&fx.model, be).unwrap();
+    let op = op_parity_on(&e, &fx.truth, &fx.seq, Tol::FusedVsGraphRms).unwrap();
+    println!("{}", op.to_text());
+    assert!(!op.pass, "{}", op.to_text());
+}
+
+/// A row's kernel output is bit-identical whether the row is alone or
+/// among up to 64 rows (the kernel's blocks never mix rows).
+#[test]
+fn mlx_gpu_fused_kernel_is_batch_invariant() {
+    let Some((_lock, be)) = open::<MlxGpu>(&t("mlx_gpu_fused_kernel_is_batch_invariant")) else {
+        return;
+    };
+    let m = Model::open("synth:tiny").unwrap();
+    let e = load(&m, be).unwrap();
+    let ids: Vec<u32> = (0..64u32).map(|i| (i * 37 + 5) % 512).collect();
+    let all = e.record_attention_inputs(&ids, &[AttnPath::Fused]).unwrap();
+    // Layer 0's input for row r depends only on token r.
+    for n in [1usize, 2, 7, 32, 64] {
+        let part = e
+            .record_attention_inputs(&ids[..n], &[AttnPath::Fused])
+            .unwrap();
+        for t in 0..3 {
+            let w = part[0].by_path[0].1[t].len() / n;
+            assert_eq!(
+                part[0].by_path[0].1[t][..n * w],
+                all[0].by_path[0].1[t][..n * w],
+                "batch of {n}: tensor {t} differs from the batch of 64"
+            );
+        }
+    }
 }

@@ -5,7 +5,7 @@
 //! fused path. Shapes are checked here, before any MLX call, so a mismatch
 //! is an `Error::Shape` naming the op rather than an MLX exception.
 
-use super::device::{gpu_properties, loaded_build, loaded_mlx_version};
+use super::cuda_kernel::QkNormRopeCuda;
 use super::fused::{FusedKey, FusedQkv};
 use super::ops;
 use super::{MlxBuild, MlxDevice, MlxFaults};
@@ -64,23 +64,26 @@ pub struct MlxCache {
 /// The MLX backend. Not `Send`: MLX streams and compiled functions belong to
 /// the thread that made them; make one backend per thread.
 pub struct MlxBackend {
-    stream: Stream,
-    device: MlxDevice,
+    pub(super) stream: Stream,
+    pub(super) device: MlxDevice,
     /// What the loaded libmlx was built for.
-    build: MlxBuild,
+    pub(super) build: MlxBuild,
     /// GPU 0 as MLX describes it (GPU device only).
-    gpu: BTreeMap<String, String>,
-    faults: MlxFaults,
+    pub(super) gpu: BTreeMap<String, String>,
+    /// The fused path's CUDA kernel, when that is what it runs
+    /// (`MlxFused::Kernel`: MLX's GPU of a CUDA build).
+    pub(super) cuda_fused: Option<QkNormRopeCuda>,
+    pub(super) faults: MlxFaults,
     /// One compiled fused function per attention geometry.
-    fused: RefCell<BTreeMap<FusedKey, FusedQkv>>,
+    pub(super) fused: RefCell<BTreeMap<FusedKey, FusedQkv>>,
     /// Arrays produced since the last `to_host` / `synchronize`.
-    pending: RefCell<Vec<Array>>,
+    pub(super) pending: RefCell<Vec<Array>>,
     /// Routing of every `moe` call, when recording (diagnostics).
-    routing_log: RefCell<Option<Vec<Vec<RowRouting>>>>,
-    mlx_version: String,
+    pub(super) routing_log: RefCell<Option<Vec<Vec<RowRouting>>>>,
+    pub(super) mlx_version: String,
     /// The fused path's Metal kernel, on a GPU stream only (untested).
     #[cfg(any(target_os = "macos", feature = "mlx-metal-check"))]
-    metal: Option<super::metal::QkNormRopeKernel>,
+    pub(super) metal: Option<super::metal::QkNormRopeKernel>,
 }
 
 /// Maps MLX's exceptions into the crate's error, naming the op.
@@ -108,117 +111,7 @@ fn to_i32(v: usize, what: &str) -> Result<i32> {
     })
 }
 
-/// MLX fuses the elementwise parts of a compiled function on the CPU only
-/// when it can run `g++` (it JIT-compiles the fused kernels); otherwise it
-/// runs them unfused. Part of the fingerprint since it could change results.
-fn cpu_jit_available() -> bool {
-    std::process::Command::new("g++")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 impl MlxBackend {
-    /// A backend on MLX's default CPU stream.
-    pub fn new() -> Result<Self> {
-        Self::on_device(MlxDevice::Cpu)
-    }
-
-    /// A backend on MLX's default GPU stream: refused, saying why, when the
-    /// loaded libmlx has no GPU backend or no GPU is there.
-    pub fn gpu() -> Result<Self> {
-        Self::on_device(MlxDevice::Gpu)
-    }
-
-    pub fn on_device(device: MlxDevice) -> Result<Self> {
-        Self::with_faults_on(device, MlxFaults::default())
-    }
-
-    /// The device MLX runs on when none is asked for: the GPU of a CUDA or
-    /// Metal build of libmlx, else the CPU.
-    pub fn default_device() -> MlxDevice {
-        match loaded_build() {
-            MlxBuild::Cpu => MlxDevice::Cpu,
-            MlxBuild::Cuda | MlxBuild::Metal => MlxDevice::Gpu,
-        }
-    }
-
-    /// A CPU backend with planted defects (negative controls only).
-    pub fn with_faults(faults: MlxFaults) -> Result<Self> {
-        Self::with_faults_on(MlxDevice::Cpu, faults)
-    }
-
-    pub fn with_faults_on(device: MlxDevice, faults: MlxFaults) -> Result<Self> {
-        let build = loaded_build();
-        let version = loaded_mlx_version();
-        let (stream, gpu) = match device {
-            MlxDevice::Cpu => (Stream::cpu(), BTreeMap::new()),
-            MlxDevice::Gpu => {
-                if build == MlxBuild::Cpu {
-                    return Err(Error::Backend {
-                        backend: BackendKind::MlxGpu,
-                        problem: format!(
-                            "the loaded libmlx {version} is a CPU-only build (no CUDA or Metal); \
-                             point LD_LIBRARY_PATH at a CUDA build of the same version (docs/mlx.md)"
-                        ),
-                    });
-                }
-                let gpu = gpu_properties();
-                if gpu.is_empty() {
-                    return Err(Error::Backend {
-                        backend: BackendKind::MlxGpu,
-                        problem: format!(
-                            "the loaded libmlx {version} is a {} build but reports no GPU 0",
-                            build.name()
-                        ),
-                    });
-                }
-                (Stream::gpu(), gpu)
-            }
-        };
-        Ok(MlxBackend {
-            stream,
-            device,
-            build,
-            gpu,
-            faults,
-            fused: RefCell::new(BTreeMap::new()),
-            pending: RefCell::new(Vec::new()),
-            routing_log: RefCell::new(None),
-            mlx_version: version,
-            #[cfg(any(target_os = "macos", feature = "mlx-metal-check"))]
-            metal: None,
-        })
-    }
-
-    /// A backend on MLX's GPU stream (Metal) whose fused path is the custom
-    /// Metal kernel of `metal.rs`. UNTESTED: written and type-checked on
-    /// Linux, never run (docs/mlx.md).
-    #[cfg(any(target_os = "macos", feature = "mlx-metal-check"))]
-    pub fn metal_gpu() -> Result<Self> {
-        let kernel = super::metal::QkNormRopeKernel::new().or_err("metal kernel")?;
-        Ok(MlxBackend {
-            metal: Some(kernel),
-            ..Self::gpu()?
-        })
-    }
-
-    /// Whether the fused path runs as the Metal kernel.
-    #[cfg(any(target_os = "macos", feature = "mlx-metal-check"))]
-    fn on_metal(&self) -> bool {
-        self.metal.is_some()
-    }
-
-    #[cfg(not(any(target_os = "macos", feature = "mlx-metal-check")))]
-    fn on_metal(&self) -> bool {
-        false
-    }
-
-    /// The MLX version reported by the loaded library.
-    pub fn mlx_version(&self) -> &str {
-        &self.mlx_version
-    }
-
     /// Runs `f` with this backend's stream as the default for new ops.
     fn on<T>(&self, op: &str, f: impl FnOnce() -> std::result::Result<T, Exception>) -> Result<T> {
         mlx_rs::with_stream(&self.stream, f).or_err(op)
@@ -283,59 +176,7 @@ impl Backend for MlxBackend {
     }
 
     fn device_info(&self) -> DeviceInfo {
-        let mut details = BTreeMap::new();
-        details.insert("arch".into(), std::env::consts::ARCH.into());
-        details.insert("mlx".into(), self.mlx_version.clone());
-        details.insert("mlx-c".into(), "0.7.0".into());
-        details.insert("mlx-rs".into(), "0.33.0".into());
-        details.insert("mlx_device".into(), self.device.name().into());
-        details.insert("mlx_build".into(), self.build.name().into());
-        for (k, v) in &self.gpu {
-            details.insert(format!("gpu_{k}"), v.clone());
-        }
-        details.insert(
-            "matmul".into(),
-            match self.device {
-                MlxDevice::Cpu => "MLX CPU simd_gemm: bf16 inputs, f32 accumulation in 16-wide k blocks, one rounding".into(),
-                MlxDevice::Gpu => format!("MLX's {} GPU matmul, bf16 in and out", self.build.name()),
-            },
-        );
-        details.insert(
-            "fused".into(),
-            if self.on_metal() {
-                "packed matmul + Metal kernel lockstep_qk_norm_rope (untested)".into()
-            } else {
-                "transforms::compile(packed matmul + fast::rms_norm + fast::rope)".into()
-            },
-        );
-        if self.device == MlxDevice::Cpu {
-            details.insert(
-                "compile_cpu_jit".into(),
-                if cpu_jit_available() {
-                    "g++ (elementwise fusion on)".into()
-                } else {
-                    "none (elementwise fusion off)".into()
-                },
-            );
-        }
-        if self.faults != MlxFaults::default() {
-            details.insert("faults".into(), format!("{:?}", self.faults));
-        }
-        DeviceInfo {
-            backend: self.kind(),
-            device: match self.device {
-                MlxDevice::Cpu => format!("MLX cpu: {}", crate::backend::host_cpu_name()),
-                MlxDevice::Gpu => format!(
-                    "MLX gpu ({}): {}",
-                    self.build.name(),
-                    self.gpu
-                        .get("device_name")
-                        .map_or("unnamed", String::as_str)
-                ),
-            },
-            numerics: crate::ident::Numerics::Bf16,
-            details,
-        }
+        self.describe()
     }
 
     fn upload(&self, name: &str, t: &HostTensor) -> Result<MlxWeight> {
@@ -431,6 +272,35 @@ impl Backend for MlxBackend {
             let outs = self.on("fused_qkv (metal)", || {
                 let proj = ops::linear(&x.array, &qkv.array)?;
                 kernel.apply(&proj, &q_norm.flat()?, &k_norm.flat()?, &pos, dims)
+            })?;
+            return self.fused_outputs(outs, x.rows, qd, kd);
+        }
+        if let Some(kernel) = &self.cuda_fused {
+            if x.cols % 8 != 0 || hd > 256 {
+                return Err(shape_err(
+                    "fused_qkv",
+                    format!(
+                        "the fused CUDA kernel needs hidden a multiple of 8 (16-byte loads) and head_dim <= 256 (one block per head); hidden {}, head_dim {hd}",
+                        x.cols
+                    ),
+                ));
+            }
+            if x.rows == 0 {
+                // No block to launch: empty outputs of the right widths.
+                let outs = self.on("fused_qkv (no rows)", || {
+                    [qd, kd, kd]
+                        .iter()
+                        .map(|&w| mlx_rs::ops::zeros_dtype(&[0, w as i32], Dtype::Bfloat16))
+                        .collect()
+                })?;
+                return self.fused_outputs(outs, 0, qd, kd);
+            }
+            let outs = self.on("fused_qkv (cuda kernel)", || {
+                kernel.apply(
+                    [&x.array, &qkv.array, &q_norm.flat()?, &k_norm.flat()?, &pos],
+                    dims,
+                    &self.stream,
+                )
             })?;
             return self.fused_outputs(outs, x.rows, qd, kd);
         }

@@ -24,11 +24,15 @@
 #[cfg(feature = "mlx")]
 mod backend;
 #[cfg(feature = "mlx")]
+mod cuda_kernel;
+#[cfg(feature = "mlx")]
 mod device;
 #[cfg(feature = "mlx")]
 mod fused;
 #[cfg(all(feature = "mlx", any(target_os = "macos", feature = "mlx-metal-check")))]
 mod metal;
+#[cfg(feature = "mlx")]
+mod open;
 #[cfg(feature = "mlx")]
 mod ops;
 
@@ -48,6 +52,26 @@ impl MlxDevice {
         match self {
             MlxDevice::Cpu => "cpu",
             MlxDevice::Gpu => "gpu",
+        }
+    }
+}
+
+/// What MLX's fused attention-input path runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlxFused {
+    /// `transforms::compile` of the graph path's ops: what MLX engines call
+    /// "fused", and what the published MLX measurements timed.
+    Compiled,
+    /// lockstep's one CUDA kernel (`kernels/qk_norm_rope.cu`) through MLX's
+    /// custom-kernel API: MLX's GPU device of a CUDA build only.
+    Kernel,
+}
+
+impl MlxFused {
+    pub fn name(self) -> &'static str {
+        match self {
+            MlxFused::Compiled => "compiled",
+            MlxFused::Kernel => "kernel",
         }
     }
 }
@@ -120,6 +144,14 @@ mod stub {
         /// The device MLX runs on when none is asked for.
         pub fn default_device() -> super::MlxDevice {
             super::MlxDevice::Cpu
+        }
+
+        pub fn with_fused(self, _fused: super::MlxFused) -> Result<Self> {
+            match self.never {}
+        }
+
+        pub fn fused(&self) -> super::MlxFused {
+            match self.never {}
         }
 
         pub fn mlx_version(&self) -> &str {

@@ -1,0 +1,225 @@
+//! Opening an MLX backend: on which device (asked of the loaded libmlx,
+//! `device.rs`), what its fused path runs (`MlxFused`), and the fingerprint
+//! that records both. Separate from the ops so that `backend.rs` holds what
+//! computes and this file what decides where.
+
+use super::backend::{MlxBackend, OrBackendError};
+use super::cuda_kernel::QkNormRopeCuda;
+use super::device::{gpu_properties, loaded_build, loaded_mlx_version};
+use super::{MlxBuild, MlxDevice, MlxFaults, MlxFused};
+use crate::backend::{Backend, BackendKind, DeviceInfo};
+use crate::error::{Error, Result};
+use mlx_rs::Stream;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+/// MLX fuses the elementwise parts of a compiled function on the CPU only
+/// when it can run `g++` (it JIT-compiles the fused kernels); otherwise it
+/// runs them unfused. Part of the fingerprint since it could change results.
+fn cpu_jit_available() -> bool {
+    std::process::Command::new("g++")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+impl MlxBackend {
+    /// A backend on MLX's default CPU stream.
+    pub fn new() -> Result<Self> {
+        Self::on_device(MlxDevice::Cpu)
+    }
+
+    /// A backend on MLX's default GPU stream: refused, saying why, when the
+    /// loaded libmlx has no GPU backend or no GPU is there.
+    pub fn gpu() -> Result<Self> {
+        Self::on_device(MlxDevice::Gpu)
+    }
+
+    pub fn on_device(device: MlxDevice) -> Result<Self> {
+        Self::with_faults_on(device, MlxFaults::default())
+    }
+
+    /// The device MLX runs on when none is asked for: the GPU of a CUDA or
+    /// Metal build of libmlx, else the CPU.
+    pub fn default_device() -> MlxDevice {
+        match loaded_build() {
+            MlxBuild::Cpu => MlxDevice::Cpu,
+            MlxBuild::Cuda | MlxBuild::Metal => MlxDevice::Gpu,
+        }
+    }
+
+    /// A CPU backend with planted defects (negative controls only).
+    pub fn with_faults(faults: MlxFaults) -> Result<Self> {
+        Self::with_faults_on(MlxDevice::Cpu, faults)
+    }
+
+    pub fn with_faults_on(device: MlxDevice, faults: MlxFaults) -> Result<Self> {
+        let build = loaded_build();
+        let version = loaded_mlx_version();
+        let (stream, gpu) = match device {
+            MlxDevice::Cpu => (Stream::cpu(), BTreeMap::new()),
+            MlxDevice::Gpu => {
+                if build == MlxBuild::Cpu {
+                    return Err(Error::Backend {
+                        backend: BackendKind::MlxGpu,
+                        problem: format!(
+                            "the loaded libmlx {version} is a CPU-only build (no CUDA or Metal); \
+                             point LD_LIBRARY_PATH at a CUDA build of the same version (docs/mlx.md)"
+                        ),
+                    });
+                }
+                let gpu = gpu_properties();
+                if gpu.is_empty() {
+                    return Err(Error::Backend {
+                        backend: BackendKind::MlxGpu,
+                        problem: format!(
+                            "the loaded libmlx {version} is a {} build but reports no GPU 0",
+                            build.name()
+                        ),
+                    });
+                }
+                (Stream::gpu(), gpu)
+            }
+        };
+        // On a CUDA GPU the fused path is lockstep's kernel; `with_fused`
+        // picks the compiled chain instead.
+        let cuda_fused = match (device, build) {
+            (MlxDevice::Gpu, MlxBuild::Cuda) => Some(QkNormRopeCuda::new().or_err("cuda kernel")?),
+            _ => None,
+        };
+        Ok(MlxBackend {
+            stream,
+            device,
+            build,
+            gpu,
+            cuda_fused,
+            faults,
+            fused: RefCell::new(BTreeMap::new()),
+            pending: RefCell::new(Vec::new()),
+            routing_log: RefCell::new(None),
+            mlx_version: version,
+            #[cfg(any(target_os = "macos", feature = "mlx-metal-check"))]
+            metal: None,
+        })
+    }
+
+    /// A backend on MLX's GPU stream (Metal) whose fused path is the custom
+    /// Metal kernel of `metal.rs`. UNTESTED: written and type-checked on
+    /// Linux, never run (docs/mlx.md).
+    #[cfg(any(target_os = "macos", feature = "mlx-metal-check"))]
+    pub fn metal_gpu() -> Result<Self> {
+        let kernel = super::metal::QkNormRopeKernel::new().or_err("metal kernel")?;
+        Ok(MlxBackend {
+            metal: Some(kernel),
+            ..Self::gpu()?
+        })
+    }
+
+    /// This backend with its fused path running `fused`: the compiled chain
+    /// anywhere, lockstep's CUDA kernel on MLX's GPU of a CUDA build only.
+    pub fn with_fused(mut self, fused: MlxFused) -> Result<Self> {
+        self.cuda_fused = match fused {
+            MlxFused::Compiled => None,
+            MlxFused::Kernel if (self.device, self.build) == (MlxDevice::Gpu, MlxBuild::Cuda) => {
+                Some(match self.cuda_fused.take() {
+                    Some(k) => k,
+                    None => QkNormRopeCuda::new().or_err("cuda kernel")?,
+                })
+            }
+            MlxFused::Kernel => {
+                return Err(Error::Backend {
+                    backend: self.kind(),
+                    problem: format!(
+                        "the fused CUDA kernel needs MLX's GPU device of a CUDA build; this backend is on {} of a {} build",
+                        self.device.name(),
+                        self.build.name()
+                    ),
+                })
+            }
+        };
+        Ok(self)
+    }
+
+    /// What the fused path runs.
+    pub fn fused(&self) -> MlxFused {
+        match self.cuda_fused {
+            Some(_) => MlxFused::Kernel,
+            None => MlxFused::Compiled,
+        }
+    }
+
+    /// Whether the fused path runs as the Metal kernel.
+    #[cfg(any(target_os = "macos", feature = "mlx-metal-check"))]
+    fn on_metal(&self) -> bool {
+        self.metal.is_some()
+    }
+
+    #[cfg(not(any(target_os = "macos", feature = "mlx-metal-check")))]
+    fn on_metal(&self) -> bool {
+        false
+    }
+
+    /// The MLX version reported by the loaded library.
+    pub fn mlx_version(&self) -> &str {
+        &self.mlx_version
+    }
+
+    /// The fingerprint: where and how this backend computes.
+    pub(super) fn describe(&self) -> DeviceInfo {
+        let mut details = BTreeMap::new();
+        details.insert("arch".into(), std::env::consts::ARCH.into());
+        details.insert("mlx".into(), self.mlx_version.clone());
+        details.insert("mlx-c".into(), "0.7.0".into());
+        details.insert("mlx-rs".into(), "0.33.0".into());
+        details.insert("mlx_device".into(), self.device.name().into());
+        details.insert("mlx_build".into(), self.build.name().into());
+        for (k, v) in &self.gpu {
+            details.insert(format!("gpu_{k}"), v.clone());
+        }
+        details.insert(
+            "matmul".into(),
+            match self.device {
+                MlxDevice::Cpu => "MLX CPU simd_gemm: bf16 inputs, f32 accumulation in 16-wide k blocks, one rounding".into(),
+                MlxDevice::Gpu => format!("MLX's {} GPU matmul, bf16 in and out", self.build.name()),
+            },
+        );
+        details.insert(
+            "fused".into(),
+            if self.on_metal() {
+                "packed matmul + Metal kernel lockstep_qk_norm_rope (untested)".into()
+            } else if self.cuda_fused.is_some() {
+                "one CUDA kernel lockstep_qk_norm_rope (mlx/kernels/qk_norm_rope.cu, common.cuh) through mlx_fast_cuda_kernel".into()
+            } else {
+                "transforms::compile(packed matmul + fast::rms_norm + fast::rope)".into()
+            },
+        );
+        if self.device == MlxDevice::Cpu {
+            details.insert(
+                "compile_cpu_jit".into(),
+                if cpu_jit_available() {
+                    "g++ (elementwise fusion on)".into()
+                } else {
+                    "none (elementwise fusion off)".into()
+                },
+            );
+        }
+        if self.faults != MlxFaults::default() {
+            details.insert("faults".into(), format!("{:?}", self.faults));
+        }
+        DeviceInfo {
+            backend: self.kind(),
+            device: match self.device {
+                MlxDevice::Cpu => format!("MLX cpu: {}", crate::backend::host_cpu_name()),
+                MlxDevice::Gpu => format!(
+                    "MLX gpu ({}): {}",
+                    self.build.name(),
+                    self.gpu
+                        .get("device_name")
+                        .map_or("unnamed", String::as_str)
+                ),
+            },
+            numerics: crate::ident::Numerics::Bf16,
+            details,
+        }
+    }
+}
