@@ -12,7 +12,8 @@
 # copy them to $OUT), tests (the shared suite on MLX's GPU and the MLX-GPU
 # tests of mlx_backend: the fused CUDA kernel), verify (its rows),
 # envelopes (op level N=100 and greedy N=20 x 256, both paths, tiny and
-# qwen3-0.6b), cpu-tests (MLX's CPU device of the CUDA build: does it
+# qwen3-0.6b), bench (decode speed of MLX's paths and of the CUDA backend,
+# BENCH_PRESETS), cpu-tests (MLX's CPU device of the CUDA build: does it
 # reproduce the CPU wheel's results?), archive.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -67,6 +68,13 @@ print(f"  {e['case']}: {e['runs']} runs, {e['distinct']} distinct, pairwise RMS 
 PY
           done
         done
+      done ;;
+    bench)
+      # MLX's decode (graph, the compiled chain, lockstep's kernel) and the
+      # CUDA backend's, on the same weights in the same GPU run.
+      for preset in ${BENCH_PRESETS:-qwen3-0.6b qwen3-8b}; do
+        step $L bench --backend mlx-gpu --model synth:$preset --out "$OUT/bench-mlx-$preset.json"
+        step $L bench --backend cuda --model synth:$preset --modes deterministic --out "$OUT/bench-cuda-$preset.json"
       done ;;
     cpu-tests)
       LOCKSTEP_REQUIRE_MLX=1 step $D/tests/accelerators --test-threads 1 --nocapture mlx:: ;;

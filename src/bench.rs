@@ -4,6 +4,7 @@
 //! Speed is only ever measured here (by `lockstep bench`), never in tests.
 
 use crate::backend::cuda::{CudaOptions, ReductionMode};
+use crate::backend::mlx::{MlxBackend, MlxFused};
 use crate::backend::{AttnPath, Backend};
 use crate::engine::record::Fingerprint;
 use crate::engine::Engine;
@@ -43,8 +44,16 @@ pub fn bench_prompt(len: usize, vocab: usize) -> Vec<u32> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchRow {
     pub path: AttnPath,
-    pub mode: ReductionMode,
-    pub cuda_graphs: bool,
+    /// CUDA rows: the reduction mode and whether decode steps replay a
+    /// recorded graph.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ReductionMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cuda_graphs: Option<bool>,
+    /// MLX rows on the fused path: the compiled op chain or lockstep's CUDA
+    /// kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlx_fused: Option<MlxFused>,
     /// Decode tokens per second, best repeat and median repeat.
     pub best_tok_s: f64,
     pub median_tok_s: f64,
@@ -114,10 +123,22 @@ pub fn time_config<B: Backend>(
     Ok((speeds, outputs))
 }
 
+/// What one row timed beside its path.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RowConfig {
+    Cuda {
+        mode: ReductionMode,
+        graphs: bool,
+    },
+    /// `None` on the graph path, which has no fused op.
+    Mlx {
+        fused: Option<MlxFused>,
+    },
+}
+
 pub fn row(
     path: AttnPath,
-    mode: ReductionMode,
-    cuda_graphs: bool,
+    config: RowConfig,
     speeds: Vec<f64>,
     outputs: Vec<Vec<u32>>,
     roofline: f64,
@@ -130,10 +151,15 @@ pub fn row(
     let mut distinct = outputs.clone();
     distinct.sort();
     distinct.dedup();
+    let (mode, cuda_graphs, mlx_fused) = match config {
+        RowConfig::Cuda { mode, graphs } => (Some(mode), Some(graphs), None),
+        RowConfig::Mlx { fused } => (None, None, fused),
+    };
     BenchRow {
         path,
         mode,
         cuda_graphs,
+        mlx_fused,
         best_tok_s: best,
         median_tok_s: median,
         best_ms_per_token: 1e3 / best,
@@ -177,26 +203,27 @@ pub struct Timing {
     pub repeats: usize,
 }
 
-/// Times every configuration of `grid` on GPU 0, one loaded model, in one
-/// process, against the weight-bytes roofline of the measured copy
-/// bandwidth.
-pub fn cuda_bench(model: &crate::model::Model, grid: &Grid, t: Timing) -> Result<BenchReport> {
-    let e = crate::jobs::load(
-        model,
-        crate::jobs::accelerator::open_cuda(CudaOptions::default())?,
-    )?;
-    let bandwidth = e.backend.copy_bandwidth(1 << 30, 10)?;
+/// Times `configs` on `e` in order (`apply` sets each one up on the
+/// backend), in one process on one loaded model, against the weight-bytes
+/// roofline of `bandwidth` (GB/s, measured by the caller on the same device).
+fn run_configs<B: Backend>(
+    model: &crate::model::Model,
+    e: &Engine<B>,
+    bandwidth: f64,
+    configs: &[(AttnPath, RowConfig)],
+    t: Timing,
+    apply: impl Fn(&B, RowConfig) -> Result<()>,
+) -> Result<BenchReport> {
     let weight_bytes = weight_bytes_per_token(&e.config);
     let roofline = bandwidth * 1e9 / weight_bytes as f64;
     let prompt = bench_prompt(t.prompt_tokens, e.config.vocab_size);
-    let configs = grid.configs();
     let mut progress = Progress::new("timing", configs.len() * t.repeats);
     let mut done = 0;
     let mut rows = Vec::new();
-    for (path, mode, graphs) in configs {
-        e.backend.set_options(CudaOptions { mode, graphs })?;
+    for &(path, config) in configs {
+        apply(&e.backend, config)?;
         let (speeds, outputs) = time_config(
-            &e,
+            e,
             &prompt,
             path,
             t.warmup,
@@ -207,8 +234,7 @@ pub fn cuda_bench(model: &crate::model::Model, grid: &Grid, t: Timing) -> Result
         )?;
         rows.push(row(
             path,
-            mode,
-            graphs,
+            config,
             speeds,
             outputs,
             roofline,
@@ -230,6 +256,57 @@ pub fn cuda_bench(model: &crate::model::Model, grid: &Grid, t: Timing) -> Result
     })
 }
 
+/// Times every configuration of `grid` on GPU 0 against the roofline of
+/// the measured device-to-device copy bandwidth.
+pub fn cuda_bench(model: &crate::model::Model, grid: &Grid, t: Timing) -> Result<BenchReport> {
+    let e = crate::jobs::load(
+        model,
+        crate::jobs::accelerator::open_cuda(CudaOptions::default())?,
+    )?;
+    let bandwidth = e.backend.copy_bandwidth(1 << 30, 10)?;
+    let configs: Vec<_> = grid
+        .configs()
+        .into_iter()
+        .map(|(p, mode, graphs)| (p, RowConfig::Cuda { mode, graphs }))
+        .collect();
+    run_configs(model, &e, bandwidth, &configs, t, |b, c| match c {
+        RowConfig::Cuda { mode, graphs } => b.set_options(CudaOptions { mode, graphs }),
+        RowConfig::Mlx { .. } => Err(crate::error::Error::invalid(
+            "bench",
+            "an MLX configuration on the CUDA backend",
+        )),
+    })
+}
+
+/// Times MLX on `device`: the graph path, then the fused path with each of
+/// `fused` (the compiled op chain MLX engines call "fused", lockstep's CUDA
+/// kernel), against the roofline of MLX's own measured streaming bandwidth.
+pub fn mlx_bench(
+    model: &crate::model::Model,
+    device: crate::backend::mlx::MlxDevice,
+    paths: &[AttnPath],
+    fused: &[MlxFused],
+    t: Timing,
+) -> Result<BenchReport> {
+    let e = crate::jobs::load(model, MlxBackend::on_device(device)?)?;
+    let bandwidth = e.backend.copy_bandwidth(1 << 30, 10)?;
+    let mut configs = Vec::new();
+    for &p in paths {
+        match p {
+            AttnPath::Graph => configs.push((p, RowConfig::Mlx { fused: None })),
+            AttnPath::Fused => configs.extend(
+                fused
+                    .iter()
+                    .map(|&f| (p, RowConfig::Mlx { fused: Some(f) })),
+            ),
+        }
+    }
+    run_configs(model, &e, bandwidth, &configs, t, |b, c| match c {
+        RowConfig::Mlx { fused: Some(f) } => b.set_fused(f),
+        _ => Ok(()),
+    })
+}
+
 impl BenchReport {
     pub fn to_text(&self) -> String {
         let mut s = format!(
@@ -245,13 +322,17 @@ impl BenchReport {
             self.measured_tokens,
             self.repeats
         );
-        s += "path   mode           graphs  best tok/s  median tok/s  ms/token  % roofline  distinct\n";
+        s += "path   config                 best tok/s  median tok/s  ms/token  % roofline  distinct\n";
         for r in &self.rows {
+            let config = match (r.mode, r.cuda_graphs, r.mlx_fused) {
+                (Some(m), Some(g), _) => format!("{m}, graphs {}", if g { "on" } else { "off" }),
+                (_, _, Some(f)) => format!("mlx fused: {}", f.name()),
+                _ => "-".to_string(),
+            };
             s += &format!(
-                "{:<6} {:<14} {:<7} {:>10.1} {:>13.1} {:>9.3} {:>11.1} {:>9}\n",
+                "{:<6} {:<22} {:>10.1} {:>13.1} {:>9.3} {:>11.1} {:>9}\n",
                 r.path.name(),
-                r.mode.name(),
-                if r.cuda_graphs { "on" } else { "off" },
+                config,
                 r.best_tok_s,
                 r.median_tok_s,
                 r.best_ms_per_token,

@@ -543,22 +543,5 @@ fn the_fused_kernel_is_batch_invariant() {
         return;
     };
     let m = Model::open("synth:tiny").unwrap();
-    let e = Engine::load(&m, be).unwrap();
-    let ids: Vec<u32> = (0..64u32).map(|i| (i * 37 + 5) % 512).collect();
-    let all = e.record_attention_inputs(&ids, &[AttnPath::Fused]).unwrap();
-    // Layer 0's input for row r depends only on token r (no attention
-    // before it), so compare layer 0 of batches 1..64 against the full batch.
-    for n in [1usize, 2, 7, 32, 64] {
-        let part = e
-            .record_attention_inputs(&ids[..n], &[AttnPath::Fused])
-            .unwrap();
-        for t in 0..3 {
-            let w = part[0].by_path[0].1[t].len() / n;
-            assert_eq!(
-                part[0].by_path[0].1[t][..n * w],
-                all[0].by_path[0].1[t][..n * w],
-                "batch of {n}: tensor {t} differs from the batch of 64"
-            );
-        }
-    }
+    common::assert_fused_batch_invariant(&Engine::load(&m, be).unwrap());
 }

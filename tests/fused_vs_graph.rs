@@ -7,7 +7,6 @@ use common::{prompt_and_continuation, PROMPT};
 use lockstep::backend::cpu::{Faults, Numerics};
 use lockstep::jobs::parity::cpu_parity;
 use lockstep::model::Model;
-use lockstep::verify::parity::Nearer;
 
 fn parity(spec: &str, numerics: Numerics) {
     let m = Model::open(spec).unwrap();
@@ -19,18 +18,7 @@ fn parity(spec: &str, numerics: Numerics) {
     if numerics == Numerics::Bf16 {
         // The fused op rounds once; the transformers-faithful graph path
         // rounds after every step. Truth must side with fused on q and k.
-        for l in &op.levels {
-            for t in l.tensors.iter().filter(|t| t.tensor != "v") {
-                assert_eq!(
-                    t.nearer_truth,
-                    Some(Nearer::Fused),
-                    "{} {}: {}",
-                    l.level,
-                    t.tensor,
-                    op.to_text()
-                );
-            }
-        }
+        common::assert_fused_nearer_truth_on_q_and_k(&op);
         assert!(
             op.worst_fused_vs_graph_rms() > 0.0,
             "fused equals graph bit for bit: not a distinct path"

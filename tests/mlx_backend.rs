@@ -23,7 +23,6 @@ use lockstep::jobs::Accelerator;
 use lockstep::jobs::{load, Fixture};
 use lockstep::model::Model;
 use lockstep::verify::metrics::diff;
-use lockstep::verify::parity::Nearer;
 use lockstep::verify::tolerances::{tol, Tol};
 
 fn t(test: &str) -> String {
@@ -177,18 +176,7 @@ fn mlx_gpu_fused_kernel_is_a_distinct_path_within_the_contract() {
         op.worst_fused_vs_graph_rms() > 0.0,
         "the kernel's output equals the graph path bit for bit: is it running?"
     );
-    for l in &op.levels {
-        for t in l.tensors.iter().filter(|t| t.tensor != "v") {
-            assert_eq!(
-                t.nearer_truth,
-                Some(Nearer::Fused),
-                "{} {}: {}",
-                l.level,
-                t.tensor,
-                op.to_text()
-            );
-        }
-    }
+    common::assert_fused_nearer_truth_on_q_and_k(&op);
     let chain = load(
         &fx.model,
         MlxGpu::open()
@@ -229,21 +217,5 @@ fn mlx_gpu_fused_kernel_is_batch_invariant() {
         return;
     };
     let m = Model::open("synth:tiny").unwrap();
-    let e = load(&m, be).unwrap();
-    let ids: Vec<u32> = (0..64u32).map(|i| (i * 37 + 5) % 512).collect();
-    let all = e.record_attention_inputs(&ids, &[AttnPath::Fused]).unwrap();
-    // Layer 0's input for row r depends only on token r.
-    for n in [1usize, 2, 7, 32, 64] {
-        let part = e
-            .record_attention_inputs(&ids[..n], &[AttnPath::Fused])
-            .unwrap();
-        for t in 0..3 {
-            let w = part[0].by_path[0].1[t].len() / n;
-            assert_eq!(
-                part[0].by_path[0].1[t][..n * w],
-                all[0].by_path[0].1[t][..n * w],
-                "batch of {n}: tensor {t} differs from the batch of 64"
-            );
-        }
-    }
+    common::assert_fused_batch_invariant(&load(&m, be).unwrap());
 }

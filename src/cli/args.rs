@@ -3,7 +3,7 @@
 //! know nothing of the command line).
 
 use lockstep::backend::cuda::{CudaOptions, ReductionMode};
-use lockstep::backend::mlx::MlxDevice;
+use lockstep::backend::mlx::{MlxDevice, MlxFused};
 use lockstep::ident::{AttnPath, BackendKind, Numerics};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -97,6 +97,24 @@ impl From<ModeArg> for ReductionMode {
     }
 }
 
+/// What MLX's fused path runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MlxFusedArg {
+    /// The compiled op chain (what MLX engines call "fused").
+    Compiled,
+    /// lockstep's CUDA kernel (MLX's GPU of a CUDA build).
+    Kernel,
+}
+
+impl From<MlxFusedArg> for MlxFused {
+    fn from(f: MlxFusedArg) -> Self {
+        match f {
+            MlxFusedArg::Compiled => MlxFused::Compiled,
+            MlxFusedArg::Kernel => MlxFused::Kernel,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum GraphsArg {
     On,
@@ -115,6 +133,35 @@ pub enum LevelArg {
     Logits,
     /// q, k, v of every layer from the same inputs.
     Op,
+}
+
+/// Where a command runs: a backend, MLX's device, the arithmetic, CUDA's
+/// settings.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct TargetArgs {
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub backend: BackendArg,
+    /// MLX's device (with --backend mlx; default: the GPU of a CUDA or
+    /// Metal build of libmlx, else the CPU).
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceArg>,
+    /// Arithmetic: bf16 (transformers-faithful) or f64 (truth; CPU only).
+    #[arg(long, value_enum, default_value = "bf16")]
+    pub numerics: NumericsArg,
+    #[command(flatten)]
+    pub cuda: CudaArgs,
+}
+
+impl TargetArgs {
+    /// The target, or the option it cannot honour, named.
+    pub fn target(self) -> lockstep::error::Result<lockstep::jobs::fixture::Target> {
+        lockstep::jobs::fixture::Target::new(
+            self.backend.into(),
+            self.device.map(Into::into),
+            self.numerics.into(),
+            self.cuda.options(),
+        )
+    }
 }
 
 /// CUDA run settings (refused by the other backends where they matter).

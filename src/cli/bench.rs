@@ -1,7 +1,10 @@
-//! `lockstep bench`: CUDA decode speed per path x mode x graphs, batch 1.
+//! `lockstep bench`: decode speed, batch 1: CUDA per path x mode x graphs,
+//! MLX per path x what its fused path runs.
 
-use super::args::{print_json, BackendArg, GraphsArg, ModeArg, PathArg};
-use lockstep::bench::{cuda_bench, Grid, Timing};
+use super::args::{print_json, BackendArg, GraphsArg, MlxFusedArg, ModeArg, PathArg};
+use lockstep::backend::cuda::ReductionMode;
+use lockstep::backend::mlx::{MlxBackend, MlxDevice};
+use lockstep::bench::{cuda_bench, mlx_bench, Grid, Timing};
 use lockstep::error::{Error, Result};
 use lockstep::model::Model;
 use std::path::PathBuf;
@@ -14,16 +17,15 @@ pub struct Args {
     backend: BackendArg,
     #[arg(long, value_enum, value_delimiter = ',', default_value = "fused,graph")]
     paths: Vec<PathArg>,
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "deterministic,fast"
-    )]
-    modes: Vec<ModeArg>,
-    /// CUDA graphs settings to time: on, off or both.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "on")]
-    graphs: Vec<GraphsArg>,
+    /// CUDA reduction modes to time (default: deterministic,fast).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    modes: Option<Vec<ModeArg>>,
+    /// CUDA graphs settings to time: on, off or both (default: on).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    graphs: Option<Vec<GraphsArg>>,
+    /// What MLX's fused path runs, each timed (default: compiled,kernel).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    mlx_fused: Option<Vec<MlxFusedArg>>,
     #[arg(long, default_value_t = 16)]
     prompt_tokens: usize,
     #[arg(long, default_value_t = 32)]
@@ -40,24 +42,54 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if a.backend != BackendArg::Cuda {
-        return Err(Error::invalid(
-            "--backend",
-            "bench measures the CUDA backend (the others are references)",
-        ));
-    }
-    let grid = Grid {
-        paths: a.paths.into_iter().map(Into::into).collect(),
-        modes: a.modes.into_iter().map(Into::into).collect(),
-        graphs: a.graphs.into_iter().map(Into::into).collect(),
-    };
     let timing = Timing {
         prompt_tokens: a.prompt_tokens,
         warmup: a.warmup,
         tokens: a.tokens,
         repeats: a.repeats,
     };
-    let rep = cuda_bench(&Model::open(&a.model)?, &grid, timing)?;
+    let paths: Vec<_> = a.paths.into_iter().map(Into::into).collect();
+    let model = Model::open(&a.model)?;
+    let rep = match a.backend {
+        BackendArg::Cuda => {
+            if a.mlx_fused.is_some() {
+                return Err(Error::invalid("--mlx-fused", "applies to --backend mlx"));
+            }
+            let grid = Grid {
+                paths,
+                modes: a.modes.map_or(ReductionMode::ALL.to_vec(), |m| {
+                    m.into_iter().map(Into::into).collect()
+                }),
+                graphs: a
+                    .graphs
+                    .map_or(vec![true], |g| g.into_iter().map(Into::into).collect()),
+            };
+            cuda_bench(&model, &grid, timing)?
+        }
+        BackendArg::Mlx | BackendArg::MlxGpu => {
+            if a.modes.is_some() || a.graphs.is_some() {
+                return Err(Error::invalid(
+                    "--modes/--graphs",
+                    "are the CUDA backend's settings; MLX's are --mlx-fused",
+                ));
+            }
+            let fused: Vec<_> = a.mlx_fused.map_or(
+                vec![MlxFusedArg::Compiled.into(), MlxFusedArg::Kernel.into()],
+                |f| f.into_iter().map(Into::into).collect(),
+            );
+            let device = match a.backend {
+                BackendArg::MlxGpu => MlxDevice::Gpu,
+                _ => MlxBackend::default_device(),
+            };
+            mlx_bench(&model, device, &paths, &fused, timing)?
+        }
+        BackendArg::Cpu => {
+            return Err(Error::invalid(
+                "--backend",
+                "bench times the CUDA backend and MLX (the CPU reference is the oracle)",
+            ))
+        }
+    };
     if let Some(path) = a.out {
         lockstep::util::write_json_atomically(&path, &rep)?;
     }

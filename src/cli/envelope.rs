@@ -1,10 +1,10 @@
 //! `lockstep envelope`: one input run N times, and the spread.
 
-use super::args::{print_json, BackendArg, CudaArgs, DeviceArg, LevelArg, NumericsArg, PathArg};
+use super::args::{print_json, LevelArg, PathArg, TargetArgs};
 use lockstep::backend::{AttnPath, Backend};
 use lockstep::engine::Engine;
 use lockstep::error::{Error, Result};
-use lockstep::jobs::fixture::{run_on, EngineJob, Target};
+use lockstep::jobs::fixture::{run_on, EngineJob};
 use lockstep::jobs::{envelope_of, EnvelopeLevel};
 use lockstep::model::Model;
 use lockstep::verify::envelope::Envelope;
@@ -14,8 +14,6 @@ use std::path::PathBuf;
 pub struct Args {
     #[arg(long, default_value = "synth:tiny")]
     model: String,
-    #[arg(long, value_enum, default_value = "bf16")]
-    numerics: NumericsArg,
     #[arg(long, value_enum, default_value = "graph")]
     path: PathArg,
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
@@ -29,14 +27,8 @@ pub struct Args {
     /// layer (op).
     #[arg(long, value_enum)]
     level: Option<LevelArg>,
-    #[arg(long, value_enum, default_value = "cpu")]
-    backend: BackendArg,
-    /// MLX's device (with --backend mlx; default: the GPU of a CUDA or
-    /// Metal build of libmlx, else the CPU).
-    #[arg(long, value_enum)]
-    device: Option<DeviceArg>,
     #[command(flatten)]
-    cuda: CudaArgs,
+    target: TargetArgs,
     #[arg(long)]
     json: bool,
     #[arg(long)]
@@ -70,12 +62,7 @@ pub fn run(a: Args) -> Result<()> {
         }
     };
     let m = Model::open(&a.model)?;
-    let target = Target::new(
-        a.backend.into(),
-        a.device.map(Into::into),
-        a.numerics.into(),
-        a.cuda.options(),
-    )?;
+    let target = a.target.target()?;
     let job = Runs {
         level,
         path: a.path.into(),

@@ -1,12 +1,12 @@
 //! `lockstep generate`: greedy generation on one backend and path.
 
-use super::args::{print_json, BackendArg, CudaArgs, DeviceArg, NumericsArg, PathArg};
+use super::args::{print_json, PathArg, TargetArgs};
 use lockstep::backend::Backend;
 use lockstep::engine::generate::GenerateOptions;
 use lockstep::engine::record::RecordedRun;
 use lockstep::engine::Engine;
 use lockstep::error::{Error, Result};
-use lockstep::jobs::fixture::{run_on, EngineJob, Target};
+use lockstep::jobs::fixture::{run_on, EngineJob};
 use lockstep::model::{tokenizer, Model};
 use lockstep::progress::Progress;
 
@@ -15,15 +15,6 @@ pub struct Args {
     /// A model folder or synth:PRESET[:SEED].
     #[arg(long, default_value = "synth:tiny")]
     model: String,
-    #[arg(long, value_enum, default_value = "cpu")]
-    backend: BackendArg,
-    /// MLX's device (with --backend mlx; default: the GPU of a CUDA or
-    /// Metal build of libmlx, else the CPU).
-    #[arg(long, value_enum)]
-    device: Option<DeviceArg>,
-    /// Arithmetic: bf16 (transformers-faithful) or f64 (truth; CPU only).
-    #[arg(long, value_enum, default_value = "bf16")]
-    numerics: NumericsArg,
     #[arg(long, value_enum, default_value = "graph")]
     path: PathArg,
     /// Comma-separated token ids.
@@ -41,7 +32,7 @@ pub struct Args {
     #[arg(long)]
     keep_logits: bool,
     #[command(flatten)]
-    cuda: CudaArgs,
+    target: TargetArgs,
 }
 
 struct Generate<'a> {
@@ -79,12 +70,7 @@ pub fn run(a: Args) -> Result<()> {
         }
         (None, None) => return Err(Error::Prompt("give --prompt-ids or --prompt".into())),
     };
-    let target = Target::new(
-        a.backend.into(),
-        a.device.map(Into::into),
-        a.numerics.into(),
-        a.cuda.options(),
-    )?;
+    let target = a.target.target()?;
     let opts = GenerateOptions {
         max_tokens: a.max_tokens,
         path: a.path.into(),

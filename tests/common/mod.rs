@@ -120,3 +120,44 @@ pub fn wanted(case: &lockstep::verify::case::Case) -> bool {
     }
     yes
 }
+
+/// A row's fused q, k, v on `e` is bit-identical whether the row is alone or
+/// among up to 64 rows. Layer 0's input for row r depends only on token r
+/// (no attention before it), so layer 0 of batches 1..64 is compared with
+/// the full batch.
+pub fn assert_fused_batch_invariant<B: lockstep::backend::Backend>(e: &Engine<B>) {
+    use lockstep::backend::AttnPath;
+    let ids: Vec<u32> = (0..64u32).map(|i| (i * 37 + 5) % 512).collect();
+    let all = e.record_attention_inputs(&ids, &[AttnPath::Fused]).unwrap();
+    for n in [1usize, 2, 7, 32, 64] {
+        let part = e
+            .record_attention_inputs(&ids[..n], &[AttnPath::Fused])
+            .unwrap();
+        for t in 0..3 {
+            let w = part[0].by_path[0].1[t].len() / n;
+            assert_eq!(
+                part[0].by_path[0].1[t][..n * w],
+                all[0].by_path[0].1[t][..n * w],
+                "batch of {n}: tensor {t} differs from the batch of 64"
+            );
+        }
+    }
+}
+
+/// The fused path rounds once where the transformers-faithful graph path
+/// rounds after every op: f64 truth must side with it on every q and k.
+pub fn assert_fused_nearer_truth_on_q_and_k(op: &lockstep::verify::parity::ParityReport) {
+    use lockstep::verify::parity::Nearer;
+    for l in &op.levels {
+        for t in l.tensors.iter().filter(|t| t.tensor != "v") {
+            assert_eq!(
+                t.nearer_truth,
+                Some(Nearer::Fused),
+                "{} {}: {}",
+                l.level,
+                t.tensor,
+                op.to_text()
+            );
+        }
+    }
+}

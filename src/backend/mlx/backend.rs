@@ -8,7 +8,7 @@
 use super::cuda_kernel::QkNormRopeCuda;
 use super::fused::{FusedKey, FusedQkv};
 use super::ops;
-use super::{MlxBuild, MlxDevice, MlxFaults};
+use super::{MlxBuild, MlxDevice, MlxFaults, MlxFused};
 use crate::backend::{check, AttnDims, Backend, BackendKind, DeviceInfo, MoeWeights};
 use crate::backend::{routing_record, RowRouting};
 use crate::error::{Error, Result};
@@ -70,9 +70,10 @@ pub struct MlxBackend {
     pub(super) build: MlxBuild,
     /// GPU 0 as MLX describes it (GPU device only).
     pub(super) gpu: BTreeMap<String, String>,
-    /// The fused path's CUDA kernel, when that is what it runs
-    /// (`MlxFused::Kernel`: MLX's GPU of a CUDA build).
-    pub(super) cuda_fused: Option<QkNormRopeCuda>,
+    /// lockstep's fused CUDA kernel (MLX's GPU of a CUDA build only).
+    pub(super) cuda_kernel: Option<QkNormRopeCuda>,
+    /// What the fused path runs now (`Kernel` only with `cuda_kernel`).
+    pub(super) fused_with: std::cell::Cell<MlxFused>,
     pub(super) faults: MlxFaults,
     /// One compiled fused function per attention geometry.
     pub(super) fused: RefCell<BTreeMap<FusedKey, FusedQkv>>,
@@ -113,7 +114,11 @@ fn to_i32(v: usize, what: &str) -> Result<i32> {
 
 impl MlxBackend {
     /// Runs `f` with this backend's stream as the default for new ops.
-    fn on<T>(&self, op: &str, f: impl FnOnce() -> std::result::Result<T, Exception>) -> Result<T> {
+    pub(super) fn on<T>(
+        &self,
+        op: &str,
+        f: impl FnOnce() -> std::result::Result<T, Exception>,
+    ) -> Result<T> {
         mlx_rs::with_stream(&self.stream, f).or_err(op)
     }
 
@@ -275,7 +280,7 @@ impl Backend for MlxBackend {
             })?;
             return self.fused_outputs(outs, x.rows, qd, kd);
         }
-        if let Some(kernel) = &self.cuda_fused {
+        if let (Some(kernel), MlxFused::Kernel) = (&self.cuda_kernel, self.fused_with.get()) {
             if x.cols % 8 != 0 || hd > 256 {
                 return Err(shape_err(
                     "fused_qkv",

@@ -57,7 +57,8 @@ impl MlxDevice {
 }
 
 /// What MLX's fused attention-input path runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum MlxFused {
     /// `transforms::compile` of the graph path's ops: what MLX engines call
     /// "fused", and what the published MLX measurements timed.
@@ -147,6 +148,14 @@ mod stub {
         }
 
         pub fn with_fused(self, _fused: super::MlxFused) -> Result<Self> {
+            match self.never {}
+        }
+
+        pub fn set_fused(&self, _fused: super::MlxFused) -> Result<()> {
+            match self.never {}
+        }
+
+        pub fn copy_bandwidth(&self, _bytes: usize, _reps: usize) -> Result<f64> {
             match self.never {}
         }
 

@@ -81,18 +81,23 @@ impl MlxBackend {
                 (Stream::gpu(), gpu)
             }
         };
-        // On a CUDA GPU the fused path is lockstep's kernel; `with_fused`
+        // On a CUDA GPU the fused path is lockstep's kernel; `set_fused`
         // picks the compiled chain instead.
-        let cuda_fused = match (device, build) {
+        let cuda_kernel = match (device, build) {
             (MlxDevice::Gpu, MlxBuild::Cuda) => Some(QkNormRopeCuda::new().or_err("cuda kernel")?),
             _ => None,
         };
+        let fused_with = std::cell::Cell::new(match cuda_kernel {
+            Some(_) => MlxFused::Kernel,
+            None => MlxFused::Compiled,
+        });
         Ok(MlxBackend {
             stream,
             device,
             build,
             gpu,
-            cuda_fused,
+            cuda_kernel,
+            fused_with,
             faults,
             fused: RefCell::new(BTreeMap::new()),
             pending: RefCell::new(Vec::new()),
@@ -115,37 +120,65 @@ impl MlxBackend {
         })
     }
 
-    /// This backend with its fused path running `fused`: the compiled chain
-    /// anywhere, lockstep's CUDA kernel on MLX's GPU of a CUDA build only.
-    pub fn with_fused(mut self, fused: MlxFused) -> Result<Self> {
-        self.cuda_fused = match fused {
-            MlxFused::Compiled => None,
-            MlxFused::Kernel if (self.device, self.build) == (MlxDevice::Gpu, MlxBuild::Cuda) => {
-                Some(match self.cuda_fused.take() {
-                    Some(k) => k,
-                    None => QkNormRopeCuda::new().or_err("cuda kernel")?,
-                })
-            }
-            MlxFused::Kernel => {
-                return Err(Error::Backend {
-                    backend: self.kind(),
-                    problem: format!(
-                        "the fused CUDA kernel needs MLX's GPU device of a CUDA build; this backend is on {} of a {} build",
-                        self.device.name(),
-                        self.build.name()
-                    ),
-                })
-            }
-        };
+    /// Makes the fused path run `fused`: the compiled chain anywhere,
+    /// lockstep's CUDA kernel on MLX's GPU of a CUDA build only (refused
+    /// elsewhere, saying why).
+    pub fn set_fused(&self, fused: MlxFused) -> Result<()> {
+        if fused == MlxFused::Kernel && self.cuda_kernel.is_none() {
+            return Err(Error::Backend {
+                backend: self.kind(),
+                problem: format!(
+                    "the fused CUDA kernel needs MLX's GPU device of a CUDA build; this backend is on {} of a {} build",
+                    self.device.name(),
+                    self.build.name()
+                ),
+            });
+        }
+        self.fused_with.set(fused);
+        Ok(())
+    }
+
+    /// This backend with its fused path running `fused` (`set_fused`).
+    pub fn with_fused(self, fused: MlxFused) -> Result<Self> {
+        self.set_fused(fused)?;
         Ok(self)
     }
 
     /// What the fused path runs.
     pub fn fused(&self) -> MlxFused {
-        match self.cuda_fused {
-            Some(_) => MlxFused::Kernel,
-            None => MlxFused::Compiled,
+        self.fused_with.get()
+    }
+
+    /// Streaming bandwidth of MLX's device in GB/s: (read + write bytes) /
+    /// time of an elementwise op over `bytes` of bf16, median of `reps`
+    /// after a warm-up. An MLX op, not a driver copy, so it is what MLX's
+    /// own kernels can move (the roofline of `lockstep bench --backend mlx`).
+    pub fn copy_bandwidth(&self, bytes: usize, reps: usize) -> Result<f64> {
+        let n = i32::try_from(bytes / 2).map_err(|_| Error::Backend {
+            backend: self.kind(),
+            problem: format!("{bytes} bytes do not fit MLX's 32-bit shapes"),
+        })?;
+        let a = self.on("bandwidth source", || {
+            let a = mlx_rs::ops::zeros_dtype(&[n], mlx_rs::Dtype::Bfloat16)?;
+            a.eval()?;
+            Ok(a)
+        })?;
+        let two = mlx_rs::Array::from_f32(2.0)
+            .as_dtype(mlx_rs::Dtype::Bfloat16)
+            .or_err("bandwidth")?;
+        let mut times = Vec::with_capacity(reps);
+        for i in 0..=reps {
+            let t = std::time::Instant::now();
+            self.on("bandwidth op", || {
+                let b = a.multiply(&two)?;
+                b.eval()
+            })?;
+            if i > 0 {
+                times.push(t.elapsed().as_secs_f64());
+            }
         }
+        times.sort_by(|a, b| a.total_cmp(b));
+        Ok(2.0 * (2 * n as usize) as f64 / times[times.len() / 2] / 1e9)
     }
 
     /// Whether the fused path runs as the Metal kernel.
@@ -187,7 +220,7 @@ impl MlxBackend {
             "fused".into(),
             if self.on_metal() {
                 "packed matmul + Metal kernel lockstep_qk_norm_rope (untested)".into()
-            } else if self.cuda_fused.is_some() {
+            } else if self.fused_with.get() == MlxFused::Kernel {
                 "one CUDA kernel lockstep_qk_norm_rope (mlx/kernels/qk_norm_rope.cu, common.cuh) through mlx_fast_cuda_kernel".into()
             } else {
                 "transforms::compile(packed matmul + fast::rms_norm + fast::rope)".into()
