@@ -1,40 +1,30 @@
-// lockstep's fused attention-input kernel for MLX's CUDA backend: q, k, v
-// projected from the packed weight ([q heads | k heads | v heads] rows), q
-// and k RMS-normalised per head in f32, rotated with unrounded f32 cos/sin,
-// each output rounded to bf16 once: the contract of the CUDA backend's
-// qkv_fused.cu, in one launch.
+// Phase 2 of lockstep's fused attention-input kernels for MLX's CUDA
+// backend: from phase 1's raw f32 projection (qkv_proj.cu), q and k
+// RMS-normalised per head in f32, rotated with unrounded f32 cos/sin, each
+// output rounded to bf16 once: with phase 1, the contract of the CUDA
+// backend's qkv_fused.cu in two launches (the projection needs the whole
+// GPU, the norm a whole head per block).
 //
-// This file is a kernel *body*. MLX's custom-kernel API (mlx_fast_cuda_kernel,
-// src/backend/mlx/cuda_kernel.rs) generates the signature from the input and
-// output names,
-//   (const __nv_bfloat16* x, const __nv_bfloat16* w, const __nv_bfloat16* q_norm,
-//    const __nv_bfloat16* k_norm, const int32_t* positions, const float* params,
+// A kernel *body* (src/backend/mlx/cuda_kernel.rs): MLX generates the
+// signature
+//   (const float* raw, const __nv_bfloat16* q_norm, const __nv_bfloat16* k_norm,
+//    const int32_t* positions, const float* params,
 //    __nv_bfloat16* q, __nv_bfloat16* k, __nv_bfloat16* v),
-// declares the template arguments HIDDEN, NH, NKV and HD as constexpr ints,
-// and puts the body inside namespace mlx::core::cu. The header is the CUDA
-// backend's common.cuh, so the projection sums exactly as its warp_dot does
-// (16-byte chunks, lane order, butterfly); its helpers live in the global
-// namespace, hence the `::`.
+// declares NH, NKV and HD as constexpr ints and puts the body in namespace
+// mlx::core::cu; the header is the CUDA backend's common.cuh (its helpers
+// are global, hence the `::`).
 //
-// Launch: blocks (NH + 2 NKV head slots, n rows), 256 threads. A block
-// projects its slot's HD weight rows for its row (8 warps, one output at a
-// time each), then the slot is a v head (rounded and stored) or a q/k head
-// (normalised over HD, weighted, rotated, stored). params = [eps, theta].
-// Every sum has a fixed order and nothing goes through an atomic: the same
-// bits on every run, and a row's result does not depend on the other rows.
-const int slot = blockIdx.x, t = blockIdx.y;
-const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, d = threadIdx.x;
+// Launch: blocks (NH + 2 NKV head slots, n rows), 256 threads, thread d
+// taking element d of its slot. A v slot is rounded and stored; a q or k
+// slot is normalised over HD (block_sum's fixed order), weighted, rotated
+// and stored. params = [eps, theta]. Every sum has a fixed order and nothing
+// goes through an atomic: the same bits on every run, and a row's result
+// does not depend on the other rows.
+const int slot = blockIdx.x, t = blockIdx.y, d = threadIdx.x;
+constexpr int ROWS = (NH + 2 * NKV) * HD;
 __shared__ float vals[HD];
 __shared__ float scratch[32];
-const ::bf16_t* xr = reinterpret_cast<const ::bf16_t*>(x) + (size_t)t * HIDDEN;
-const ::bf16_t* wr = reinterpret_cast<const ::bf16_t*>(w) + (size_t)slot * HD * HIDDEN;
-for (int o = warp; o < HD; o += 8) {
-    float acc[1];
-    ::warp_dot_rows<1>(xr, wr + (size_t)o * HIDDEN, 1, HIDDEN, 0, 1, acc);
-    if (lane == 0) vals[o] = acc[0];
-}
-__syncthreads();
-const float a = d < HD ? vals[d] : 0.0f;
+const float a = d < HD ? raw[(size_t)t * ROWS + (size_t)slot * HD + d] : 0.0f;
 if (slot >= NH + NKV) {
     if (d < HD)
         reinterpret_cast<::bf16_t*>(v)[(size_t)t * NKV * HD + (size_t)(slot - NH - NKV) * HD + d] = ::f2bf(a);
