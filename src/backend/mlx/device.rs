@@ -39,6 +39,25 @@ pub fn loaded_mlx_version() -> String {
     }
 }
 
+/// The MLX version mlx-c (under mlx-rs 0.33) was compiled against.
+pub const PINNED_MLX: &str = env!("LOCKSTEP_MLX_PINNED");
+
+/// Refuses a loaded libmlx of another version than the one mlx-c binds:
+/// mlx-c compiles against MLX's C++ headers, so another release may differ
+/// in layouts the binary assumes (docs/mlx.md: a 0.32.4 wheel does not even
+/// build against mlx-c 0.7.0).
+pub fn check_version(loaded: &str, pinned: &str) -> Result<(), String> {
+    if loaded == pinned {
+        Ok(())
+    } else {
+        Err(format!(
+            "the loaded libmlx is MLX {loaded}, but this build's mlx-c binds MLX {pinned}: \
+             load an MLX {pinned} library (the CPU wheel it was built with, or the CUDA \
+             build of the same version)"
+        ))
+    }
+}
+
 /// What the loaded libmlx was built for.
 pub fn loaded_build() -> MlxBuild {
     with_error_handler();
@@ -108,4 +127,19 @@ pub fn gpu_properties() -> BTreeMap<String, String> {
         mlx_sys::mlx_device_free(dev);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_libmlx_of_another_version_is_refused_naming_both() {
+        assert!(super::check_version("0.32.2", "0.32.2").is_ok());
+        let e = super::check_version("0.32.4", "0.32.2").unwrap_err();
+        assert!(e.contains("0.32.4") && e.contains("0.32.2"), "{e}");
+    }
+
+    #[test]
+    fn this_build_loads_the_version_it_was_built_against() {
+        assert_eq!(super::loaded_mlx_version(), super::PINNED_MLX);
+    }
 }

@@ -5,7 +5,7 @@
 
 use super::backend::{MlxBackend, OrBackendError};
 use super::cuda_kernel::QkNormRopeCuda;
-use super::device::{gpu_properties, loaded_build, loaded_mlx_version};
+use super::device::{check_version, gpu_properties, loaded_build, loaded_mlx_version, PINNED_MLX};
 use super::{MlxBuild, MlxDevice, MlxFaults, MlxFused};
 use crate::backend::{Backend, BackendKind, DeviceInfo};
 use crate::error::{Error, Result};
@@ -54,8 +54,15 @@ impl MlxBackend {
     }
 
     pub fn with_faults_on(device: MlxDevice, faults: MlxFaults) -> Result<Self> {
-        let build = loaded_build();
         let version = loaded_mlx_version();
+        check_version(&version, PINNED_MLX).map_err(|problem| Error::Backend {
+            backend: match device {
+                MlxDevice::Cpu => BackendKind::Mlx,
+                MlxDevice::Gpu => BackendKind::MlxGpu,
+            },
+            problem,
+        })?;
+        let build = loaded_build();
         let (stream, gpu) = match device {
             MlxDevice::Cpu => (Stream::cpu(), BTreeMap::new()),
             MlxDevice::Gpu => {
