@@ -19,9 +19,8 @@ library is unchanged; the zeros cost nothing once compressed. It then packs
 into one .tar.xz with the wheel's layout kept, since libmlx's RPATH
 (`$ORIGIN/../../mlx_cuda_13.libs`, `$ORIGIN/../../nvidia/*/lib`) is relative
 to it. The CUDA libraries themselves (cuBLAS, cuDNN, NVRTC, ...) are not
-packed: the GPU machine's Python environment has them (see
-/work/shared/notes/mlx-cuda.md), reached with LD_LIBRARY_PATH or a
-`nvidia` link next to `mlx/`.
+packed: the GPU machine's Python environment has them (docs/mlx.md), reached
+with LD_LIBRARY_PATH or a `nvidia` link next to `mlx/` (ci/device-mlx.sh).
 
 usage: ci/mlx_cuda_pack.py [--out PATH] [--arch sm_90] [--cache DIR] [--preset N]
 """
@@ -44,7 +43,9 @@ WHEEL = f"mlx_cuda_13-{VERSION}-py3-none-manylinux_2_35_x86_64.whl"
 # run; pip itself only checks the hash that the index serves alongside.
 WHEEL_SHA256 = "335094ccd1c0c6dc3e09c8caba207c8180602bacc0c38ba20c1d81e9456ab394"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_OUT = os.path.join(REPO, ".device-mlx", f"mlx-cuda-13-{VERSION}-sm90.tar.xz")
+def default_out(arch):
+    """The archive's default path for an architecture (`sm_90` -> `...-sm90.tar.xz`)."""
+    return os.path.join(REPO, ".device-mlx", f"mlx-cuda-13-{VERSION}-sm{arch}.tar.xz")
 LIB = "mlx/lib/libmlx.so"
 
 FATBIN_MAGIC = 0xBA55ED50
@@ -225,7 +226,7 @@ def add_tree(tar, root, rel):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=DEFAULT_OUT, help=f"archive to write (default {DEFAULT_OUT})")
+    ap.add_argument("--out", help=f"archive to write (default {default_out(90)} for sm_90)")
     ap.add_argument("--arch", default="sm_90", help="the one SM architecture to keep (default sm_90)")
     ap.add_argument("--cache", default="/tmp/mlx-cuda-wheel",
                     help="where the wheel is downloaded and unpacked, reused if there")
@@ -237,6 +238,7 @@ def main():
     if not m:
         raise PackError(f"--arch {args.arch!r}: expected sm_NN, e.g. sm_90")
     arch = int(m.group(1))
+    out = args.out or default_out(arch)
 
     t0 = time.monotonic()
     wheel = fetch_wheel(args.cache)
@@ -269,7 +271,7 @@ def main():
         f.write(data)
     del data
 
-    out = os.path.abspath(args.out)
+    out = os.path.abspath(out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     tmp = out + ".part"
     t1 = time.monotonic()

@@ -73,7 +73,8 @@ pub struct BenchReport {
     pub model: String,
     pub model_hash: String,
     pub device: String,
-    /// Device-to-device copy bandwidth, (read + write bytes) / time, GB/s.
+    /// Streaming bandwidth, (read + write bytes) / time, GB/s: a
+    /// device-to-device copy on CUDA, an elementwise op on MLX's device.
     pub copy_bandwidth_gb_s: f64,
     pub weight_bytes_per_token: usize,
     /// copy bandwidth / weight bytes per token.
@@ -280,15 +281,28 @@ pub fn cuda_bench(model: &crate::model::Model, grid: &Grid, t: Timing) -> Result
 
 /// Times MLX on `device`: the graph path, then the fused path with each of
 /// `fused` (the compiled op chain MLX engines call "fused", lockstep's CUDA
-/// kernel), against the roofline of MLX's own measured streaming bandwidth.
+/// kernels; `None`: each the backend can run), against the roofline of
+/// MLX's own measured streaming bandwidth. A fused variant the backend
+/// cannot run is refused before anything is timed.
 pub fn mlx_bench(
     model: &crate::model::Model,
     device: crate::backend::mlx::MlxDevice,
     paths: &[AttnPath],
-    fused: &[MlxFused],
+    fused: Option<&[MlxFused]>,
     t: Timing,
 ) -> Result<BenchReport> {
-    let e = crate::jobs::load(model, MlxBackend::on_device(device)?)?;
+    let be = MlxBackend::on_device(device)?;
+    let fused: Vec<MlxFused> = match fused {
+        Some(f) => f.to_vec(),
+        None => [MlxFused::Compiled, MlxFused::Kernel]
+            .into_iter()
+            .filter(|&f| be.set_fused(f).is_ok())
+            .collect(),
+    };
+    for &f in &fused {
+        be.set_fused(f)?;
+    }
+    let e = crate::jobs::load(model, be)?;
     let bandwidth = e.backend.copy_bandwidth(1 << 30, 10)?;
     let mut configs = Vec::new();
     for &p in paths {

@@ -72,6 +72,14 @@ pub enum Error {
         backend: BackendKind,
         problem: String,
     },
+    /// The backend is compiled in but this machine cannot run it (no
+    /// driver, no GPU, a CPU-only libmlx): a test or verify row skips on
+    /// this and on `BackendNotCompiled`, and fails on any other error.
+    #[error("backend `{backend}` is unavailable here: {problem}")]
+    Unavailable {
+        backend: BackendKind,
+        problem: String,
+    },
     /// A model that cannot run on the backend it was given (too large, a
     /// step replayed that was never recorded): the engine's, not a device's.
     #[error("engine: {problem}")]
@@ -83,6 +91,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this says only that a backend cannot run on this machine or
+    /// build (a loud skip, not a failure).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Error::BackendNotCompiled { .. } | Error::Unavailable { .. }
+        )
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

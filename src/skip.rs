@@ -1,7 +1,7 @@
-//! Loud skips. A test that cannot run here (no GPU, no MLX) prints that it
-//! skipped and why; with LOCKSTEP_REQUIRE_GPU=1 (or LOCKSTEP_REQUIRE_MLX=1)
-//! the skip becomes a failure, so a machine that should run the test cannot
-//! pass by skipping it.
+//! Loud skips. A test that cannot run here (no GPU, no MLX, no MLX GPU)
+//! prints that it skipped and why; with LOCKSTEP_REQUIRE_GPU=1,
+//! LOCKSTEP_REQUIRE_MLX=1 or LOCKSTEP_REQUIRE_MLX_GPU=1 the skip becomes a
+//! failure, so a machine that should run the test cannot pass by skipping it.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {

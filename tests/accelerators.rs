@@ -1,7 +1,8 @@
 //! One test suite for every accelerator, written once and instantiated per
-//! backend (as candle's `test_device!`): each test opens the backend (or
-//! says loudly why it skipped; LOCKSTEP_REQUIRE_MLX=1 / LOCKSTEP_REQUIRE_GPU=1
-//! make that a failure) and calls the library's jobs, the same ones
+//! backend (as candle's `test_device!`): MLX's CPU device, MLX's GPU device
+//! and lockstep's CUDA backend. Each test opens the backend (or says loudly
+//! why it skipped; LOCKSTEP_REQUIRE_MLX=1, LOCKSTEP_REQUIRE_MLX_GPU=1 and
+//! LOCKSTEP_REQUIRE_GPU=1 make that a failure) and calls the library's jobs, the same ones
 //! `lockstep verify` runs:
 //! - teacher-forced logits against the CPU reference, row by row (MoE: up to
 //!   a routing near-tie in the backend's own record), on both paths;
@@ -247,10 +248,9 @@ pub fn committed_goldens_reproduce<A: Accelerator>(test: &str) {
     let Some((_lock, _be)) = open::<A>(test) else {
         return;
     };
-    let cases: Vec<GoldenCase> = golden_cases(A::KIND)
-        .into_iter()
-        .filter(|c| wanted(&c.case()))
-        .collect();
+    let all = golden_cases(A::KIND);
+    assert_eq!(all.len(), 4, "tiny and tiny-moe on both paths");
+    let cases: Vec<GoldenCase> = all.into_iter().filter(|c| wanted(&c.case())).collect();
     for (name, out) in fresh_and_committed(&cases) {
         println!("{name}: {out:?}");
         if let GoldenOutcome::NearTie {

@@ -3,7 +3,7 @@
 //! - its MoE op reproduces the CPU reference bit for bit on equal inputs;
 //! - it reports its device, numerics and the MLX version it loaded;
 //! - a planted fault in its fused path fails the op-level contract;
-//! - on MLX's GPU of a CUDA build, the fused path is lockstep's CUDA kernel:
+//! - on MLX's GPU of a CUDA build, the fused path is lockstep's CUDA kernels:
 //!   distinct from the graph path, within the contract, nearer truth, batch
 //!   invariant, and a planted fault in it fails the contract.
 //!
@@ -155,18 +155,34 @@ fn mlx_fused_qkv_with_a_planted_rope_offset_fails_the_check() {
     );
 }
 
-/// On MLX's GPU of a CUDA build the fused path is lockstep's one CUDA
-/// kernel: a path of its own (not bitwise the graph path, as the compiled
+/// Whether `be`'s fused path is lockstep's CUDA kernels (MLX's CUDA build);
+/// on another GPU build (Metal) the kernel tests skip, saying why.
+fn runs_the_kernel(test: &str, be: &MlxBackend) -> bool {
+    let yes = be.fused() == MlxFused::Kernel;
+    if !yes {
+        lockstep::skip::skip(
+            lockstep::skip::Need::MlxGpu,
+            test,
+            "lockstep's fused kernels need MLX's CUDA build; this libmlx's GPU is another",
+        );
+    }
+    yes
+}
+
+/// On MLX's GPU of a CUDA build the fused path is lockstep's CUDA kernels: a path of its own (not bitwise the graph path, as the compiled
 /// chain is), within the op contract, and nearer f64 truth than the graph
 /// path on q and k, which it rounds once where the graph path rounds after
 /// every op. The compiled chain (`MlxFused::Compiled`) stays bitwise the
 /// graph path.
 #[test]
 fn mlx_gpu_fused_kernel_is_a_distinct_path_within_the_contract() {
-    let Some((_lock, be)) = open::<MlxGpu>(&t("mlx_gpu_fused_kernel_is_a_distinct_path")) else {
+    let test = t("mlx_gpu_fused_kernel_is_a_distinct_path");
+    let Some((_lock, be)) = open::<MlxGpu>(&test) else {
         return;
     };
-    assert_eq!(be.fused(), MlxFused::Kernel);
+    if !runs_the_kernel(&test, &be) {
+        return;
+    }
     let fx = Fixture::preset("tiny").unwrap();
     let e = load(&fx.model, be).unwrap();
     let op = op_parity_on(&e, &fx.truth, &fx.seq, Tol::FusedVsGraphRms).unwrap();
@@ -193,10 +209,13 @@ fn mlx_gpu_fused_kernel_is_a_distinct_path_within_the_contract() {
 /// fail the op contract.
 #[test]
 fn mlx_gpu_fused_kernel_with_a_planted_rope_offset_fails_the_check() {
-    let Some((_lock, _be)) = open::<MlxGpu>(&t("mlx_gpu_fused_kernel_with_a_planted_rope_offset"))
-    else {
+    let test = t("mlx_gpu_fused_kernel_with_a_planted_rope_offset");
+    let Some((_lock, be)) = open::<MlxGpu>(&test) else {
         return;
     };
+    if !runs_the_kernel(&test, &be) {
+        return;
+    }
     let fx = Fixture::preset("tiny").unwrap();
     let faults = MlxFaults {
         fused_rope_position_offset: 1,
@@ -213,9 +232,13 @@ fn mlx_gpu_fused_kernel_with_a_planted_rope_offset_fails_the_check() {
 /// among up to 64 rows (the kernel's blocks never mix rows).
 #[test]
 fn mlx_gpu_fused_kernel_is_batch_invariant() {
-    let Some((_lock, be)) = open::<MlxGpu>(&t("mlx_gpu_fused_kernel_is_batch_invariant")) else {
+    let test = t("mlx_gpu_fused_kernel_is_batch_invariant");
+    let Some((_lock, be)) = open::<MlxGpu>(&test) else {
         return;
     };
+    if !runs_the_kernel(&test, &be) {
+        return;
+    }
     let m = Model::open("synth:tiny").unwrap();
     common::assert_fused_batch_invariant(&load(&m, be).unwrap());
 }

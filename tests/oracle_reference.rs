@@ -75,3 +75,22 @@ fn a_reference_of_another_model_or_edited_logits_is_refused() {
     let report = compare_with_reference(&edited, &model).unwrap();
     assert!(!report.pass, "edited logits passed:\n{}", report.to_text());
 }
+
+/// A reference file whose prompt is empty is refused on load, naming the
+/// file, rather than reaching a comparison that indexes the prompt.
+#[test]
+fn a_reference_with_an_empty_prompt_is_refused() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/reference/tiny-float32.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&src).unwrap()).unwrap();
+    v["prompt"] = serde_json::json!([]);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("empty-prompt-reference");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("reference.json");
+    std::fs::write(&path, v.to_string()).unwrap();
+    let e = Reference::load(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("reference.json") && e.contains("prompt holds no tokens"),
+        "{e}"
+    );
+}

@@ -155,6 +155,19 @@ pub struct TargetArgs {
 impl TargetArgs {
     /// The target, or the option it cannot honour, named.
     pub fn target(self) -> lockstep::error::Result<lockstep::jobs::fixture::Target> {
+        if self.backend != BackendArg::Cuda {
+            for (given, option) in [
+                (self.cuda.mode.is_some(), "--mode"),
+                (self.cuda.cuda_graphs, "--cuda-graphs"),
+            ] {
+                if given {
+                    return Err(lockstep::error::Error::invalid(
+                        option,
+                        "is a setting of the CUDA backend (--backend cuda)",
+                    ));
+                }
+            }
+        }
         lockstep::jobs::fixture::Target::new(
             self.backend.into(),
             self.device.map(Into::into),
@@ -164,12 +177,12 @@ impl TargetArgs {
     }
 }
 
-/// CUDA run settings (refused by the other backends where they matter).
+/// CUDA run settings (refused by the other backends).
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct CudaArgs {
-    /// CUDA reduction mode of the graph path.
-    #[arg(long, value_enum, default_value = "deterministic")]
-    pub mode: ModeArg,
+    /// CUDA reduction mode of the graph path (default: deterministic).
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
     /// Record the decode step once and replay it (CUDA graphs; dense models).
     #[arg(long)]
     pub cuda_graphs: bool,
@@ -178,7 +191,7 @@ pub struct CudaArgs {
 impl CudaArgs {
     pub fn options(self) -> CudaOptions {
         CudaOptions {
-            mode: self.mode.into(),
+            mode: self.mode.map_or(ReductionMode::Deterministic, Into::into),
             graphs: self.cuda_graphs,
         }
     }

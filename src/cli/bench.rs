@@ -23,7 +23,8 @@ pub struct Args {
     /// CUDA graphs settings to time: on, off or both (default: on).
     #[arg(long, value_enum, value_delimiter = ',')]
     graphs: Option<Vec<GraphsArg>>,
-    /// What MLX's fused path runs, each timed (default: compiled,kernel).
+    /// What MLX's fused path runs, each timed (default: the compiled chain,
+    /// and lockstep's kernels where the backend has them).
     #[arg(long, value_enum, value_delimiter = ',')]
     mlx_fused: Option<Vec<MlxFusedArg>>,
     #[arg(long, default_value_t = 16)]
@@ -73,15 +74,13 @@ pub fn run(a: Args) -> Result<()> {
                     "are the CUDA backend's settings; MLX's are --mlx-fused",
                 ));
             }
-            let fused: Vec<_> = a.mlx_fused.map_or(
-                vec![MlxFusedArg::Compiled.into(), MlxFusedArg::Kernel.into()],
-                |f| f.into_iter().map(Into::into).collect(),
-            );
+            let fused: Option<Vec<_>> =
+                a.mlx_fused.map(|f| f.into_iter().map(Into::into).collect());
             let device = match a.backend {
                 BackendArg::MlxGpu => MlxDevice::Gpu,
                 _ => MlxBackend::default_device(),
             };
-            mlx_bench(&model, device, &paths, &fused, timing)?
+            mlx_bench(&model, device, &paths, fused.as_deref(), timing)?
         }
         BackendArg::Cpu => {
             return Err(Error::invalid(

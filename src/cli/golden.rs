@@ -15,8 +15,9 @@ pub enum Action {
         root: PathBuf,
         #[arg(long)]
         json: bool,
-        /// Only this backend's goldens; default: the CPU reference's and
-        /// MLX's when compiled in (CUDA's only when asked for).
+        /// Only this backend's goldens (`mlx`: MLX's CPU device, `mlx-gpu`:
+        /// its GPU device); default: the CPU reference's and MLX's CPU
+        /// device's when compiled in (the GPU goldens only when asked for).
         #[arg(long, value_enum)]
         backend: Option<BackendArg>,
     },

@@ -33,9 +33,9 @@ pub enum Cmd {
     Synth(synth::Args),
     /// Greedy generation on one backend and path.
     Generate(generate::Args),
-    /// Decode speed, batch 1: every path x mode x graphs configuration timed
-    /// in one process on one loaded model, against the weight-bytes roofline
-    /// of the measured copy bandwidth.
+    /// Decode speed, batch 1, in one process on one loaded model, against the
+    /// weight-bytes roofline of the measured bandwidth: CUDA per path x mode
+    /// x graphs, MLX per path x what its fused path runs.
     Bench(bench::Args),
     /// The main job: parity and the transformers oracle on the embedded
     /// default models (tiny, tiny-moe) on every compiled backend; one table.

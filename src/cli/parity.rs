@@ -3,9 +3,7 @@
 
 use super::args::{print_json, NumericsArg};
 use lockstep::error::{Error, Result};
-use lockstep::ident::Numerics;
-use lockstep::jobs::parity::cpu_parity_on;
-use lockstep::jobs::{continuation, load_cpu};
+use lockstep::jobs::parity::cpu_parity_of;
 use lockstep::model::Model;
 use std::path::PathBuf;
 
@@ -29,16 +27,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let m = Model::open(&a.model)?;
-    let bf16 = load_cpu(&m, Numerics::Bf16)?;
-    let truth = load_cpu(&m, Numerics::F64)?;
-    // The continuation is the bf16 graph path's, whatever is compared.
-    let extra = a.tokens.saturating_sub(a.prompt_ids.len());
-    let seq = continuation(&bf16, &a.prompt_ids, extra)?;
-    let e = match a.numerics.into() {
-        Numerics::Bf16 => &bf16,
-        Numerics::F64 => &truth,
-    };
-    let (op, run) = cpu_parity_on(e, &truth, &seq)?;
+    let (op, run) = cpu_parity_of(&m, a.numerics.into(), &a.prompt_ids, a.tokens)?;
     if a.json {
         print_json(&[&op, &run]);
     } else {

@@ -12,8 +12,10 @@ pub struct Args {
     /// Repository root holding golden/.
     #[arg(long, default_value = ".")]
     root: PathBuf,
-    /// Run only the rows whose case id contains this text (repeatable: any
-    /// of them), e.g. `--filter @mlx` or `--filter 'qkv(preset=tiny,'`.
+    /// Run only the rows this matches (repeatable: any of them): `TEXT`
+    /// found in the id's `op(k=v,...)` part, `@BACKEND` exactly, or both,
+    /// e.g. `--filter @mlx`, `--filter 'qkv(preset=tiny,'`,
+    /// `--filter golden@cuda`.
     #[arg(long)]
     filter: Vec<String>,
     #[arg(long)]

@@ -102,7 +102,7 @@ impl Accelerator for Cuda {
 /// loading the driver libraries becomes that error too.
 pub fn open_cuda(options: CudaOptions) -> Result<CudaBackend> {
     std::panic::catch_unwind(|| CudaBackend::with_options(0, options)).map_err(|_| {
-        Error::Backend {
+        Error::Unavailable {
             backend: BackendKind::Cuda,
             problem: "the CUDA driver library could not be loaded".into(),
         }

@@ -145,3 +145,22 @@ pub fn cpu_parity(
     let truth = super::load_cpu(model, Numerics::F64)?;
     cpu_parity_on(&engine, &truth, tokens)
 }
+
+/// `lockstep parity`: both levels on the CPU reference in `numerics` for
+/// `prompt` followed by greedy tokens of the bf16 graph path up to `tokens`
+/// in all (the same continuation whatever is compared), truth in f64.
+pub fn cpu_parity_of(
+    model: &Model,
+    numerics: Numerics,
+    prompt: &[u32],
+    tokens: usize,
+) -> Result<(ParityReport, ParityReport)> {
+    let bf16 = super::load_cpu(model, Numerics::Bf16)?;
+    let truth = super::load_cpu(model, Numerics::F64)?;
+    let seq = super::continuation(&bf16, prompt, tokens.saturating_sub(prompt.len()))?;
+    let e = match numerics {
+        Numerics::Bf16 => &bf16,
+        Numerics::F64 => &truth,
+    };
+    cpu_parity_on(e, &truth, &seq)
+}

@@ -31,8 +31,8 @@ pub struct Rows<'a> {
     filter: &'a Filter,
     on_check: &'a mut dyn FnMut(&CheckResult),
     out: Vec<CheckResult>,
-    /// Rows the filter left out.
-    pub filtered_out: usize,
+    /// Rows the filter left out (of the backends it let open).
+    filtered_out: usize,
 }
 
 impl<'a> Rows<'a> {
@@ -49,10 +49,15 @@ impl<'a> Rows<'a> {
         self.filter.matches(case)
     }
 
+    /// Counts a row left out without asking (its case was known not wanted).
+    pub fn leave_out(&mut self) {
+        self.filtered_out += 1;
+    }
+
     /// Runs `job` for `case` if the filter matches it, and keeps its row.
     pub fn run(&mut self, case: Case, job: impl FnOnce(Case) -> Result<CheckResult>) -> Result<()> {
         if !self.wants(&case) {
-            self.filtered_out += 1;
+            self.leave_out();
             return Ok(());
         }
         let r = job(case)?;
@@ -96,7 +101,7 @@ fn cpu_rows(fx: &Fixture, golden_root: &Path, rows: &mut Rows) -> Result<()> {
         let case = envelope_case(&fx.bf16, EnvelopeLevel::Logits, path, seq.len());
         let needed = path == AttnPath::Graph && rows.wants(&containment);
         if !rows.wants(&case) && !needed {
-            rows.filtered_out += 1;
+            rows.leave_out();
             continue;
         }
         let env = envelope_of(&fx.bf16, EnvelopeLevel::Logits, path, seq, ENVELOPE_RUNS)?;
@@ -130,9 +135,13 @@ fn cpu_rows(fx: &Fixture, golden_root: &Path, rows: &mut Rows) -> Result<()> {
 /// machine can run it, else one skipped row saying why (a failure under
 /// its REQUIRE variable).
 fn rows_of<A: Accelerator>(fx: &Fixture, golden_root: &Path, rows: &mut Rows) -> Result<()> {
+    // Nothing the filter lets through can be this backend's: leave it closed.
+    if !rows.filter.wants_backend(A::KIND) {
+        return Ok(());
+    }
     match A::open() {
         Ok(b) => accelerator_rows::<A>(&super::load(&fx.model, b)?, fx, golden_root, rows),
-        Err(why) => {
+        Err(why) if why.is_unavailable() => {
             let case = Case::new(Op::Qkv, A::KIND).preset(fx.name());
             let required = std::env::var(A::NEED.env_var()).ok();
             let reason = why.to_string();
@@ -145,6 +154,7 @@ fn rows_of<A: Accelerator>(fx: &Fixture, golden_root: &Path, rows: &mut Rows) ->
                 ))
             })
         }
+        Err(e) => Err(e),
     }
 }
 

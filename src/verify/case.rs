@@ -204,11 +204,13 @@ impl TryFrom<String> for Case {
     }
 }
 
-/// Which cases to run: all, or those whose id contains any of the patterns
-/// (`lockstep verify --filter`, `LOCKSTEP_FILTER` in the tests).
+/// Which cases to run (`lockstep verify --filter`, `LOCKSTEP_FILTER` in the
+/// tests): all, or those any pattern matches. A pattern is `TEXT`, `TEXT@B`
+/// or `@B`: TEXT must occur in the id's `op(k=v,...)` part and B, when given,
+/// must be the backend exactly (so `@mlx` is not `@mlx-gpu`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
-    patterns: Vec<String>,
+    patterns: Vec<(String, Option<String>)>,
 }
 
 impl Filter {
@@ -218,7 +220,14 @@ impl Filter {
 
     pub fn new(patterns: impl IntoIterator<Item = String>) -> Self {
         Filter {
-            patterns: patterns.into_iter().filter(|p| !p.is_empty()).collect(),
+            patterns: patterns
+                .into_iter()
+                .filter(|p| !p.is_empty())
+                .map(|p| match p.rsplit_once('@') {
+                    Some((head, backend)) => (head.to_string(), Some(backend.to_string())),
+                    None => (p, None),
+                })
+                .collect(),
         }
     }
 
@@ -234,7 +243,22 @@ impl Filter {
 
     pub fn matches(&self, case: &Case) -> bool {
         let id = case.id();
-        self.is_all() || self.patterns.iter().any(|p| id.contains(p.as_str()))
+        let head = id.rsplit_once(")@").map_or(id.as_str(), |(h, _)| h);
+        self.is_all()
+            || self.patterns.iter().any(|(text, backend)| {
+                head.contains(text.as_str())
+                    && backend.as_deref().is_none_or(|b| b == case.backend.name())
+            })
+    }
+
+    /// Whether any case of `backend` could match: false when every pattern
+    /// names another backend, so a job need not open this one at all.
+    pub fn wants_backend(&self, backend: BackendKind) -> bool {
+        self.is_all()
+            || self
+                .patterns
+                .iter()
+                .any(|(_, b)| b.as_deref().is_none_or(|b| b == backend.name()))
     }
 }
 
@@ -281,6 +305,18 @@ mod tests {
         assert!(Filter::all().matches(&c));
         assert!(Filter::new(["@mlx".into(), "golden".into()]).matches(&c));
         assert!(!Filter::new(["@mlx".into()]).matches(&c));
+        assert!(Filter::new(["golden(preset=tiny@cuda".into()]).matches(&c));
+        assert!(!Filter::new(["golden@cpu".into()]).matches(&c));
         assert!(Filter::new(["".into()]).is_all());
+    }
+
+    #[test]
+    fn a_backend_in_a_pattern_is_matched_whole() {
+        let gpu = Case::new(Op::Qkv, BackendKind::MlxGpu).preset("tiny");
+        let f = Filter::new(["@mlx".into()]);
+        assert!(!f.matches(&gpu), "@mlx must not match @mlx-gpu");
+        assert!(f.wants_backend(BackendKind::Mlx));
+        assert!(!f.wants_backend(BackendKind::MlxGpu));
+        assert!(Filter::new(["qkv".into()]).wants_backend(BackendKind::Cuda));
     }
 }

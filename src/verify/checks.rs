@@ -160,8 +160,8 @@ pub fn logits_row(case: Case, tolerance: Tol, verdict: &RowVerdict, rows: usize)
 }
 
 /// The row of a backend that could not run here (`reason`): a skip, or a
-/// failure when `required` (the LOCKSTEP_REQUIRE_GPU / LOCKSTEP_REQUIRE_MLX
-/// value) is "1", as for tests.
+/// failure when `required` (the value of its LOCKSTEP_REQUIRE_* variable) is
+/// "1", as for tests.
 pub fn skipped_backend_row(
     need: Need,
     required: Option<&str>,

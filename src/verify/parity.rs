@@ -52,9 +52,10 @@ pub struct LevelParity {
     pub tensors: Vec<TensorParity>,
 }
 
-/// What a parity report was judged by.
+/// What a parity report was judged by. Serialised as its text (the form
+/// reports had before it was a type), parsed back by `TryFrom<String>`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "rule")]
+#[serde(into = "String", try_from = "String")]
 pub enum ParityRule {
     /// Every tensor's RMS(fused - graph) below an absolute tolerance: the op
     /// contract, or the f64 formula check at every level.
@@ -74,6 +75,33 @@ impl std::fmt::Display for ParityRule {
                 "fused-truth <= truth_relative_factor ({factor}) x graph-truth"
             ),
         }
+    }
+}
+
+impl From<ParityRule> for String {
+    fn from(r: ParityRule) -> String {
+        r.to_string()
+    }
+}
+
+impl TryFrom<String> for ParityRule {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let bad = || format!("not a parity rule: {s:?}");
+        if let Some(rest) = s.strip_prefix("RMS < ") {
+            let (name, limit) = rest.split_once(" = ").ok_or_else(bad)?;
+            return Ok(ParityRule::Rms {
+                tolerance: Tol::from_name(name).ok_or_else(bad)?,
+                limit: limit.parse().map_err(|_| bad())?,
+            });
+        }
+        let factor = s
+            .strip_prefix("fused-truth <= truth_relative_factor (")
+            .and_then(|r| r.strip_suffix(") x graph-truth"))
+            .ok_or_else(bad)?;
+        Ok(ParityRule::TruthRelative {
+            factor: factor.parse().map_err(|_| bad())?,
+        })
     }
 }
 
@@ -268,5 +296,23 @@ pub fn run_parity(
         levels,
         pass,
         fingerprints: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rule_serialises_as_its_text_and_parses_back() {
+        for r in [
+            ParityRule::rms(Tol::FusedVsGraphRms),
+            ParityRule::TruthRelative { factor: 2.0 },
+        ] {
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(json, format!("{:?}", r.to_string()));
+            assert_eq!(serde_json::from_str::<ParityRule>(&json).unwrap(), r);
+        }
+        assert!(ParityRule::try_from("RMS < no_such_rms = 1e-3".to_string()).is_err());
     }
 }

@@ -97,6 +97,12 @@ impl Reference {
                 "steps and tokens disagree, or stride is 0",
             ));
         }
+        if r.prompt.is_empty() {
+            return Err(Error::invalid(
+                path.display().to_string(),
+                "the prompt holds no tokens",
+            ));
+        }
         Ok(r)
     }
 

@@ -102,10 +102,11 @@ pub fn open<A: lockstep::jobs::Accelerator>(
         .then(|| GPU.lock().unwrap_or_else(|p| p.into_inner()));
     match A::open() {
         Ok(b) => Some((guard, b)),
-        Err(e) => {
+        Err(e) if e.is_unavailable() => {
             lockstep::skip::skip(A::NEED, test, &e.to_string());
             None
         }
+        Err(e) => panic!("{test}: {} could not be opened: {e}", A::KIND),
     }
 }
 

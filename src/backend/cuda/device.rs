@@ -76,13 +76,13 @@ impl CudaBackend {
     /// Opens GPU `ordinal`, compiles every kernel for its architecture.
     pub fn with_options(ordinal: usize, options: CudaOptions) -> Result<Self> {
         let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal))
-            .map_err(|_| Error::Backend {
+            .map_err(|_| Error::Unavailable {
                 backend: crate::ident::BackendKind::Cuda,
                 problem:
                     "could not load the CUDA driver (libcuda.so): no NVIDIA driver on this machine"
                         .into(),
             })?
-            .map_err(|e| Error::Backend {
+            .map_err(|e| Error::Unavailable {
                 backend: crate::ident::BackendKind::Cuda,
                 problem: format!("no usable GPU {ordinal}: {e}"),
             })?;

@@ -89,13 +89,13 @@ pub struct MlxBackend {
 
 /// Maps MLX's exceptions into the crate's error, naming the op.
 pub(super) trait OrBackendError<T> {
-    fn or_err(self, op: &str) -> Result<T>;
+    fn or_err(self, backend: BackendKind, op: &str) -> Result<T>;
 }
 
 impl<T> OrBackendError<T> for std::result::Result<T, Exception> {
-    fn or_err(self, op: &str) -> Result<T> {
+    fn or_err(self, backend: BackendKind, op: &str) -> Result<T> {
         self.map_err(|e| Error::Backend {
-            backend: crate::ident::BackendKind::Mlx,
+            backend,
             problem: format!("{op}: {}", e.what()),
         })
     }
@@ -105,9 +105,9 @@ fn shape_err(op: &'static str, problem: String) -> Error {
     Error::Shape { op, problem }
 }
 
-fn to_i32(v: usize, what: &str) -> Result<i32> {
+fn to_i32(backend: BackendKind, v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::Backend {
-        backend: crate::ident::BackendKind::Mlx,
+        backend,
         problem: format!("{what} {v} does not fit MLX's 32-bit shapes and indices"),
     })
 }
@@ -119,7 +119,7 @@ impl MlxBackend {
         op: &str,
         f: impl FnOnce() -> std::result::Result<T, Exception>,
     ) -> Result<T> {
-        mlx_rs::with_stream(&self.stream, f).or_err(op)
+        mlx_rs::with_stream(&self.stream, f).or_err(self.kind(), op)
     }
 
     /// Wraps an op's output, remembering it for the next evaluation.
@@ -139,14 +139,17 @@ impl MlxBackend {
     fn bf16_array(&self, values: Vec<bf16>, rows: usize, cols: usize) -> Result<Array> {
         Ok(Array::from_slice(
             &values,
-            &[to_i32(rows, "rows")?, to_i32(cols, "columns")?],
+            &[
+                to_i32(self.kind(), rows, "rows")?,
+                to_i32(self.kind(), cols, "columns")?,
+            ],
         ))
     }
 
     fn positions(&self, positions: &[usize], shift: usize) -> Result<Array> {
         let p = positions
             .iter()
-            .map(|&p| to_i32(p + shift, "position"))
+            .map(|&p| to_i32(self.kind(), p + shift, "position"))
             .collect::<Result<Vec<i32>>>()?;
         Ok(Array::from_slice(&p, &[p.len() as i32]))
     }
@@ -158,10 +161,7 @@ impl Backend for MlxBackend {
     type Cache = MlxCache;
 
     fn kind(&self) -> BackendKind {
-        match self.device {
-            MlxDevice::Cpu => BackendKind::Mlx,
-            MlxDevice::Gpu => BackendKind::MlxGpu,
-        }
+        self.device.kind()
     }
 
     fn numerics(&self) -> crate::ident::Numerics {
@@ -410,7 +410,10 @@ impl Backend for MlxBackend {
                 .collect();
             ops::AttnMask::Explicit(Array::from_slice(
                 &m,
-                &[to_i32(q.rows, "rows")?, to_i32(keys, "keys")?],
+                &[
+                    to_i32(self.kind(), q.rows, "rows")?,
+                    to_i32(self.kind(), keys, "keys")?,
+                ],
             ))
         };
         let a = self.on("attention", || {
@@ -482,7 +485,10 @@ impl Backend for MlxBackend {
                 format!("rows {start}..{} of {}", start + n, x.rows),
             ));
         }
-        let (s, e) = (to_i32(start, "row")?, to_i32(start + n, "row")?);
+        let (s, e) = (
+            to_i32(self.kind(), start, "row")?,
+            to_i32(self.kind(), start + n, "row")?,
+        );
         let a = self.on("rows", || x.array.try_index(s..e))?;
         Ok(self.out(a, n, x.cols))
     }
@@ -519,7 +525,7 @@ impl Backend for MlxBackend {
         let rc = unsafe { mlx_sys::mlx_synchronize(self.stream.as_ptr()) };
         if rc != 0 {
             return Err(Error::Backend {
-                backend: crate::ident::BackendKind::Mlx,
+                backend: self.kind(),
                 problem: "synchronize: mlx_synchronize failed".into(),
             });
         }
@@ -537,7 +543,7 @@ impl MlxBackend {
         kd: usize,
     ) -> Result<(MlxTensor, MlxTensor, MlxTensor)> {
         let [q, k, v]: [Array; 3] = outs.try_into().map_err(|o: Vec<Array>| Error::Backend {
-            backend: crate::ident::BackendKind::Mlx,
+            backend: self.kind(),
             problem: format!("fused_qkv: {} output arrays, not 3", o.len()),
         })?;
         Ok((
@@ -554,7 +560,7 @@ impl MlxBackend {
         }
         let wide = self.on(op, || a.as_dtype(Dtype::Float32)?.contiguous())?;
         let slice = wide.try_as_slice::<f32>().map_err(|e| Error::Backend {
-            backend: crate::ident::BackendKind::Mlx,
+            backend: self.kind(),
             problem: format!("{op}: {e}"),
         })?;
         Ok(slice.to_vec())

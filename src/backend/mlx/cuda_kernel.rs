@@ -158,12 +158,14 @@ impl Kernel {
         let status =
             mlx_sys::mlx_fast_cuda_kernel_apply(&mut outs, self.0, ins, config.0, stream.as_ptr());
         mlx_sys::mlx_vector_array_free(ins);
-        let result = check(status, "apply").map(|()| {
+        let result = check(status, "apply").and_then(|()| {
             (0..mlx_sys::mlx_vector_array_size(outs))
                 .map(|i| {
                     let mut a = mlx_sys::mlx_array_new();
-                    mlx_sys::mlx_vector_array_get(&mut a, outs, i);
-                    Array::from_ptr(a)
+                    let got = mlx_sys::mlx_vector_array_get(&mut a, outs, i);
+                    // Owned either way, so freed either way.
+                    let a = Array::from_ptr(a);
+                    check(got, "reading an output").map(|()| a)
                 })
                 .collect()
         });
@@ -236,8 +238,11 @@ impl QkNormRopeCuda {
                 stream,
             )?;
             let bf16 = mlx_sys::mlx_dtype__MLX_BFLOAT16;
+            let raw = raw
+                .first()
+                .ok_or_else(|| Exception::custom("the projection kernel gave no output"))?;
             self.norm.apply(
-                &[&raw[0], q_norm, k_norm, positions, &params],
+                &[raw, q_norm, k_norm, positions, &params],
                 &[
                     ([n, nh * hd], bf16),
                     ([n, nkv * hd], bf16),

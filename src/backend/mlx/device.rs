@@ -25,6 +25,7 @@ fn with_error_handler() {
 
 /// The version string of the libmlx this process loaded.
 pub fn loaded_mlx_version() -> String {
+    with_error_handler();
     // SAFETY: `mlx_string_new` returns an empty string handle that
     // `mlx_version` fills; `mlx_string_data` points into that handle and is
     // copied before `mlx_string_free` releases it.

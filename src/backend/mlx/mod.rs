@@ -54,6 +54,14 @@ impl MlxDevice {
             MlxDevice::Gpu => "gpu",
         }
     }
+
+    /// The backend identity of MLX on this device.
+    pub fn kind(self) -> crate::ident::BackendKind {
+        match self {
+            MlxDevice::Cpu => crate::ident::BackendKind::Mlx,
+            MlxDevice::Gpu => crate::ident::BackendKind::MlxGpu,
+        }
+    }
 }
 
 /// What MLX's fused attention-input path runs.
@@ -63,7 +71,7 @@ pub enum MlxFused {
     /// `transforms::compile` of the graph path's ops: what MLX engines call
     /// "fused", and what the published MLX measurements timed.
     Compiled,
-    /// lockstep's one CUDA kernel (`kernels/qk_norm_rope.cu`) through MLX's
+    /// lockstep's CUDA kernels (`kernels/qkv_proj.cu`, `kernels/qk_norm_rope.cu`) through MLX's
     /// custom-kernel API: MLX's GPU device of a CUDA build only.
     Kernel,
 }
@@ -108,7 +116,6 @@ pub struct MlxFaults {
 #[cfg(not(feature = "mlx"))]
 mod stub {
     use super::MlxFaults;
-    use crate::backend::BackendKind;
     use crate::error::{Error, Result};
 
     crate::backend::stub::not_compiled_backend!(
@@ -135,10 +142,7 @@ mod stub {
 
         pub fn with_faults_on(device: super::MlxDevice, _faults: MlxFaults) -> Result<Self> {
             Err(Error::BackendNotCompiled {
-                backend: match device {
-                    super::MlxDevice::Cpu => BackendKind::Mlx,
-                    super::MlxDevice::Gpu => BackendKind::MlxGpu,
-                },
+                backend: device.kind(),
             })
         }
 

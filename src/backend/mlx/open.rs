@@ -56,10 +56,7 @@ impl MlxBackend {
     pub fn with_faults_on(device: MlxDevice, faults: MlxFaults) -> Result<Self> {
         let version = loaded_mlx_version();
         check_version(&version, PINNED_MLX).map_err(|problem| Error::Backend {
-            backend: match device {
-                MlxDevice::Cpu => BackendKind::Mlx,
-                MlxDevice::Gpu => BackendKind::MlxGpu,
-            },
+            backend: device.kind(),
             problem,
         })?;
         let build = loaded_build();
@@ -67,7 +64,7 @@ impl MlxBackend {
             MlxDevice::Cpu => (Stream::cpu(), BTreeMap::new()),
             MlxDevice::Gpu => {
                 if build == MlxBuild::Cpu {
-                    return Err(Error::Backend {
+                    return Err(Error::Unavailable {
                         backend: BackendKind::MlxGpu,
                         problem: format!(
                             "the loaded libmlx {version} is a CPU-only build (no CUDA or Metal); \
@@ -77,7 +74,7 @@ impl MlxBackend {
                 }
                 let gpu = gpu_properties();
                 if gpu.is_empty() {
-                    return Err(Error::Backend {
+                    return Err(Error::Unavailable {
                         backend: BackendKind::MlxGpu,
                         problem: format!(
                             "the loaded libmlx {version} is a {} build but reports no GPU 0",
@@ -91,7 +88,9 @@ impl MlxBackend {
         // On a CUDA GPU the fused path is lockstep's kernel; `set_fused`
         // picks the compiled chain instead.
         let cuda_kernel = match (device, build) {
-            (MlxDevice::Gpu, MlxBuild::Cuda) => Some(QkNormRopeCuda::new().or_err("cuda kernel")?),
+            (MlxDevice::Gpu, MlxBuild::Cuda) => {
+                Some(QkNormRopeCuda::new().or_err(BackendKind::MlxGpu, "cuda kernel")?)
+            }
             _ => None,
         };
         let fused_with = std::cell::Cell::new(match cuda_kernel {
@@ -120,7 +119,8 @@ impl MlxBackend {
     /// Linux, never run (docs/mlx.md).
     #[cfg(any(target_os = "macos", feature = "mlx-metal-check"))]
     pub fn metal_gpu() -> Result<Self> {
-        let kernel = super::metal::QkNormRopeKernel::new().or_err("metal kernel")?;
+        let kernel =
+            super::metal::QkNormRopeKernel::new().or_err(BackendKind::MlxGpu, "metal kernel")?;
         Ok(MlxBackend {
             metal: Some(kernel),
             ..Self::gpu()?
@@ -172,7 +172,7 @@ impl MlxBackend {
         })?;
         let two = mlx_rs::Array::from_f32(2.0)
             .as_dtype(mlx_rs::Dtype::Bfloat16)
-            .or_err("bandwidth")?;
+            .or_err(self.kind(), "bandwidth")?;
         let mut times = Vec::with_capacity(reps);
         for i in 0..=reps {
             let t = std::time::Instant::now();
@@ -228,7 +228,7 @@ impl MlxBackend {
             if self.on_metal() {
                 "packed matmul + Metal kernel lockstep_qk_norm_rope (untested)".into()
             } else if self.fused_with.get() == MlxFused::Kernel {
-                "one CUDA kernel lockstep_qk_norm_rope (mlx/kernels/qk_norm_rope.cu, common.cuh) through mlx_fast_cuda_kernel".into()
+                "lockstep's CUDA kernels lockstep_qkv_proj + lockstep_qk_norm_rope (mlx/kernels/*.cu, common.cuh) through mlx_fast_cuda_kernel".into()
             } else {
                 "transforms::compile(packed matmul + fast::rms_norm + fast::rope)".into()
             },
