@@ -10,7 +10,8 @@
 # environment (its RPATH is $ORIGIN/../../nvidia/*/lib). docs/mlx.md says why.
 # Stages (in order given): env, goldens (regen the mlx-gpu goldens here and
 # copy them to $OUT), tests (the shared suite on MLX's GPU and the MLX-GPU
-# tests of mlx_backend: the fused CUDA kernel), verify (its rows),
+# tests of mlx_backend: the fused CUDA kernels), cuda-tests (the CUDA
+# backend's tests from the same bundle), verify (its rows),
 # envelopes (op level N=100 and greedy N=20 x 256, both paths, tiny and
 # qwen3-0.6b), bench (decode speed of MLX's paths and of the CUDA backend,
 # BENCH_PRESETS), cpu-tests (MLX's CPU device of the CUDA build: does it
@@ -44,6 +45,11 @@ for stage in "$@"; do
     tests)
       step $D/tests/accelerators --test-threads 1 --nocapture mlx_gpu::
       step $D/tests/mlx_backend --test-threads 1 --nocapture mlx_gpu_ ;;
+    cuda-tests)
+      # The CUDA tests of this (MLX-linked) bundle need the same library
+      # path, so they run here rather than through ci/device-cuda.sh.
+      LOCKSTEP_REQUIRE_GPU=1 step $D/tests/accelerators --test-threads 1 --nocapture cuda::
+      LOCKSTEP_REQUIRE_GPU=1 step $D/tests/cuda_backend --test-threads 1 --nocapture ;;
     verify)
       step $L verify --root . --filter @mlx-gpu ;;
     envelopes)
