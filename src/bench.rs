@@ -54,6 +54,9 @@ pub struct BenchRow {
     /// kernel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mlx_fused: Option<MlxFused>,
+    /// MLX rows: whether step i+1 was queued before token i was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlx_pipelined: Option<bool>,
     /// Decode tokens per second, best repeat and median repeat.
     pub best_tok_s: f64,
     pub median_tok_s: f64,
@@ -131,9 +134,10 @@ pub enum RowConfig {
         mode: ReductionMode,
         graphs: bool,
     },
-    /// `None` on the graph path, which has no fused op.
+    /// `fused` is `None` on the graph path, which has no fused op.
     Mlx {
         fused: Option<MlxFused>,
+        pipelined: bool,
     },
 }
 
@@ -152,15 +156,16 @@ pub fn row(
     let mut distinct = outputs.clone();
     distinct.sort();
     distinct.dedup();
-    let (mode, cuda_graphs, mlx_fused) = match config {
-        RowConfig::Cuda { mode, graphs } => (Some(mode), Some(graphs), None),
-        RowConfig::Mlx { fused } => (None, None, fused),
+    let (mode, cuda_graphs, mlx_fused, mlx_pipelined) = match config {
+        RowConfig::Cuda { mode, graphs } => (Some(mode), Some(graphs), None, None),
+        RowConfig::Mlx { fused, pipelined } => (None, None, fused, Some(pipelined)),
     };
     BenchRow {
         path,
         mode,
         cuda_graphs,
         mlx_fused,
+        mlx_pipelined,
         best_tok_s: best,
         median_tok_s: median,
         best_ms_per_token: 1e3 / best,
@@ -281,14 +286,16 @@ pub fn cuda_bench(model: &crate::model::Model, grid: &Grid, t: Timing) -> Result
 
 /// Times MLX on `device`: the graph path, then the fused path with each of
 /// `fused` (the compiled op chain MLX engines call "fused", lockstep's CUDA
-/// kernels; `None`: each the backend can run), against the roofline of
-/// MLX's own measured streaming bandwidth. A fused variant the backend
-/// cannot run is refused before anything is timed.
+/// kernels; `None`: each the backend can run), each with every setting of
+/// `pipelined` (step i+1 queued before token i is read, or not), against
+/// the roofline of MLX's own measured streaming bandwidth. A fused variant
+/// the backend cannot run is refused before anything is timed.
 pub fn mlx_bench(
     model: &crate::model::Model,
     device: crate::backend::mlx::MlxDevice,
     paths: &[AttnPath],
     fused: Option<&[MlxFused]>,
+    pipelined: &[bool],
     t: Timing,
 ) -> Result<BenchReport> {
     let be = MlxBackend::on_device(device)?;
@@ -306,18 +313,31 @@ pub fn mlx_bench(
     let bandwidth = e.backend.copy_bandwidth(1 << 30, 10)?;
     let mut configs = Vec::new();
     for &p in paths {
-        match p {
-            AttnPath::Graph => configs.push((p, RowConfig::Mlx { fused: None })),
-            AttnPath::Fused => configs.extend(
-                fused
-                    .iter()
-                    .map(|&f| (p, RowConfig::Mlx { fused: Some(f) })),
-            ),
+        let variants: Vec<Option<MlxFused>> = match p {
+            AttnPath::Graph => vec![None],
+            AttnPath::Fused => fused.iter().copied().map(Some).collect(),
+        };
+        for f in variants {
+            for &pipelined in pipelined {
+                configs.push((
+                    p,
+                    RowConfig::Mlx {
+                        fused: f,
+                        pipelined,
+                    },
+                ));
+            }
         }
     }
     run_configs(model, &e, bandwidth, &configs, t, |b, c| match c {
-        RowConfig::Mlx { fused: Some(f) } => b.set_fused(f),
-        _ => Ok(()),
+        RowConfig::Mlx { fused, pipelined } => {
+            b.set_pipelined(pipelined);
+            fused.map_or(Ok(()), |f| b.set_fused(f))
+        }
+        RowConfig::Cuda { .. } => Err(crate::error::Error::invalid(
+            "bench",
+            "a CUDA configuration on the MLX backend",
+        )),
     })
 }
 
@@ -338,9 +358,15 @@ impl BenchReport {
         );
         s += "path   config                 best tok/s  median tok/s  ms/token  % roofline  distinct\n";
         for r in &self.rows {
-            let config = match (r.mode, r.cuda_graphs, r.mlx_fused) {
-                (Some(m), Some(g), _) => format!("{m}, graphs {}", if g { "on" } else { "off" }),
-                (_, _, Some(f)) => format!("mlx fused: {}", f.name()),
+            let on_off = |b: bool| if b { "on" } else { "off" };
+            let config = match (r.mode, r.cuda_graphs, r.mlx_fused, r.mlx_pipelined) {
+                (Some(m), Some(g), _, _) => format!("{m}, graphs {}", on_off(g)),
+                (_, _, f, Some(p)) => format!(
+                    "{}pipeline {}",
+                    f.map_or(String::new(), |f| format!("{}, ", f.name())),
+                    on_off(p)
+                ),
+                (_, _, Some(f), None) => f.name().to_string(),
                 _ => "-".to_string(),
             };
             s += &format!(

@@ -11,7 +11,9 @@
 //! - bitwise stability: teacher-forced logits over 20 runs, op level over
 //!   100, and two backend instances agreeing;
 //! - the committed goldens of the backend, and negative controls (an edited
-//!   golden, another model's logits) proving the checks can fail.
+//!   golden, another model's logits) proving the checks can fail;
+//! - the decode loop the bench times gives a recorded run's tokens, and the
+//!   backend's argmax is the host's (ties, NaN, last row).
 //!
 //! LOCKSTEP_FILTER (comma-separated patterns) runs only the cases whose id
 //! contains one of them, as `lockstep verify --filter` does. Backend-specific
@@ -22,6 +24,7 @@ mod common;
 use common::{open, wanted, PROMPT};
 use lockstep::backend::cpu::CpuBackend;
 use lockstep::backend::{AttnPath, Backend};
+use lockstep::engine::generate::GenerateOptions;
 use lockstep::engine::Engine;
 use lockstep::ident::{BackendKind, Numerics};
 use lockstep::jobs::accelerator::{greedy_vs_cpu, logits_case, logits_vs_cpu, GreedyVerdict};
@@ -320,6 +323,96 @@ pub fn row_rule_refuses_another_models_logits<A: Accelerator>(test: &str) {
     assert!(matches!(v, RowVerdict::Outside { .. }), "{v:?}");
 }
 
+/// The greedy tokens the bench times (`decode_greedy`: the token picked on
+/// the device, the step recorded or pipelined where the backend does so)
+/// are the tokens of a recorded run, whose every step's logits come to the
+/// host and are argmaxed there.
+pub fn decode_greedy_gives_the_recorded_runs_tokens<A: Accelerator>(test: &str) {
+    const STEPS: usize = 24;
+    let Some((_lock, be)) = open::<A>(test) else {
+        return;
+    };
+    let mut be = Some(be);
+    for preset in ["tiny", "tiny-moe"] {
+        let e = load(
+            &Model::open(&format!("synth:{preset}")).unwrap(),
+            be.take().unwrap(),
+        )
+        .unwrap();
+        for path in AttnPath::ALL {
+            let opts = GenerateOptions {
+                max_tokens: STEPS,
+                path,
+                ..Default::default()
+            };
+            let recorded = e.generate(&PROMPT, &opts, &mut |_| {}).unwrap().tokens;
+            let mut seen = Vec::new();
+            let decoded = e
+                .decode_greedy(&PROMPT, STEPS, path, &mut |i| seen.push(i))
+                .unwrap();
+            assert_eq!(
+                decoded,
+                recorded,
+                "{preset} {}: decode_greedy vs generate",
+                path.name()
+            );
+            assert_eq!(
+                seen,
+                (0..STEPS).collect::<Vec<_>>(),
+                "on_token once per token, in order"
+            );
+            // The control: a different prompt decodes differently, so the
+            // equality above is not of constant sequences.
+            let other = e
+                .decode_greedy(&PROMPT[1..], STEPS, path, &mut |_| {})
+                .unwrap();
+            assert_ne!(
+                other, decoded,
+                "{preset}: two prompts gave one continuation"
+            );
+        }
+        be = Some(e.backend);
+    }
+}
+
+/// The backend's greedy pick (and its deferred pick, where it pipelines)
+/// is the host's: ties to the lower index, NaN never chosen, from the last
+/// row only.
+pub fn argmax_ties_to_the_lower_index_and_never_picks_nan<A: Accelerator>(test: &str) {
+    let Some((_lock, be)) = open::<A>(test) else {
+        return;
+    };
+    let (nan, inf) = (f64::NAN, f64::INFINITY);
+    let rows: [(&[f64], usize); 7] = [
+        (&[0.0, 3.0, 1.0, 3.0, 2.0], 1),
+        (&[1.0, 2.0, 5.0, 5.0, 5.0], 2),
+        (&[nan, 1.0, 4.0, nan, 4.0], 2),
+        (&[nan, nan, nan, nan, nan], 0),
+        (&[-inf, -inf, -inf, -inf, -inf], 0),
+        (&[-inf, -2.0, inf, 7.0, inf], 2),
+        (&[-1.0, -1.0, -3.0, -1.0, -0.5], 4),
+    ];
+    for (row, want) in rows {
+        assert_eq!(
+            lockstep::logits::argmax(row),
+            want,
+            "the host's rule on {row:?}"
+        );
+        // A first row that would win if the backend looked at it.
+        let mut two = vec![9.0; row.len()];
+        two.extend_from_slice(row);
+        let t = be.activation_from_host(&two, 2, row.len()).unwrap();
+        assert_eq!(be.argmax(&t).unwrap() as usize, want, "argmax of {row:?}");
+        if let Some(d) = be.argmax_deferred(&t).unwrap() {
+            assert_eq!(
+                be.deferred_token(&d).unwrap() as usize,
+                want,
+                "deferred argmax of {row:?}"
+            );
+        }
+    }
+}
+
 /// Instantiates the suite for one accelerator as a module of tests.
 macro_rules! accelerator_suite {
     ($name:ident, $backend:ty, op_presets = [$($preset:literal),*]) => {
@@ -380,6 +473,16 @@ macro_rules! accelerator_suite {
             #[test]
             fn a_golden_edited_at_a_confident_step_fails_the_check() {
                 an_edited_golden_fails_the_check::<A>(&t("a_golden_edited_at_a_confident_step_fails_the_check"));
+            }
+
+            #[test]
+            fn decode_greedy_gives_the_recorded_runs_tokens_on_tiny_and_tiny_moe() {
+                decode_greedy_gives_the_recorded_runs_tokens::<A>(&t("decode_greedy_gives_the_recorded_runs_tokens_on_tiny_and_tiny_moe"));
+            }
+
+            #[test]
+            fn the_backends_argmax_is_the_hosts() {
+                argmax_ties_to_the_lower_index_and_never_picks_nan::<A>(&t("the_backends_argmax_is_the_hosts"));
             }
 
             #[test]

@@ -13,10 +13,11 @@
 
 mod common;
 
-use common::{open, sequence};
+use common::{open, sequence, PROMPT};
 use lockstep::backend::cpu::{CpuBackend, Numerics};
 use lockstep::backend::mlx::{MlxBackend, MlxDevice, MlxFaults, MlxFused};
 use lockstep::backend::{AttnPath, Backend, BackendKind, ExpertWeights, MoeWeights};
+use lockstep::engine::generate::GenerateOptions;
 use lockstep::jobs::accelerator::{Mlx, MlxGpu};
 use lockstep::jobs::parity::op_parity_on;
 use lockstep::jobs::Accelerator;
@@ -143,6 +144,7 @@ fn mlx_fused_qkv_with_a_planted_rope_offset_fails_the_check() {
     let fx = Fixture::preset("tiny").unwrap();
     let faults = MlxFaults {
         fused_rope_position_offset: 1,
+        ..Default::default()
     };
     let e = load(&fx.model, MlxBackend::with_faults(faults).unwrap()).unwrap();
     let op = op_parity_on(&e, &fx.truth, &fx.seq, Tol::FusedVsGraphRms).unwrap();
@@ -153,6 +155,55 @@ fn mlx_fused_qkv_with_a_planted_rope_offset_fails_the_check() {
         "a planted RoPE offset stayed within fused_vs_graph_rms ({:.3e} < {limit:e})",
         op.worst_fused_vs_graph_rms()
     );
+}
+
+/// Negative control of the shared suite's decode check: a pipelined decode
+/// that feeds each step the wrong token gives other tokens than the
+/// recorded run, and turning pipelining off (the stepwise loop, which never
+/// embeds a deferred token) brings the recorded run's tokens back.
+#[test]
+fn mlx_pipelined_decode_fed_the_wrong_token_parts_from_the_recorded_run() {
+    mlx_pipelined_decode_fault_on::<Mlx>(&t("mlx_pipelined_decode_fed_the_wrong_token"));
+}
+
+#[test]
+fn mlx_gpu_pipelined_decode_fed_the_wrong_token_parts_from_the_recorded_run() {
+    mlx_pipelined_decode_fault_on::<MlxGpu>(&t("mlx_gpu_pipelined_decode_fed_the_wrong_token"));
+}
+
+fn mlx_pipelined_decode_fault_on<A: Accelerator<Backend = MlxBackend>>(test: &str) {
+    let Some((_lock, be)) = open::<A>(test) else {
+        return;
+    };
+    let device = be.device();
+    drop(be);
+    let faults = MlxFaults {
+        pipelined_token_shift: 1,
+        ..Default::default()
+    };
+    let m = Model::open("synth:tiny").unwrap();
+    let e = load(&m, MlxBackend::with_faults_on(device, faults).unwrap()).unwrap();
+    let opts = GenerateOptions {
+        max_tokens: 16,
+        ..Default::default()
+    };
+    let recorded = e.generate(&PROMPT, &opts, &mut |_| {}).unwrap().tokens;
+    let faulty = e
+        .decode_greedy(&PROMPT, 16, AttnPath::Graph, &mut |_| {})
+        .unwrap();
+    assert_ne!(
+        faulty, recorded,
+        "a decode fed token+1 gave the recorded tokens"
+    );
+    assert_eq!(
+        faulty[0], recorded[0],
+        "the prefill's token comes before any deferred one"
+    );
+    e.backend.set_pipelined(false);
+    let stepwise = e
+        .decode_greedy(&PROMPT, 16, AttnPath::Graph, &mut |_| {})
+        .unwrap();
+    assert_eq!(stepwise, recorded, "the stepwise loop embeds host tokens");
 }
 
 /// Whether `be`'s fused path is lockstep's CUDA kernels (MLX's CUDA build);
@@ -219,6 +270,7 @@ fn mlx_gpu_fused_kernel_with_a_planted_rope_offset_fails_the_check() {
     let fx = Fixture::preset("tiny").unwrap();
     let faults = MlxFaults {
         fused_rope_position_offset: 1,
+        ..Default::default()
     };
     let be = MlxBackend::with_faults_on(MlxDevice::Gpu, faults).unwrap();
     assert_eq!(be.fused(), MlxFused::Kernel);
@@ -241,4 +293,77 @@ fn mlx_gpu_fused_kernel_is_batch_invariant() {
     }
     let m = Model::open("synth:tiny").unwrap();
     common::assert_fused_batch_invariant(&load(&m, be).unwrap());
+}
+
+/// The large shapes on MLX's GPU (run by `ci/device-mlx.sh big`, ignored
+/// otherwise: minutes of loading): at op level, each fused variant (the
+/// compiled chain, lockstep's kernels) against the graph path within the
+/// contract at every layer; for dense models, MLX-GPU logits against the
+/// CPU reference (bf16) on 8 tokens. LOCKSTEP_BIG_MODELS picks the presets
+/// (default qwen3-8b).
+#[test]
+#[ignore = "large models: run with --ignored on a GPU machine (ci/device-mlx.sh big)"]
+fn mlx_gpu_large_models_fused_vs_graph_and_cpu() {
+    let specs = std::env::var("LOCKSTEP_BIG_MODELS").unwrap_or("synth:qwen3-8b".into());
+    for spec in specs.split(',') {
+        let test = t("mlx_gpu_large_models_fused_vs_graph_and_cpu");
+        let Some((_lock, be)) = open::<MlxGpu>(&test) else {
+            return;
+        };
+        let m = Model::open(spec).unwrap();
+        let e = load(&m, be).unwrap();
+        let limit = tol(Tol::FusedVsGraphRms);
+        for fused in [MlxFused::Compiled, MlxFused::Kernel] {
+            e.backend.set_fused(fused).unwrap();
+            let rec = e
+                .record_attention_inputs(&PROMPT, &[AttnPath::Graph, AttnPath::Fused])
+                .unwrap();
+            let mut worst = [0.0f64; 3];
+            for l in &rec {
+                let (g, f) = (&l.by_path[0].1, &l.by_path[1].1);
+                for i in 0..3 {
+                    let d = diff(&f[i], &g[i]);
+                    assert!(
+                        d.finite_ok() && d.rms < limit,
+                        "{spec} {}: layer {} tensor {i}: {:.3e}",
+                        fused.name(),
+                        l.layer,
+                        d.rms
+                    );
+                    worst[i] = worst[i].max(d.rms);
+                }
+            }
+            println!(
+                "{spec} mlx-gpu fused ({}) vs graph over {} layers, worst RMS q {:.3e} k {:.3e} v {:.3e}",
+                fused.name(),
+                rec.len(),
+                worst[0],
+                worst[1],
+                worst[2]
+            );
+        }
+        if m.config.moe.is_some() {
+            println!("{spec}: CPU reference comparison skipped (too large for host memory twice)");
+            continue;
+        }
+        let cpu = load(&m, CpuBackend::new(Numerics::Bf16)).unwrap();
+        for path in AttnPath::ALL {
+            let a = e
+                .teacher_forced(&PROMPT, path, &mut Default::default())
+                .unwrap();
+            let b = cpu
+                .teacher_forced(&PROMPT, path, &mut Default::default())
+                .unwrap();
+            let w = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| diff(x, y).rel_rms)
+                .fold(0.0, f64::max);
+            println!(
+                "{spec} {}: mlx-gpu vs cpu bf16 logits, worst-row rel RMS {w:.3e}",
+                path.name()
+            );
+            assert!(w < tol(Tol::MlxGpuBf16VsCpuBf16LogitsRelRms), "{w:.3e}");
+        }
+    }
 }

@@ -237,6 +237,33 @@ pub trait Backend {
         Ok(crate::logits::argmax(&v[(rows - 1) * cols..]) as u32)
     }
 
+    // Pipelined greedy decode (MLX). The greedy token stays on the device
+    // as a one-row tensor whose evaluation has started, the next step embeds
+    // it before the host reads it, and so the host builds step i+1 while the
+    // device still computes step i. Backends that keep the defaults decode
+    // one step after another, reading each token first.
+
+    /// The greedy token of the last row of `logits` (ties to the lower
+    /// index, as `argmax`), left on the device with its evaluation started;
+    /// None when the backend does not pipeline decode.
+    fn argmax_deferred(&self, _logits: &Self::Tensor) -> Result<Option<Self::Tensor>> {
+        Ok(None)
+    }
+
+    /// The embedding row of a token that `argmax_deferred` returned.
+    fn embed_deferred(&self, _table: &Self::Weight, _token: &Self::Tensor) -> Result<Self::Tensor> {
+        Err(crate::error::Error::Engine {
+            problem: "this backend does not pipeline decode".into(),
+        })
+    }
+
+    /// Waits for a token that `argmax_deferred` returned and reads it.
+    fn deferred_token(&self, _token: &Self::Tensor) -> Result<u32> {
+        Err(crate::error::Error::Engine {
+            problem: "this backend does not pipeline decode".into(),
+        })
+    }
+
     // Decode-step recording (CUDA graphs). The engine stages each decode
     // step's token and position, runs one step normally (warm-up), records
     // the next between `begin_step_capture` and `end_step_capture`, and then

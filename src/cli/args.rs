@@ -116,14 +116,14 @@ impl From<MlxFusedArg> for MlxFused {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum GraphsArg {
+pub enum OnOffArg {
     On,
     Off,
 }
 
-impl From<GraphsArg> for bool {
-    fn from(g: GraphsArg) -> Self {
-        g == GraphsArg::On
+impl From<OnOffArg> for bool {
+    fn from(g: OnOffArg) -> Self {
+        g == OnOffArg::On
     }
 }
 

@@ -1,7 +1,7 @@
 //! `lockstep bench`: decode speed, batch 1: CUDA per path x mode x graphs,
 //! MLX per path x what its fused path runs.
 
-use super::args::{print_json, BackendArg, GraphsArg, MlxFusedArg, ModeArg, PathArg};
+use super::args::{print_json, BackendArg, MlxFusedArg, ModeArg, OnOffArg, PathArg};
 use lockstep::backend::cuda::ReductionMode;
 use lockstep::backend::mlx::{MlxBackend, MlxDevice};
 use lockstep::bench::{cuda_bench, mlx_bench, Grid, Timing};
@@ -22,11 +22,15 @@ pub struct Args {
     modes: Option<Vec<ModeArg>>,
     /// CUDA graphs settings to time: on, off or both (default: on).
     #[arg(long, value_enum, value_delimiter = ',')]
-    graphs: Option<Vec<GraphsArg>>,
+    graphs: Option<Vec<OnOffArg>>,
     /// What MLX's fused path runs, each timed (default: the compiled chain,
     /// and lockstep's kernels where the backend has them).
     #[arg(long, value_enum, value_delimiter = ',')]
     mlx_fused: Option<Vec<MlxFusedArg>>,
+    /// Whether MLX's greedy decode queues step i+1 before reading token i:
+    /// on, off or both, each timed (default: on).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    mlx_pipeline: Option<Vec<OnOffArg>>,
     #[arg(long, default_value_t = 16)]
     prompt_tokens: usize,
     #[arg(long, default_value_t = 32)]
@@ -53,8 +57,11 @@ pub fn run(a: Args) -> Result<()> {
     let model = Model::open(&a.model)?;
     let rep = match a.backend {
         BackendArg::Cuda => {
-            if a.mlx_fused.is_some() {
-                return Err(Error::invalid("--mlx-fused", "applies to --backend mlx"));
+            if a.mlx_fused.is_some() || a.mlx_pipeline.is_some() {
+                return Err(Error::invalid(
+                    "--mlx-fused/--mlx-pipeline",
+                    "apply to --backend mlx",
+                ));
             }
             let grid = Grid {
                 paths,
@@ -71,7 +78,7 @@ pub fn run(a: Args) -> Result<()> {
             if a.modes.is_some() || a.graphs.is_some() {
                 return Err(Error::invalid(
                     "--modes/--graphs",
-                    "are the CUDA backend's settings; MLX's are --mlx-fused",
+                    "are the CUDA backend's settings; MLX's are --mlx-fused and --mlx-pipeline",
                 ));
             }
             let fused: Option<Vec<_>> =
@@ -80,7 +87,10 @@ pub fn run(a: Args) -> Result<()> {
                 BackendArg::MlxGpu => MlxDevice::Gpu,
                 _ => MlxBackend::default_device(),
             };
-            mlx_bench(&model, device, &paths, fused.as_deref(), timing)?
+            let pipelined: Vec<bool> = a
+                .mlx_pipeline
+                .map_or(vec![true], |p| p.into_iter().map(Into::into).collect());
+            mlx_bench(&model, device, &paths, fused.as_deref(), &pipelined, timing)?
         }
         BackendArg::Cpu => {
             return Err(Error::invalid(

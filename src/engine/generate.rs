@@ -125,7 +125,9 @@ impl<B: Backend> Engine<B> {
 
     /// Greedy tokens only, picked on the backend (nothing but the token
     /// crosses to the host): the loop `lockstep bench` times. `on_token(i)`
-    /// runs after token i is known.
+    /// runs after token i is known. Where the backend pipelines decode
+    /// (`Backend::argmax_deferred`), step i+1 is queued before token i is
+    /// read; the tokens are the same either way.
     pub fn decode_greedy(
         &self,
         prompt: &[u32],
@@ -135,18 +137,48 @@ impl<B: Backend> Engine<B> {
     ) -> Result<Vec<u32>> {
         self.check_prompt(prompt, n)?;
         let mut session = self.new_session(prompt.len() + n)?;
-        let mut dec = Decoder::new(self, path, self.steps_recordable(false));
         let mut tokens = Vec::with_capacity(n);
-        for i in 0..n {
-            let token = if i == 0 {
-                let logits =
-                    self.forward(&mut session, prompt, path, false, &mut Capture::default())?;
-                self.backend.argmax(&logits)?
-            } else {
-                let logits = dec.step(&mut session, tokens[i - 1])?;
-                self.backend.argmax(logits)?
-            };
-            tokens.push(token);
+        if n == 0 {
+            return Ok(tokens);
+        }
+        let be = &self.backend;
+        let logits = self.forward(&mut session, prompt, path, false, &mut Capture::default())?;
+        let Some(mut pending) = be.argmax_deferred(&logits)? else {
+            tokens.push(be.argmax(&logits)?);
+            on_token(0);
+            return self.decode_greedy_stepwise(session, tokens, n, path, on_token);
+        };
+        drop(logits);
+        for i in 1..n {
+            let x = be.embed_deferred(&self.embed, &pending)?;
+            let logits =
+                self.forward_embedded(&mut session, x, 1, path, false, &mut Capture::default())?;
+            let next = be.argmax_deferred(&logits)?.ok_or_else(|| Error::Engine {
+                problem: "the backend stopped pipelining decode mid-run".into(),
+            })?;
+            tokens.push(be.deferred_token(&pending)?);
+            on_token(i - 1);
+            pending = next;
+        }
+        tokens.push(be.deferred_token(&pending)?);
+        on_token(n - 1);
+        Ok(tokens)
+    }
+
+    /// `decode_greedy` after the prefill's token, one step after another
+    /// (with recorded steps where the backend records them).
+    fn decode_greedy_stepwise(
+        &self,
+        mut session: Session<B::Cache>,
+        mut tokens: Vec<u32>,
+        n: usize,
+        path: AttnPath,
+        on_token: &mut dyn FnMut(usize),
+    ) -> Result<Vec<u32>> {
+        let mut dec = Decoder::new(self, path, self.steps_recordable(false));
+        for i in tokens.len()..n {
+            let logits = dec.step(&mut session, tokens[i - 1])?;
+            tokens.push(self.backend.argmax(logits)?);
             on_token(i);
         }
         Ok(tokens)

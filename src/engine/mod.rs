@@ -333,8 +333,25 @@ impl<B: Backend> Engine<B> {
         all_logits: bool,
         capture: &mut Capture,
     ) -> Result<B::Tensor> {
+        if ids.is_empty() {
+            return Err(Error::Prompt("empty input".into()));
+        }
+        let x = self.backend.embed(&self.embed, ids)?;
+        self.forward_embedded(session, x, ids.len(), path, all_logits, capture)
+    }
+
+    /// `forward` from `n` rows already embedded (`x [n, hidden]`): the
+    /// pipelined decode embeds a token the host has not read yet.
+    pub(super) fn forward_embedded(
+        &self,
+        session: &mut Session<B::Cache>,
+        mut x: B::Tensor,
+        n: usize,
+        path: AttnPath,
+        all_logits: bool,
+        capture: &mut Capture,
+    ) -> Result<B::Tensor> {
         let be = &self.backend;
-        let n = ids.len();
         if n == 0 {
             return Err(Error::Prompt("empty input".into()));
         }
@@ -348,7 +365,6 @@ impl<B: Backend> Engine<B> {
         }
         let positions: Vec<usize> = (session.pos..end).collect();
         // 1. x [n, hidden] = embedding rows; h = the first layer's input norm.
-        let mut x = be.embed(&self.embed, ids)?;
         let mut h = self.attention_norm(0, &x)?;
         let n_layers = self.layers.len();
         for (l, lw) in self.layers.iter().enumerate() {

@@ -60,10 +60,13 @@ pub struct StepRecord {
 impl StepRecord {
     pub fn from_logits(logits: &[f64], top_k: usize, keep: bool) -> Self {
         let top = top_k_of(logits, top_k.max(2));
-        let margin =
-            (top[0].1 as f64 - top.get(1).map_or(f64::NEG_INFINITY, |t| t.1 as f64)) as f32;
+        // Every value NaN leaves no top: token 0 (the device argmax's pick)
+        // with a NaN margin, which no near-tie rule accepts.
+        let margin = top.first().map_or(f32::NAN, |first| {
+            (first.1 as f64 - top.get(1).map_or(f64::NEG_INFINITY, |t| t.1 as f64)) as f32
+        });
         StepRecord {
-            token: top[0].0,
+            token: top.first().map_or(0, |t| t.0),
             top: top.into_iter().take(top_k.max(1)).collect(),
             margin,
             logits: keep.then(|| logits.iter().map(|&v| v as f32).collect()),

@@ -74,6 +74,8 @@ pub struct MlxBackend {
     pub(super) cuda_kernel: Option<QkNormRopeCuda>,
     /// What the fused path runs now (`Kernel` only with `cuda_kernel`).
     pub(super) fused_with: std::cell::Cell<MlxFused>,
+    /// Whether greedy decode queues step i+1 before reading token i.
+    pub(super) pipelined: std::cell::Cell<bool>,
     pub(super) faults: MlxFaults,
     /// One compiled fused function per attention geometry.
     pub(super) fused: RefCell<BTreeMap<FusedKey, FusedQkv>>,
@@ -518,6 +520,48 @@ impl Backend for MlxBackend {
         Ok((v.into_iter().map(f64::from).collect(), x.shape()))
     }
 
+    fn argmax(&self, logits: &MlxTensor) -> Result<u32> {
+        let token = self.on("argmax", || ops::greedy_token(&logits.array))?;
+        self.flush(Some(&token))?;
+        self.token_value(&token)
+    }
+
+    fn argmax_deferred(&self, logits: &MlxTensor) -> Result<Option<MlxTensor>> {
+        if !self.pipelined.get() {
+            return Ok(None);
+        }
+        let token = self.on("argmax", || ops::greedy_token(&logits.array))?;
+        // Everything still pending feeds the token (the caches, the
+        // logits), so evaluating the token evaluates the step; MLX's graph
+        // keeps what it needs, and the list is let go.
+        self.pending.borrow_mut().clear();
+        self.on("async_eval", || mlx_rs::transforms::async_eval([&token]))?;
+        Ok(Some(MlxTensor {
+            array: token,
+            rows: 1,
+            cols: 1,
+        }))
+    }
+
+    fn embed_deferred(&self, table: &MlxWeight, token: &MlxTensor) -> Result<MlxTensor> {
+        let shift = self.faults.pipelined_token_shift;
+        let vocab = to_i32(self.kind(), table.rows, "vocabulary")?;
+        let a = self.on("embed", || {
+            let mut id = token.array.reshape(&[1])?;
+            if shift != 0 {
+                id = id
+                    .add(Array::from_int(shift as i32))?
+                    .remainder(Array::from_int(vocab))?;
+            }
+            table.array.take_axis(&id, 0)
+        })?;
+        Ok(self.out(a, 1, table.cols))
+    }
+
+    fn deferred_token(&self, token: &MlxTensor) -> Result<u32> {
+        self.token_value(&token.array)
+    }
+
     fn synchronize(&self) -> Result<()> {
         self.flush(None)?;
         // SAFETY: the stream handle is valid for the backend's lifetime;
@@ -551,6 +595,20 @@ impl MlxBackend {
             self.out(k, rows, kd),
             self.out(v, rows, kd),
         ))
+    }
+
+    /// A token index that `ops::greedy_token` computed, evaluated and read.
+    fn token_value(&self, token: &Array) -> Result<u32> {
+        let v = self.on("argmax", || {
+            token.eval()?;
+            token
+                .try_item_exact::<i32>()
+                .map_err(|e| Exception::custom(e.to_string()))
+        })?;
+        u32::try_from(v).map_err(|_| Error::Backend {
+            backend: self.kind(),
+            problem: format!("argmax: index {v} is negative"),
+        })
     }
 
     /// Evaluates `a` and copies it out as f32 (exact for bf16 values).

@@ -111,6 +111,9 @@ impl MlxBuild {
 pub struct MlxFaults {
     /// The fused path rotates as if every position were this much further on.
     pub fused_rope_position_offset: usize,
+    /// The pipelined decode embeds each deferred token this much further
+    /// on (mod the vocabulary): the wrong token fed to the next step.
+    pub pipelined_token_shift: u32,
 }
 
 #[cfg(not(feature = "mlx"))]
@@ -164,6 +167,18 @@ mod stub {
         }
 
         pub fn fused(&self) -> super::MlxFused {
+            match self.never {}
+        }
+
+        pub fn device(&self) -> super::MlxDevice {
+            match self.never {}
+        }
+
+        pub fn set_pipelined(&self, _on: bool) {
+            match self.never {}
+        }
+
+        pub fn pipelined(&self) -> bool {
             match self.never {}
         }
 

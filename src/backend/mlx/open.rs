@@ -104,6 +104,7 @@ impl MlxBackend {
             gpu,
             cuda_kernel,
             fused_with,
+            pipelined: std::cell::Cell::new(true),
             faults,
             fused: RefCell::new(BTreeMap::new()),
             pending: RefCell::new(Vec::new()),
@@ -151,9 +152,25 @@ impl MlxBackend {
         Ok(self)
     }
 
+    /// The MLX device this backend runs on.
+    pub fn device(&self) -> MlxDevice {
+        self.device
+    }
+
     /// What the fused path runs.
     pub fn fused(&self) -> MlxFused {
         self.fused_with.get()
+    }
+
+    /// Whether greedy decode queues step i+1 on the device before the host
+    /// reads token i (on by default; off decodes one step after another,
+    /// for comparison). The tokens are the same either way.
+    pub fn set_pipelined(&self, on: bool) {
+        self.pipelined.set(on);
+    }
+
+    pub fn pipelined(&self) -> bool {
+        self.pipelined.get()
     }
 
     /// Streaming bandwidth of MLX's device in GB/s: (read + write bytes) /

@@ -19,6 +19,7 @@ use crate::backend::{AttnDims, MoeWeights};
 use half::bf16;
 use mlx_rs::error::Exception;
 use mlx_rs::fast::{self, ScaledDotProductAttentionMask};
+use mlx_rs::ops::indexing::TryIndexOp;
 use mlx_rs::{Array, Dtype};
 
 type R<T> = std::result::Result<T, Exception>;
@@ -97,6 +98,24 @@ pub fn swiglu(gate: &Array, up: &Array) -> R<Array> {
     let g = gate.as_dtype(Dtype::Float32)?;
     let silu = g.multiply(mlx_rs::ops::sigmoid(&g)?)?;
     silu.as_dtype(Dtype::Bfloat16)?.multiply(up)
+}
+
+/// The index of the largest value of the last row of `logits [rows, cols]`,
+/// as a `[1, 1]` int32 array: NaN never wins (it is first made -inf) and
+/// ties go to the lower index, as the host's `logits::argmax` decides,
+/// whatever order MLX's own arg-reduction visits the row in.
+pub fn greedy_token(logits: &Array) -> R<Array> {
+    let (rows, cols) = (logits.dim(0), logits.dim(1));
+    let last = logits
+        .try_index((rows - 1)..rows)?
+        .as_dtype(Dtype::Float32)?;
+    let minus_inf = Array::from_f32(f32::NEG_INFINITY);
+    let clean = mlx_rs::ops::select(&mlx_rs::ops::is_nan(&last)?, &minus_inf, &last)?;
+    let top = clean.max_axis(1, true)?;
+    let index = mlx_rs::ops::arange::<i32, i32>(None, cols, None)?.reshape(&[1, cols])?;
+    let past_end = Array::from_int(cols);
+    let candidates = mlx_rs::ops::select(&clean.eq(&top)?, &index, &past_end)?;
+    candidates.min_axis(1, true)
 }
 
 /// One token's choice: (expert, weight) pairs in ascending expert order,
