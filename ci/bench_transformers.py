@@ -9,7 +9,9 @@ step with torch.compile for a static cache; reported as failed if it
 cannot run offline).
 
 usage: python3 ci/bench_transformers.py MODEL_DIR OUT.json [P W N R]
+HF_MODES (comma-separated: eager, static_cache; default both) picks the modes.
 """
+import os
 import json
 import statistics
 import sys
@@ -41,7 +43,10 @@ result = {"model_dir": model_dir, "device": torch.cuda.get_device_name(0),
           "torch": torch.__version__, "transformers": transformers.__version__,
           "prompt_tokens": P, "warmup_tokens": W, "measured_tokens": N, "repeats": R,
           "modes": {}}
+wanted = os.environ.get("HF_MODES", "eager,static_cache").split(",")
 for mode, kw in [("eager", {}), ("static_cache", {"cache_implementation": "static"})]:
+    if mode not in wanted:
+        continue
     try:
         timed(W + N, **kw)  # warm-up (and compilation, for the static cache)
         speeds = []

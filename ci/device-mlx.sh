@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine: lockstep's MLX backend on MLX's CUDA build.
-# Here, first: LOCKSTEP_FEATURES=cuda,mlx bash ci/bundle.sh and
-# python3 ci/mlx_cuda_pack.py; carry .device and .device-mlx; then there:
+# Here, first: LOCKSTEP_FEATURES=cuda,mlx bash ci/bundle.sh,
+# python3 ci/mlx_cuda_pack.py and (for mlx-lm) bash ci/mlx_lm_wheels.sh;
+# carry .device and .device-mlx; then there:
 #   OUT=$OUT bash ci/device-mlx.sh STAGE...
 # The binaries were linked against the mlx-cpu wheel's libmlx; the CUDA
 # libmlx of the same version takes its place through LD_LIBRARY_PATH (the
@@ -13,9 +14,14 @@
 # tests of mlx_backend: the fused CUDA kernels), cuda-tests (the CUDA
 # backend's tests from the same bundle), verify (its rows),
 # envelopes (op level N=100 and greedy N=20 x 256, both paths, tiny and
-# qwen3-0.6b), bench (decode speed of MLX's paths and of the CUDA backend,
-# BENCH_PRESETS), cpu-tests (MLX's CPU device of the CUDA build: does it
-# reproduce the CPU wheel's results?), archive.
+# qwen3-0.6b), bench (decode speed of MLX's paths, pipelined and not, of
+# the CUDA backend, of mlx-lm on the same MLX build and of transformers, on
+# the same weights; BENCH_PRESETS; their greedy tokens compared), big (the
+# ignored large-model test: op level at BIG_MODELS, logits vs the CPU for
+# dense ones), bench-big (MLX decode of BIG_BENCH, shorter), kernels
+# (Nsight Compute: kernels and GPU time per decode step of qwen3-0.6b, per
+# path), cpu-tests (MLX's CPU device of the CUDA build: does it reproduce
+# the CPU wheel's results?), archive.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -32,7 +38,27 @@ export LD_LIBRARY_PATH=$M/mlx/lib$(printf ':%s' "$NV"/*/lib)${LD_LIBRARY_PATH:+:
 [ -d /usr/local/cuda/include ] && export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export LOCKSTEP_REQUIRE_MLX_GPU=1
 rc=0
-step() { echo "== $*" | tee -a "$OUT/log.txt"; "$@" 2>&1 | tee -a "$OUT/log.txt"; [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1; }
+step() {
+  local t0=$SECONDS
+  echo "== $*" | tee -a "$OUT/log.txt"
+  "$@" 2>&1 | tee -a "$OUT/log.txt"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
+  echo "   ($((SECONDS - t0)) s)" | tee -a "$OUT/log.txt"
+}
+# MLX's Python front end unpacked beside the CUDA libmlx (its core module
+# finds libmlx through RUNPATH $ORIGIN/lib), mlx-lm and what of its
+# requirements the machine's Python lacks, in folders on PYTHONPATH.
+PYD=/tmp/mlx-py
+py_setup() {
+  [ -f $PYD/.done ] && return 0
+  mkdir -p $PYD
+  python3 -m zipfile -e .device-mlx/wheels/mlx-0.32.2-*.whl $M || return 1
+  python3 -m zipfile -e .device-mlx/wheels/mlx_lm-*.whl $PYD || return 1
+  python3 -c "import sentencepiece" 2>/dev/null || python3 -m zipfile -e .device-mlx/wheels/sentencepiece-*.whl $PYD
+  python3 -c "import google.protobuf" 2>/dev/null || python3 -m zipfile -e .device-mlx/wheels/protobuf-*.whl $PYD
+  touch $PYD/.done
+}
+mlx_py() { PYTHONPATH=$M:$PYD${PYTHONPATH:+:$PYTHONPATH} python3 "$@"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$OUT/log.txt"
 echo "libmlx: $PACK; nvidia: $NV" | tee -a "$OUT/log.txt"
 for stage in "$@"; do
@@ -76,12 +102,40 @@ PY
         done
       done ;;
     bench)
-      # MLX's decode (graph, the compiled chain, lockstep's kernel) and the
-      # CUDA backend's, on the same weights in the same GPU run.
+      # MLX's decode (graph, the compiled chain, lockstep's kernel; each
+      # pipelined and not), the CUDA backend's, mlx-lm's and transformers',
+      # on the same weights in the same GPU run.
+      py_setup || { echo "python setup failed" | tee -a "$OUT/log.txt"; rc=1; }
       for preset in ${BENCH_PRESETS:-qwen3-0.6b qwen3-8b}; do
-        step $L bench --backend mlx-gpu --model synth:$preset --out "$OUT/bench-mlx-$preset.json"
+        step $L bench --backend mlx-gpu --model synth:$preset --mlx-pipeline on,off --out "$OUT/bench-mlx-$preset.json"
         step $L bench --backend cuda --model synth:$preset --modes deterministic --out "$OUT/bench-cuda-$preset.json"
+        dir=/tmp/lockstep-$preset
+        [ -d $dir ] || step $L synth --preset $preset --out $dir
+        step timeout ${LM_TIMEOUT:-300} mlx_py ci/bench_mlx_lm.py $dir "$OUT/mlx-lm-$preset.json"
+        [ -n "${NO_HF:-}" ] || step timeout ${HF_TIMEOUT:-300} python3 ci/bench_transformers.py $dir "$OUT/transformers-$preset.json"
+        rm -rf $dir
+      done
+      python3 ci/bench_summary.py "$OUT" ${BENCH_PRESETS:-qwen3-0.6b qwen3-8b} | tee -a "$OUT/log.txt" ;;
+    big)
+      LOCKSTEP_BIG_MODELS=${BIG_MODELS:-synth:qwen3-8b,synth:qwen3-30b-a3b} \
+        step $D/tests/mlx_backend --ignored --test-threads 1 --nocapture mlx_gpu_large_models ;;
+    bench-big)
+      for preset in ${BIG_BENCH:-qwen3-30b-a3b}; do
+        step $L bench --backend mlx-gpu --model synth:$preset --warmup 8 --tokens 64 --repeats 2 \
+          --out "$OUT/bench-mlx-$preset.json"
       done ;;
+    kernels)
+      # Kernels per decode step and their GPU time: a greedy run of S+2
+      # steps less one of S, under Nsight Compute (each kernel timed alone).
+      NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+      for path in graph fused; do
+        for n in 2 4; do
+          step timeout 240 "$NCU" --clock-control none --metrics gpu__time_duration.sum --csv --page raw \
+            --log-file "$OUT/ncu-qwen3-0.6b-$path-$n.csv" \
+            $L generate --backend mlx-gpu --model synth:qwen3-0.6b --path $path --max-tokens $n
+        done
+      done
+      python3 ci/ncu_steps.py "$OUT" qwen3-0.6b graph fused --json "$OUT/kernels-qwen3-0.6b.json" | tee -a "$OUT/log.txt" ;;
     cpu-tests)
       LOCKSTEP_REQUIRE_MLX=1 step $D/tests/accelerators --test-threads 1 --nocapture mlx:: ;;
     archive)
