@@ -74,8 +74,13 @@ for stage in "$@"; do
     cuda-tests)
       # The CUDA tests of this (MLX-linked) bundle need the same library
       # path, so they run here rather than through ci/device-cuda.sh.
-      LOCKSTEP_REQUIRE_GPU=1 step $D/tests/accelerators --test-threads 1 --nocapture cuda::
-      LOCKSTEP_REQUIRE_GPU=1 step $D/tests/cuda_backend --test-threads 1 --nocapture ;;
+      # CUDA_TESTS (test-name filters) runs only those of the shared suite.
+      if [ -n "${CUDA_TESTS:-}" ]; then
+        LOCKSTEP_REQUIRE_GPU=1 step $D/tests/accelerators --test-threads 1 --nocapture $CUDA_TESTS
+      else
+        LOCKSTEP_REQUIRE_GPU=1 step $D/tests/accelerators --test-threads 1 --nocapture cuda::
+        LOCKSTEP_REQUIRE_GPU=1 step $D/tests/cuda_backend --test-threads 1 --nocapture
+      fi ;;
     verify)
       step $L verify --root . --filter @mlx-gpu ;;
     envelopes)
