@@ -58,7 +58,9 @@ py_setup() {
   python3 -c "import google.protobuf" 2>/dev/null || python3 -m zipfile -e .device-mlx/wheels/protobuf-*.whl $PYD
   touch $PYD/.done
 }
-mlx_py() { PYTHONPATH=$M:$PYD${PYTHONPATH:+:$PYTHONPATH} python3 "$@"; }
+MLX_PY="env PYTHONPATH=$M:$PYD${PYTHONPATH:+:$PYTHONPATH} python3"
+# lockstep bench's prompt (bench_prompt) for the Qwen3 vocabulary.
+BENCH_IDS=$(python3 -c "print(','.join(str((1 + i * 7919) % 151936) for i in range(16)))")
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$OUT/log.txt"
 echo "libmlx: $PACK; nvidia: $NV" | tee -a "$OUT/log.txt"
 for stage in "$@"; do
@@ -112,11 +114,12 @@ PY
       # on the same weights in the same GPU run.
       py_setup || { echo "python setup failed" | tee -a "$OUT/log.txt"; rc=1; }
       for preset in ${BENCH_PRESETS:-qwen3-0.6b qwen3-8b}; do
-        step $L bench --backend mlx-gpu --model synth:$preset --mlx-pipeline on,off --out "$OUT/bench-mlx-$preset.json"
+        step $L bench --backend mlx-gpu --model synth:$preset --mlx-pipeline on,off --repeats ${MLX_REPEATS:-5} \
+          --out "$OUT/bench-mlx-$preset.json"
         step $L bench --backend cuda --model synth:$preset --modes deterministic --out "$OUT/bench-cuda-$preset.json"
         dir=/tmp/lockstep-$preset
         [ -d $dir ] || step $L synth --preset $preset --out $dir
-        step timeout ${LM_TIMEOUT:-300} mlx_py ci/bench_mlx_lm.py $dir "$OUT/mlx-lm-$preset.json"
+        step timeout ${LM_TIMEOUT:-300} $MLX_PY ci/bench_mlx_lm.py $dir "$OUT/mlx-lm-$preset.json"
         [ -n "${NO_HF:-}" ] || step timeout ${HF_TIMEOUT:-300} python3 ci/bench_transformers.py $dir "$OUT/transformers-$preset.json"
         rm -rf $dir
       done
@@ -137,7 +140,7 @@ PY
         for n in 2 4; do
           step timeout 240 "$NCU" --clock-control none --metrics gpu__time_duration.sum --csv --page raw \
             --log-file "$OUT/ncu-qwen3-0.6b-$path-$n.csv" \
-            $L generate --backend mlx-gpu --model synth:qwen3-0.6b --path $path --max-tokens $n
+            $L generate --backend mlx-gpu --model synth:qwen3-0.6b --path $path --max-tokens $n --prompt-ids $BENCH_IDS
         done
       done
       python3 ci/ncu_steps.py "$OUT" qwen3-0.6b graph fused --json "$OUT/kernels-qwen3-0.6b.json" | tee -a "$OUT/log.txt" ;;

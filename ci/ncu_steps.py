@@ -47,7 +47,7 @@ def main():
     for path in paths:
         try:
             (c2, t2), (c4, t4) = (tally(f"{out}/ncu-{preset}-{path}-{n}.csv") for n in (2, 4))
-        except (OSError, StopIteration, KeyError) as e:
+        except (OSError, RuntimeError, StopIteration, KeyError) as e:
             print(f"{preset} {path}: no usable profile ({type(e).__name__}: {e})")
             continue
         names = sorted(set(c4) | set(c2), key=lambda n: -(t4[n] - t2[n]))

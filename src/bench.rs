@@ -89,42 +89,30 @@ pub struct BenchReport {
     pub rows: Vec<BenchRow>,
 }
 
-/// One configuration: `repeats` greedy decodes of `warmup + tokens` steps
-/// after the prompt; the clock covers the last `tokens` steps only.
-#[allow(clippy::too_many_arguments)]
-pub fn time_config<B: Backend>(
+/// One greedy decode of `warmup + tokens` steps after the prompt, timed
+/// over the last `tokens` steps only: (tok/s, the tokens).
+pub fn time_once<B: Backend>(
     e: &Engine<B>,
     prompt: &[u32],
     path: AttnPath,
     warmup: usize,
     tokens: usize,
-    repeats: usize,
-    progress: &mut Progress,
-    done: &mut usize,
-) -> Result<(Vec<f64>, Vec<Vec<u32>>)> {
-    let mut speeds = Vec::with_capacity(repeats);
-    let mut outputs = Vec::with_capacity(repeats);
-    for _ in 0..repeats {
-        let mut start = None;
-        let mut end = None;
-        let out = e.decode_greedy(prompt, warmup + tokens + 1, path, &mut |i| {
-            if i == warmup {
-                start = Some(Instant::now());
-            }
-            if i == warmup + tokens {
-                end = Some(Instant::now());
-            }
-        })?;
-        let secs = match (start, end) {
-            (Some(s), Some(t)) => (t - s).as_secs_f64(),
-            _ => f64::NAN,
-        };
-        speeds.push(tokens as f64 / secs);
-        outputs.push(out);
-        *done += 1;
-        progress.set(*done);
-    }
-    Ok((speeds, outputs))
+) -> Result<(f64, Vec<u32>)> {
+    let mut start = None;
+    let mut end = None;
+    let out = e.decode_greedy(prompt, warmup + tokens + 1, path, &mut |i| {
+        if i == warmup {
+            start = Some(Instant::now());
+        }
+        if i == warmup + tokens {
+            end = Some(Instant::now());
+        }
+    })?;
+    let secs = match (start, end) {
+        (Some(s), Some(t)) => (t - s).as_secs_f64(),
+        _ => f64::NAN,
+    };
+    Ok((tokens as f64 / secs, out))
 }
 
 /// What one row timed beside its path.
@@ -209,9 +197,13 @@ pub struct Timing {
     pub repeats: usize,
 }
 
-/// Times `configs` on `e` in order (`apply` sets each one up on the
-/// backend), in one process on one loaded model, against the weight-bytes
-/// roofline of `bandwidth` (GB/s, measured by the caller on the same device).
+/// Times `configs` on `e` (`apply` sets each one up on the backend), in
+/// one process on one loaded model, against the weight-bytes roofline of
+/// `bandwidth` (GB/s, measured by the caller on the same device). Repeats
+/// go round the configurations (repeat 1 of each, then repeat 2 of each,
+/// ...), so that a drift of the machine over the run (clocks, a host-bound
+/// step's scheduling) falls on every configuration alike rather than on
+/// the ones timed last.
 fn run_configs<B: Backend>(
     model: &crate::model::Model,
     e: &Engine<B>,
@@ -225,28 +217,24 @@ fn run_configs<B: Backend>(
     let prompt = bench_prompt(t.prompt_tokens, e.config.vocab_size);
     let mut progress = Progress::new("timing", configs.len() * t.repeats);
     let mut done = 0;
-    let mut rows = Vec::new();
-    for &(path, config) in configs {
-        apply(&e.backend, config)?;
-        let (speeds, outputs) = time_config(
-            e,
-            &prompt,
-            path,
-            t.warmup,
-            t.tokens,
-            t.repeats,
-            &mut progress,
-            &mut done,
-        )?;
-        rows.push(row(
-            path,
-            config,
-            speeds,
-            outputs,
-            roofline,
-            e.fingerprint(path),
-        ));
+    let mut timed: Vec<(Vec<f64>, Vec<Vec<u32>>)> = vec![(Vec::new(), Vec::new()); configs.len()];
+    for _ in 0..t.repeats {
+        for (&(path, config), (speeds, outputs)) in configs.iter().zip(timed.iter_mut()) {
+            apply(&e.backend, config)?;
+            let (speed, out) = time_once(e, &prompt, path, t.warmup, t.tokens)?;
+            speeds.push(speed);
+            outputs.push(out);
+            done += 1;
+            progress.set(done);
+        }
     }
+    let rows = configs
+        .iter()
+        .zip(timed)
+        .map(|(&(path, config), (speeds, outputs))| {
+            row(path, config, speeds, outputs, roofline, e.fingerprint(path))
+        })
+        .collect();
     Ok(BenchReport {
         model: model.origin.clone(),
         model_hash: e.model_hash.clone(),

@@ -144,4 +144,6 @@ macro_rules! not_compiled_backend {
     };
 }
 
+// Unused in a build with every backend compiled.
+#[allow(unused_imports)]
 pub(crate) use not_compiled_backend;
