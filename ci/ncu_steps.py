@@ -4,11 +4,16 @@ of one greedy generation that differ only in length (ci/device-mlx.sh
 `kernels`: `ncu-PRESET-PATH-2.csv` and `-4.csv`, 2 and 4 tokens).
 
 Where a backend's step cannot be told apart from the kernels' names (MLX's
-CUDA kernels carry no step marker), the difference of the two runs is two
-decode steps: launches per step = (launches(4) - launches(2)) / 2, and the
-same for GPU time, per kernel name and in all. The GPU time is each
-kernel's own duration (Nsight Compute runs one at a time); launch gaps and
-host time are not in it, which is what the step's wall time adds.
+CUDA kernels carry no step marker), the two runs tell it: the longer run
+launches (launches(4) - launches(2)) more kernels, two decode steps' worth,
+and its last that many kernels are two steady-state decode steps (the
+kernels after the last step, the same in both runs, only shift the window
+along identical steps). Per kernel name and in all, launches and GPU time
+per step are that window's, halved. The sums of whole runs are not used:
+the first launches of a run include MLX's first touch of its (managed)
+weight memory, tens of milliseconds. The GPU time is each kernel's own
+duration (Nsight Compute runs one at a time); launch gaps and host time
+are not in it, which is what the step's wall time adds.
 
 usage: ncu_steps.py OUT_DIR PRESET PATH... [--json OUT]
 """
@@ -28,13 +33,8 @@ def short(name):
     return base.split("::")[-1].strip() or name[:60]
 
 
-def tally(path):
-    counts, us = Counter(), defaultdict(float)
-    for k in rows_of(path):
-        n = short(k["name"])
-        counts[n] += 1
-        us[n] += k["us"]
-    return counts, us
+def kernels(path):
+    return [(short(k["name"]), k["us"]) for k in rows_of(path)]
 
 
 def main():
@@ -46,14 +46,20 @@ def main():
     report = {}
     for path in paths:
         try:
-            (c2, t2), (c4, t4) = (tally(f"{out}/ncu-{preset}-{path}-{n}.csv") for n in (2, 4))
+            short_run, long_run = (kernels(f"{out}/ncu-{preset}-{path}-{n}.csv") for n in (2, 4))
         except (OSError, RuntimeError, StopIteration, KeyError) as e:
             print(f"{preset} {path}: no usable profile ({type(e).__name__}: {e})")
             continue
-        names = sorted(set(c4) | set(c2), key=lambda n: -(t4[n] - t2[n]))
-        per = {n: {"launches": (c4[n] - c2[n]) / 2, "us": (t4[n] - t2[n]) / 2} for n in names}
-        per = {n: v for n, v in per.items() if v["launches"]}
-        launches = sum(v["launches"] for v in per.values())
+        extra = len(long_run) - len(short_run)
+        if extra <= 0 or extra % 2:
+            print(f"{preset} {path}: {len(short_run)} and {len(long_run)} kernels do not differ by two like steps")
+            continue
+        counts, us = Counter(), defaultdict(float)
+        for name, t in long_run[-extra:]:
+            counts[name] += 1
+            us[name] += t
+        per = {n: {"launches": counts[n] / 2, "us": us[n] / 2} for n in sorted(counts, key=lambda n: -us[n])}
+        launches = extra / 2
         us = sum(v["us"] for v in per.values())
         report[path] = {"launches_per_step": launches, "gpu_us_per_step": us, "kernels": per}
         print(f"\n{preset} {path}: {launches:g} kernel launches and {us:.1f} us of GPU time per decode step")

@@ -196,9 +196,19 @@ impl Backend for MlxBackend {
         // reference's bf16 mode (and transformers with dtype=bfloat16) does.
         let mut values = Vec::with_capacity(rows * cols);
         for t in parts {
-            values.extend(
-                (0..t.numel()).map(|i| bf16::from_bits(crate::util::bf16_bits(t.get_f32(i)))),
-            );
+            if t.dtype == crate::model::safetensors::Dtype::BF16 {
+                // Already bf16: the bits as they are (a per-value conversion
+                // of a 30B-parameter checkpoint takes minutes of host time).
+                values.extend(
+                    t.bytes
+                        .chunks_exact(2)
+                        .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]]))),
+                );
+            } else {
+                values.extend(
+                    (0..t.numel()).map(|i| bf16::from_bits(crate::util::bf16_bits(t.get_f32(i)))),
+                );
+            }
         }
         Ok(MlxWeight {
             name: name.to_string(),
