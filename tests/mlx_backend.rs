@@ -176,7 +176,6 @@ fn mlx_pipelined_decode_fault_on<A: Accelerator<Backend = MlxBackend>>(test: &st
         return;
     };
     let device = be.device();
-    drop(be);
     let faults = MlxFaults {
         pipelined_token_shift: 1,
         ..Default::default()
