@@ -225,9 +225,9 @@ fn fresh_and_committed(cases: &[GoldenCase]) -> Vec<(String, GoldenOutcome)> {
     golden_runs(cases)
         .unwrap()
         .into_iter()
-        .map(|(now, _)| {
+        .map(|(now, fp)| {
             let name = now.name();
-            let out = against_committed(common::root(), &now).unwrap_or_else(|e| {
+            let out = against_committed(common::root(), &now, &fp).unwrap_or_else(|e| {
                 panic!(
                     "{name}: {e}\n(write it with `lockstep golden regen --backend {}`)",
                     now.backend

@@ -57,14 +57,14 @@ fn check(root: &std::path::Path, json: bool, backend: Option<BackendArg>) -> Res
             continue;
         }
         match r {
-            Ok(GoldenOutcome::NearTie {
-                step,
-                margin,
-                threshold,
-            }) => println!(
-                "{name}: ok, with a warning: tokens differ from step {step}, a recorded near-tie (margin {margin:.4} < {threshold})"
+            Ok(o @ (GoldenOutcome::NearTie { .. } | GoldenOutcome::TokensOnly { .. })) => {
+                println!("{name}: ok, with a warning: {}", o.describe())
+            }
+            Ok(o) => println!(
+                "{name}: {} {}",
+                if ok { "ok" } else { "FAIL" },
+                o.describe()
             ),
-            Ok(o) => println!("{name}: {} {o:?}", if ok { "ok" } else { "FAIL" }),
             Err(e) => println!("{name}: FAIL {e}"),
         }
     }

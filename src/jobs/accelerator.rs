@@ -301,8 +301,8 @@ pub fn accelerator_rows<A: Accelerator>(
         .filter(|c| c.preset == fx.name())
     {
         rows.run(g.case(), |case| {
-            let (now, _) = golden_run_on(e, g)?;
-            Ok(golden_row(case, &against_committed(golden_root, &now)))
+            let (now, fp) = golden_run_on(e, g)?;
+            Ok(golden_row(case, &against_committed(golden_root, &now, &fp)))
         })?;
     }
     Ok(())

@@ -128,9 +128,16 @@ pub fn golden_runs(cases: &[GoldenCase]) -> Result<Vec<(GoldenBody, Fingerprint)
     Ok(out)
 }
 
-/// The committed golden of `now` under `root`, compared with it.
-pub fn against_committed(root: &std::path::Path, now: &GoldenBody) -> Result<GoldenOutcome> {
-    golden::load(&golden_path(root, &now.name())).and_then(|g| golden::compare(&g, now))
+/// The committed golden of `now` under `root`, compared with it, `now`
+/// having run as `fp` says (its device class decides whether values are
+/// judged).
+pub fn against_committed(
+    root: &std::path::Path,
+    now: &GoldenBody,
+    fp: &Fingerprint,
+) -> Result<GoldenOutcome> {
+    let file = golden::load_file(&golden_path(root, &now.name()))?;
+    golden::compare_on(&file, now, golden::run_device_class(fp).as_deref())
 }
 
 /// Checks the goldens of `backend` (`None`: as `golden_set`) under `root`:
@@ -142,8 +149,8 @@ pub fn golden_check_on(
     let cases = golden_set(backend)?;
     Ok(golden_runs(&cases)?
         .into_iter()
-        .map(|(now, _)| {
-            let res = against_committed(root, &now).map_err(|e| e.to_string());
+        .map(|(now, fp)| {
+            let res = against_committed(root, &now, &fp).map_err(|e| e.to_string());
             (now.name(), res)
         })
         .collect())
@@ -173,8 +180,8 @@ pub fn golden_regen(root: &std::path::Path, backend: Option<BackendKind>) -> Res
             Err(_) => "new".to_string(),
             Ok(old) => match golden::compare(&old, &now) {
                 Ok(GoldenOutcome::Identical) => "unchanged".into(),
-                Ok(GoldenOutcome::ValuesMoved { step }) => {
-                    format!("same tokens, values moved from step {step}")
+                Ok(o @ (GoldenOutcome::ValuesMoved { .. } | GoldenOutcome::TokensOnly { .. })) => {
+                    o.describe()
                 }
                 Ok(
                     GoldenOutcome::NearTie { step, margin, .. }

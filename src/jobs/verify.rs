@@ -124,8 +124,8 @@ fn cpu_rows(fx: &Fixture, golden_root: &Path, rows: &mut Rows) -> Result<()> {
         .filter(|c| c.preset == fx.name())
     {
         rows.run(g.case(), |case| {
-            let (now, _) = golden_run_on(fx.cpu(g.numerics), g)?;
-            Ok(golden_row(case, &against_committed(golden_root, &now)))
+            let (now, fp) = golden_run_on(fx.cpu(g.numerics), g)?;
+            Ok(golden_row(case, &against_committed(golden_root, &now, &fp)))
         })?;
     }
     Ok(())

@@ -117,7 +117,7 @@ pub fn golden_row(case: Case, committed: &crate::error::Result<GoldenOutcome>) -
         threshold: "none, or at a recorded near-tie".into(),
         status: status(matches!(committed, Ok(o) if o.passes())),
         detail: match committed {
-            Ok(o) => format!("{o:?}"),
+            Ok(o) => o.describe(),
             Err(e) => e.to_string(),
         },
     }

@@ -3,16 +3,24 @@
 //! `cargo insta review` works on them too.
 //!
 //! The body is a JSON summary (token ids, margins and top-k logits rounded
-//! with intent); the numeric fingerprint goes in the header's `info`, which
-//! is shown but not compared. A golden of another model hash, preset or
-//! prompt is refused, never compared. A token change passes (with a warning)
-//! only at a recorded near-tie.
+//! with intent); the numeric fingerprint goes in the header's `info`. A
+//! file is validated when it is read (one step record per token, margins
+//! finite and >= 0, top-k sorted and led by the token, the case matching
+//! the file's name), so an edited or truncated golden is an error naming
+//! the file and field, never a weaker check. A golden of another model
+//! hash, preset or prompt is refused, never compared. A token change passes
+//! (with a warning) only at a recorded near-tie; on the device class the
+//! golden was recorded on, every recorded value must reproduce exactly (at
+//! the file's 1e-4 rounding), and the first one that moved is reported; on
+//! another device class (the header says which) values are not judged and
+//! the outcome says so.
 
 use crate::engine::record::{Fingerprint, RecordedRun};
 use crate::error::{Error, Result};
 use crate::ident::{AttnPath, BackendKind, Numerics};
 use crate::verify::tolerances::{tol, Tol};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Logits and margins are kept to 1e-4: finer than a bf16 quantum at any
@@ -128,8 +136,58 @@ pub fn render_snap(body: &GoldenBody, fp: &Fingerprint) -> String {
     s
 }
 
-/// The body of a `.snap` file.
+/// A golden file: its body and the header's `info` (the fingerprint it
+/// was recorded with).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GoldenFile {
+    pub body: GoldenBody,
+    pub info: BTreeMap<String, String>,
+}
+
+impl GoldenFile {
+    /// What the golden's values can be reproduced bit for bit on (see
+    /// `device_class`), from its header.
+    pub fn device_class(&self) -> Option<String> {
+        device_class(self.body.backend, |k| self.info.get(k).cloned())
+    }
+}
+
+/// The class of device whose runs reproduce each other's values exactly: the
+/// CPU architecture for the CPU reference and MLX's CPU device, the compute
+/// capability for lockstep's CUDA kernels and MLX's CUDA build. `detail`
+/// reads a fingerprint detail by its header key (`detail_...`).
+pub fn device_class(
+    backend: BackendKind,
+    detail: impl Fn(&str) -> Option<String>,
+) -> Option<String> {
+    let arch = || detail("detail_arch").map(|a| format!("{backend} on {a}"));
+    match backend {
+        BackendKind::Cpu | BackendKind::Mlx => arch(),
+        BackendKind::Cuda => {
+            detail("detail_compute_capability").map(|c| format!("cuda on compute capability {c}"))
+        }
+        BackendKind::MlxGpu => detail("detail_gpu_architecture")
+            .map(|a| format!("mlx-gpu on {a}"))
+            .or_else(arch),
+    }
+}
+
+/// The device class of a run's fingerprint (as `device_class`).
+pub fn run_device_class(fp: &Fingerprint) -> Option<String> {
+    device_class(fp.backend, |k| {
+        k.strip_prefix("detail_")
+            .and_then(|d| fp.details.get(d).cloned())
+    })
+}
+
+/// A golden file's contents, validated; `path` names it in errors, and its
+/// file stem must be the golden's case name.
 pub fn parse_snap(text: &str, path: &Path) -> Result<GoldenBody> {
+    parse_file(text, path).map(|f| f.body)
+}
+
+/// `parse_snap` with the header's `info` kept.
+pub fn parse_file(text: &str, path: &Path) -> Result<GoldenFile> {
     let bad = |p: &str| Error::invalid(path.display().to_string(), p.to_string());
     let rest = text
         .strip_prefix("---\n")
@@ -137,13 +195,140 @@ pub fn parse_snap(text: &str, path: &Path) -> Result<GoldenBody> {
     let end = rest
         .find("\n---\n")
         .ok_or_else(|| bad("snapshot header is not closed by `---`"))?;
-    serde_json::from_str(&rest[end + 5..])
-        .map_err(|e| bad(&format!("golden body is not a valid golden: {e}")))
+    let mut info = BTreeMap::new();
+    let mut in_info = false;
+    for line in rest[..end].lines() {
+        if line == "info:" {
+            in_info = true;
+        } else if let (true, Some(kv)) = (in_info, line.strip_prefix("  ")) {
+            let (k, v) = kv
+                .split_once(": ")
+                .ok_or_else(|| bad(&format!("header line {line:?} is not `key: value`")))?;
+            let v: String = serde_json::from_str(v)
+                .map_err(|e| bad(&format!("header field `{k}`: not a JSON string ({e})")))?;
+            info.insert(k.to_string(), v);
+        } else {
+            in_info = false;
+        }
+    }
+    let body: GoldenBody = serde_json::from_str(&rest[end + 5..])
+        .map_err(|e| bad(&format!("golden body is not a valid golden: {e}")))?;
+    validate(&body, &info, path)?;
+    Ok(GoldenFile { body, info })
+}
+
+/// Rounding `a - b` and rounding `a` and `b` each to 1e-4 (`round4`) give
+/// results at most 1.5e-4 apart; a recorded margin further than this from
+/// its recorded top two was not written by `from_run` (the 1e-5 covers
+/// the margin's f32 rounding before its own `round4`).
+const MARGIN_ROUNDING_SLACK: f64 = 1.5e-4 + 1e-5;
+
+/// A golden as `from_run` writes it and nothing weaker: one step record per
+/// token, in order; each step's margin finite and >= 0 and its top-k
+/// finite, sorted (ties by lower id), led by the step's token, the margin
+/// its top two's difference; the header's backend, numerics and path, and
+/// the file name, those of the body.
+pub fn validate(body: &GoldenBody, info: &BTreeMap<String, String>, path: &Path) -> Result<()> {
+    let bad = |field: String, p: String| {
+        Error::invalid(path.display().to_string(), format!("field `{field}`: {p}"))
+    };
+    let name = body.name();
+    if path.file_stem().and_then(|s| s.to_str()) != Some(name.as_str()) {
+        return Err(bad(
+            "preset/backend/path/numerics".into(),
+            format!("the body is golden {name}, not the one its file name says"),
+        ));
+    }
+    for (key, want) in [
+        ("backend", body.backend.name()),
+        ("numerics", body.numerics.name()),
+        ("path", body.path.name()),
+        ("model_hash", body.model_hash.as_str()),
+    ] {
+        match info.get(key) {
+            Some(v) if v == want => {}
+            other => {
+                return Err(bad(
+                    format!("info.{key}"),
+                    format!("the header says {other:?}, the body {want:?}"),
+                ))
+            }
+        }
+    }
+    if body.tokens.is_empty() {
+        return Err(bad("tokens".into(), "no tokens recorded".into()));
+    }
+    if body.steps.len() != body.tokens.len() {
+        return Err(bad(
+            "steps".into(),
+            format!(
+                "{} step records for {} tokens (one per token)",
+                body.steps.len(),
+                body.tokens.len()
+            ),
+        ));
+    }
+    for (i, (st, &token)) in body.steps.iter().zip(&body.tokens).enumerate() {
+        let f = |what: &str| format!("steps[{i}].{what}");
+        if st.step != i {
+            return Err(bad(f("step"), format!("{} where {i} belongs", st.step)));
+        }
+        if st.token != token {
+            return Err(bad(
+                f("token"),
+                format!("{} but tokens[{i}] is {token}", st.token),
+            ));
+        }
+        if !st.margin.is_finite() || st.margin < 0.0 {
+            return Err(bad(
+                f("margin"),
+                format!("{} (a margin is finite and >= 0)", st.margin),
+            ));
+        }
+        let Some(&(first, _)) = st.top.first() else {
+            return Err(bad(f("top"), "empty".into()));
+        };
+        if first != token {
+            return Err(bad(
+                f("top"),
+                format!("led by token {first}, not the step's token {token}"),
+            ));
+        }
+        if let Some(&(id, v)) = st.top.iter().find(|t| !t.1.is_finite()) {
+            return Err(bad(f("top"), format!("token {id} has logit {v}")));
+        }
+        if let Some(w) = st
+            .top
+            .windows(2)
+            .position(|w| w[1].1 > w[0].1 || (w[1].1 == w[0].1 && w[1].0 < w[0].0))
+        {
+            return Err(bad(
+                f("top"),
+                format!(
+                    "not sorted (largest first, ties by lower id) at entry {}",
+                    w + 1
+                ),
+            ));
+        }
+        if let [a, b, ..] = st.top[..] {
+            if (st.margin - (a.1 - b.1)).abs() > MARGIN_ROUNDING_SLACK {
+                return Err(bad(
+                    f("margin"),
+                    format!("{} but the top two differ by {:.4}", st.margin, a.1 - b.1),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn load(path: &Path) -> Result<GoldenBody> {
+    load_file(path).map(|f| f.body)
+}
+
+pub fn load_file(path: &Path) -> Result<GoldenFile> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    parse_snap(&text, path)
+    parse_file(&text, path)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,8 +336,19 @@ pub fn load(path: &Path) -> Result<GoldenBody> {
 pub enum GoldenOutcome {
     /// Tokens, margins and top-k logits all as recorded.
     Identical,
-    /// Tokens as recorded; some recorded numbers moved (first step given).
-    ValuesMoved { step: usize },
+    /// Tokens as recorded; a recorded value moved: the first one, at `step`
+    /// (`entry` of its top-k: `token`'s logit, or the margin when `token`
+    /// is None), on the device class the golden was recorded on.
+    ValuesMoved {
+        step: usize,
+        entry: usize,
+        token: Option<u32>,
+        recorded: f64,
+        now: f64,
+    },
+    /// Tokens as recorded; values not judged, since this run's device class
+    /// differs from the golden's (passes with a warning).
+    TokensOnly { recorded_on: String, run_on: String },
     /// Tokens changed first at a recorded near-tie: passes with a warning.
     NearTie {
         step: usize,
@@ -173,6 +369,38 @@ impl GoldenOutcome {
             self,
             GoldenOutcome::Regression { .. } | GoldenOutcome::ValuesMoved { .. }
         )
+    }
+
+    /// One line for tables and logs.
+    pub fn describe(&self) -> String {
+        match self {
+            GoldenOutcome::Identical => "identical".into(),
+            GoldenOutcome::ValuesMoved {
+                step,
+                entry,
+                token,
+                recorded,
+                now,
+            } => match token {
+                None => format!("tokens held; step {step}: margin {recorded} recorded, {now} now"),
+                Some(t) => format!(
+                    "tokens held; step {step}, top-k entry {entry} (token {t}): logit {recorded} recorded, {now} now"
+                ),
+            },
+            GoldenOutcome::TokensOnly { recorded_on, run_on } => format!(
+                "tokens held; values not judged: recorded on {recorded_on}, this run on {run_on}"
+            ),
+            GoldenOutcome::NearTie {
+                step,
+                margin,
+                threshold,
+            } => format!("tokens part at step {step}, a recorded near-tie (margin {margin:.4} < {threshold})"),
+            GoldenOutcome::Regression {
+                step,
+                margin,
+                threshold,
+            } => format!("tokens part at step {step}, margin {margin:.4} >= {threshold}: a regression"),
+        }
     }
 }
 
@@ -216,7 +444,17 @@ pub fn compare(golden: &GoldenBody, now: &GoldenBody) -> Result<GoldenOutcome> {
         .zip(&now.tokens)
         .position(|(a, b)| a != b)
     {
-        let margin = golden.steps[step].margin.min(now.steps[step].margin);
+        // A step without a record (only an unvalidated body lacks one)
+        // has no margin to excuse the change.
+        let margin_at = |b: &GoldenBody| b.steps.get(step).map_or(f64::NAN, |s| s.margin);
+        let margin = margin_at(golden).min(margin_at(now));
+        if margin.is_nan() || margin < 0.0 {
+            return Ok(GoldenOutcome::Regression {
+                step,
+                margin,
+                threshold,
+            });
+        }
         return Ok(if margin < threshold {
             GoldenOutcome::NearTie {
                 step,
@@ -239,15 +477,68 @@ pub fn compare(golden: &GoldenBody, now: &GoldenBody) -> Result<GoldenOutcome> {
             threshold,
         });
     }
-    Ok(
-        match golden
-            .steps
-            .iter()
-            .zip(&now.steps)
-            .position(|(a, b)| a != b)
-        {
-            None => GoldenOutcome::Identical,
-            Some(step) => GoldenOutcome::ValuesMoved { step },
-        },
-    )
+    Ok(first_moved_value(golden, now).unwrap_or(GoldenOutcome::Identical))
+}
+
+/// The first recorded value of `golden` that `now` does not reproduce
+/// exactly: a step's margin, a top-k entry's token or logit, or a step or
+/// entry missing on one side.
+fn first_moved_value(golden: &GoldenBody, now: &GoldenBody) -> Option<GoldenOutcome> {
+    let n = golden.steps.len().max(now.steps.len());
+    for step in 0..n {
+        let (Some(g), Some(w)) = (golden.steps.get(step), now.steps.get(step)) else {
+            return Some(GoldenOutcome::ValuesMoved {
+                step,
+                entry: 0,
+                token: None,
+                recorded: golden.steps.get(step).map_or(f64::NAN, |s| s.margin),
+                now: now.steps.get(step).map_or(f64::NAN, |s| s.margin),
+            });
+        };
+        if g.margin.to_bits() != w.margin.to_bits() {
+            return Some(GoldenOutcome::ValuesMoved {
+                step,
+                entry: 0,
+                token: None,
+                recorded: g.margin,
+                now: w.margin,
+            });
+        }
+        for entry in 0..g.top.len().max(w.top.len()) {
+            let (a, b) = (g.top.get(entry), w.top.get(entry));
+            if a.map(|t| (t.0, t.1.to_bits())) != b.map(|t| (t.0, t.1.to_bits())) {
+                return Some(GoldenOutcome::ValuesMoved {
+                    step,
+                    entry,
+                    token: a.or(b).map(|t| t.0),
+                    recorded: a.map_or(f64::NAN, |t| t.1),
+                    now: b
+                        .filter(|t| Some(t.0) == a.map(|a| a.0))
+                        .map_or(f64::NAN, |t| t.1),
+                });
+            }
+        }
+    }
+    None
+}
+
+/// `compare` of a golden file with a run whose device class is `run_on`:
+/// where the golden was recorded on another class, moved values are not
+/// judged (`TokensOnly`), while token changes are judged as everywhere.
+pub fn compare_on(
+    file: &GoldenFile,
+    now: &GoldenBody,
+    run_on: Option<&str>,
+) -> Result<GoldenOutcome> {
+    let out = compare(&file.body, now)?;
+    let recorded_on = file.device_class();
+    Ok(match (out, recorded_on, run_on) {
+        (GoldenOutcome::ValuesMoved { .. }, Some(g), Some(r)) if g != r => {
+            GoldenOutcome::TokensOnly {
+                recorded_on: g,
+                run_on: r.to_string(),
+            }
+        }
+        (out, ..) => out,
+    })
 }
