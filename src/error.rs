@@ -53,6 +53,17 @@ pub enum Error {
         index: usize,
         value: f32,
     },
+    /// A run's activations or logits left the finite numbers: the model
+    /// overflows its compute dtype, or the backend computed garbage. Either
+    /// way nothing downstream of it can be compared.
+    #[error("{backend}: non-finite {what} at {at}: {value} at flat index {index}")]
+    NonFinite {
+        backend: crate::ident::BackendKind,
+        what: String,
+        at: String,
+        index: usize,
+        value: f64,
+    },
     #[error(
         "unknown preset `{0}`; known presets: tiny, tiny-moe, qwen3-0.6b, qwen3-8b, qwen3-30b-a3b"
     )]

@@ -281,3 +281,131 @@ fn an_unexpected_tensor_in_its_own_bytes_is_listed_and_the_model_runs() {
         "{err}"
     );
 }
+
+/// `synth:tiny` written as a folder of float32 tensors (or bfloat16 ones),
+/// with `edit` applied to each tensor's values first.
+fn tiny_folder_with(
+    name: &str,
+    dtype: lockstep::model::safetensors::Dtype,
+    edit: impl Fn(&str, &mut [f32]),
+) -> std::path::PathBuf {
+    use lockstep::model::safetensors::{write_file, Dtype, TensorSpec};
+    let src = synth_folder(&format!("{name}-src"), "tiny", 0);
+    let m = Model::open_dir(&src).unwrap();
+    let dir = scratch(name);
+    for f in ["config.json", "generation_config.json", "tokenizer.json"] {
+        let _ = std::fs::copy(src.join(f), dir.join(f));
+    }
+    let specs: Vec<TensorSpec> = m
+        .expected_tensors()
+        .into_iter()
+        .map(|t| TensorSpec { dtype, ..t })
+        .collect();
+    write_file(
+        &dir.join("model.safetensors"),
+        &specs,
+        &Default::default(),
+        |t| {
+            let mut v = m.tensor(&t.name).unwrap().to_f32_vec();
+            edit(&t.name, &mut v);
+            Ok(match dtype {
+                Dtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                _ => v
+                    .iter()
+                    .flat_map(|&x| lockstep::util::bf16_bits(x).to_le_bytes())
+                    .collect(),
+            })
+        },
+    )
+    .unwrap();
+    dir
+}
+
+/// A float32 weight that is finite but rounds to a bf16 infinity is refused
+/// by a bf16 backend, naming the tensor, the index and the rounding; the
+/// f64 backend, which keeps it finite, loads the same folder.
+#[test]
+fn f32_weights_that_round_to_bf16_infinity_are_refused_by_a_bf16_backend() {
+    use lockstep::backend::cpu::{CpuBackend, Numerics};
+    use lockstep::engine::Engine;
+    use lockstep::model::safetensors::Dtype;
+    let dir = tiny_folder_with("err-bf16-overflow", Dtype::F32, |name, v| {
+        if name == "model.norm.weight" {
+            v[5] = 3.4e38; // finite in f32; above bf16's largest finite (3.39e38)
+        }
+    });
+    let m = Model::open_dir(&dir).unwrap();
+    let e = Engine::load(&m, CpuBackend::new(Numerics::Bf16))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("model.norm.weight") && e.contains("rounded to bf16") && e.contains("index 5"),
+        "{e}"
+    );
+    Engine::load(&m, CpuBackend::new(Numerics::F64)).unwrap();
+    // The control: the same folder without the planted value loads in bf16.
+    let ok = tiny_folder_with("err-bf16-overflow-control", Dtype::F32, |_, _| {});
+    Engine::load(
+        &Model::open_dir(&ok).unwrap(),
+        CpuBackend::new(Numerics::Bf16),
+    )
+    .unwrap();
+}
+
+/// Finite weights whose bf16 activations overflow: generation, teacher-forced
+/// logits and the layer capture behind parity are errors naming where the
+/// run left the finite numbers, not rows that compare two broken paths.
+#[test]
+fn activations_that_overflow_are_an_error_naming_where() {
+    use lockstep::backend::cpu::{CpuBackend, Numerics};
+    use lockstep::engine::generate::GenerateOptions;
+    use lockstep::engine::{Capture, Engine};
+    use lockstep::model::safetensors::Dtype;
+    let dir = tiny_folder_with("err-act-overflow", Dtype::BF16, |name, v| {
+        if name == "model.layers.1.post_attention_layernorm.weight" {
+            v.iter_mut().for_each(|x| *x = 3.0e38);
+        }
+    });
+    let e = Engine::load(
+        &Model::open_dir(&dir).unwrap(),
+        CpuBackend::new(Numerics::Bf16),
+    )
+    .unwrap();
+    let prompt = [1, 17, 42, 99];
+    let err = e
+        .generate(&prompt, &GenerateOptions::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("non-finite logits at step 0"), "{err}");
+    let err = e
+        .teacher_forced(
+            &prompt,
+            lockstep::backend::AttnPath::Graph,
+            &mut Capture::default(),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("non-finite logits"), "{err}");
+    let mut cap = Capture {
+        layers: Some(Vec::new()),
+        qkv: None,
+    };
+    let err = e
+        .teacher_forced(&prompt, lockstep::backend::AttnPath::Graph, &mut cap)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("non-finite activations at layer 1's output"),
+        "{err}"
+    );
+    // The control: the unedited folder runs.
+    let ok = tiny_folder_with("err-act-overflow-control", Dtype::BF16, |_, _| {});
+    let e = Engine::load(
+        &Model::open_dir(&ok).unwrap(),
+        CpuBackend::new(Numerics::Bf16),
+    )
+    .unwrap();
+    e.generate(&prompt, &GenerateOptions::default(), &mut |_| {})
+        .unwrap();
+}

@@ -110,6 +110,7 @@ impl<B: Backend> Engine<B> {
                 let logits = dec.step(&mut session, token)?;
                 self.backend.to_host(logits)?.0
             };
+            super::finite(&self.backend, "logits", || format!("step {i}"), &v)?;
             let step = StepRecord::from_logits(&v, opts.top_k, opts.keep_logits);
             steps.push(step);
             on_step(i + 1);
@@ -197,6 +198,12 @@ impl<B: Backend> Engine<B> {
         let mut session = self.new_session(tokens.len())?;
         let logits = self.forward(&mut session, tokens, path, true, capture)?;
         let (v, [rows, cols]) = self.backend.to_host(&logits)?;
+        super::finite(
+            &self.backend,
+            "logits",
+            || format!("a teacher-forced pass over {} tokens", tokens.len()),
+            &v,
+        )?;
         Ok((0..rows)
             .map(|r| v[r * cols..(r + 1) * cols].to_vec())
             .collect())

@@ -9,6 +9,7 @@ pub mod record;
 
 use crate::backend::{AttnDims, AttnPath, Backend, ExpertWeights, MoeWeights};
 use crate::error::{Error, Result};
+use crate::ident::Numerics;
 use crate::model::{Model, ModelHasher, Qwen3Config};
 
 enum Mlp<W> {
@@ -66,6 +67,22 @@ struct Loader<'a, B: Backend> {
 impl<'a, B: Backend> Loader<'a, B> {
     fn fetch(&mut self, name: &str) -> Result<crate::model::safetensors::HostTensor<'a>> {
         let t = self.model.tensor(name)?;
+        // `tensor` refuses non-finite values as stored; a bf16 backend also
+        // refuses finite f32/f16 values that round to a bf16 infinity.
+        if self.backend.numerics() == Numerics::Bf16 {
+            if let Some((index, value)) = t.first_bf16_overflow() {
+                return Err(Error::NonFiniteWeight {
+                    path: self
+                        .model
+                        .dir
+                        .clone()
+                        .unwrap_or_else(|| self.model.origin.clone().into()),
+                    tensor: format!("{name} (rounded to bf16, the backend's storage)"),
+                    index,
+                    value,
+                });
+            }
+        }
         self.hasher.add(name, &t);
         self.done += 1;
         (self.progress)(self.done, self.total);
@@ -75,6 +92,26 @@ impl<'a, B: Backend> Loader<'a, B> {
     fn up(&mut self, name: &str) -> Result<B::Weight> {
         let t = self.fetch(name)?;
         self.backend.upload(name, &t)
+    }
+}
+
+/// Refuses a host copy of activations or logits that holds a non-finite
+/// value, naming where in the run it came from.
+pub(crate) fn finite<B: Backend>(
+    be: &B,
+    what: &str,
+    at: impl FnOnce() -> String,
+    v: &[f64],
+) -> Result<()> {
+    match v.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(index) => Err(Error::NonFinite {
+            backend: be.kind(),
+            what: what.into(),
+            at: at(),
+            index,
+            value: v[index],
+        }),
     }
 }
 
@@ -288,7 +325,11 @@ impl<B: Backend> Engine<B> {
                 .iter()
                 .map(|&p| {
                     let (q, k, v) = self.attention_inputs(l, &h, &positions, p)?;
-                    Ok((p, [be.to_host(&q)?.0, be.to_host(&k)?.0, be.to_host(&v)?.0]))
+                    let qkv = [be.to_host(&q)?.0, be.to_host(&k)?.0, be.to_host(&v)?.0];
+                    for (name, t) in ["q", "k", "v"].iter().zip(&qkv) {
+                        finite(be, name, || format!("layer {l} ({} path)", p.name()), t)?;
+                    }
+                    Ok((p, qkv))
                 })
                 .collect::<Result<Vec<_>>>()?;
             rec.push(LayerQkv {
@@ -404,7 +445,9 @@ impl<B: Backend> Engine<B> {
                 x = be.add(&x1, &m)?;
             }
             if let Some(c) = capture.layers.as_mut() {
-                c.push(be.to_host(&x)?.0);
+                let out = be.to_host(&x)?.0;
+                finite(be, "activations", || format!("layer {l}'s output"), &out)?;
+                c.push(out);
             }
         }
         session.pos = end;

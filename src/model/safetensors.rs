@@ -77,6 +77,20 @@ impl HostTensor<'_> {
         (0..self.numel()).map(|i| self.get_f32(i)).collect()
     }
 
+    /// The first value that is finite as stored but rounds to a bf16
+    /// infinity (|v| >= 2^128 - 2^119): none in a bf16 tensor.
+    pub fn first_bf16_overflow(&self) -> Option<(usize, f32)> {
+        if self.dtype == Dtype::BF16 {
+            return None;
+        }
+        (0..self.numel())
+            .map(|i| (i, self.get_f32(i)))
+            .find(|&(_, v)| {
+                v.is_finite()
+                    && !f32::from_bits((crate::util::bf16_bits(v) as u32) << 16).is_finite()
+            })
+    }
+
     /// The first non-finite value, if any: weights with NaN/Inf are refused.
     pub fn first_non_finite(&self) -> Option<(usize, f32)> {
         (0..self.numel())

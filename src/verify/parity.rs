@@ -43,6 +43,23 @@ pub struct TensorParity {
     pub fused_vs_truth: Option<Diff>,
     pub nearer_truth: Option<Nearer>,
     pub pass: bool,
+    /// The graph path is itself as far from truth as `truth_rel_rms_ceiling`
+    /// (or not finite against it): the row fails, whatever fused-vs-graph
+    /// says, since two equally broken paths are not a tie.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub far_from_truth: bool,
+}
+
+impl TensorParity {
+    /// Applies the sanity ceiling after the row's own rule set `pass`.
+    fn judge_sanity(mut self) -> Self {
+        if let Some(g) = &self.graph_vs_truth {
+            let ceiling = tol(Tol::TruthRelRmsCeiling);
+            self.far_from_truth = !(g.finite_ok() && g.rel_rms < ceiling);
+            self.pass &= !self.far_from_truth;
+        }
+        self
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -182,7 +199,11 @@ impl ParityReport {
                         Nearer::Graph => "graph",
                         Nearer::Tie => "tie",
                     }),
-                    if t.pass { "ok" } else { "FAIL" }
+                    match (t.pass, t.far_from_truth) {
+                        (true, _) => "ok",
+                        (false, true) => "FAIL: graph-truth rel RMS >= truth_rel_rms_ceiling",
+                        (false, false) => "FAIL",
+                    }
                 );
             }
         }
@@ -203,6 +224,7 @@ fn three_way(name: &str, fused: &[f64], graph: &[f64], truth: Option<&[f64]>) ->
         graph_vs_truth: gt,
         fused_vs_truth: ft,
         pass: false,
+        far_from_truth: false,
     }
 }
 
@@ -234,7 +256,7 @@ pub fn op_parity(
                 .map(|(j, name)| {
                     let mut t = three_way(name, &f[j], &g[j], truth.map(|t| t[i][j].as_slice()));
                     t.pass = t.fused_vs_graph.finite_ok() && t.fused_vs_graph.rms < limit;
-                    t
+                    t.judge_sanity()
                 })
                 .collect();
             LevelParity {
@@ -282,7 +304,7 @@ pub fn run_parity(
                 };
             LevelParity {
                 level,
-                tensors: vec![t],
+                tensors: vec![t.judge_sanity()],
             }
         })
         .collect();
@@ -302,6 +324,30 @@ pub fn run_parity(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two paths equally far from truth tie under the truth-relative rule;
+    /// the ceiling fails them. The control: the same paths near truth pass.
+    #[test]
+    fn both_paths_far_from_truth_fail_rather_than_tie() {
+        let case = Case::parse("layers(preset=tiny,numerics=bf16,tokens=4)@cpu").unwrap();
+        let truth = vec![vec![1.0, -2.0, 3.0, 0.5]];
+        let broken = vec![vec![2.8e40, -1.0e40, 3.0e40, 7.0e39]];
+        let r = run_parity(case.clone(), &broken, &broken, Some(&truth), None);
+        let t = &r.levels[0].tensors[0];
+        assert!(!r.pass && t.far_from_truth, "{}", r.to_text());
+        assert!(
+            r.to_text().contains("truth_rel_rms_ceiling"),
+            "{}",
+            r.to_text()
+        );
+        let near = vec![vec![1.0, -2.0, 3.0, 0.5078125]];
+        let r = run_parity(case, &near, &near, Some(&truth), None);
+        assert!(
+            r.pass && !r.levels[0].tensors[0].far_from_truth,
+            "{}",
+            r.to_text()
+        );
+    }
 
     #[test]
     fn a_rule_serialises_as_its_text_and_parses_back() {

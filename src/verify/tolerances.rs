@@ -33,6 +33,7 @@ pub enum Tol {
     NearTieMarginF32,
     NearTieMarginBf16,
     TruthRelativeFactor,
+    TruthRelRmsCeiling,
     BisectLayerRelRms,
     CudaVsCpuBf16LogitsRelRms,
     CudaVsCpuBf16OpRelRms,
@@ -42,7 +43,7 @@ pub enum Tol {
 }
 
 impl Tol {
-    pub const ALL: [Tol; 13] = [
+    pub const ALL: [Tol; 14] = [
         Tol::FusedVsGraphRms,
         Tol::FusedVsGraphF64Rms,
         Tol::TruthVsTransformersF32LogitsRelRms,
@@ -50,6 +51,7 @@ impl Tol {
         Tol::NearTieMarginF32,
         Tol::NearTieMarginBf16,
         Tol::TruthRelativeFactor,
+        Tol::TruthRelRmsCeiling,
         Tol::BisectLayerRelRms,
         Tol::CudaVsCpuBf16LogitsRelRms,
         Tol::CudaVsCpuBf16OpRelRms,
@@ -69,6 +71,7 @@ impl Tol {
             Tol::NearTieMarginF32 => "near_tie_margin_f32",
             Tol::NearTieMarginBf16 => "near_tie_margin_bf16",
             Tol::TruthRelativeFactor => "truth_relative_factor",
+            Tol::TruthRelRmsCeiling => "truth_rel_rms_ceiling",
             Tol::BisectLayerRelRms => "bisect_layer_rel_rms",
             Tol::CudaVsCpuBf16LogitsRelRms => "cuda_vs_cpu_bf16_logits_rel_rms",
             Tol::CudaVsCpuBf16OpRelRms => "cuda_vs_cpu_bf16_op_rel_rms",
