@@ -84,7 +84,7 @@ fn verify_rows_of_a_required_backend_fail_instead_of_skipping() {
     );
     let table = lockstep::verify::summary::to_text(std::slice::from_ref(&row));
     assert!(
-        table.contains("FAIL: SKIPPED qkv()@cuda: no driver"),
+        table.contains("FAIL") && table.contains("FAILED: SKIPPED qkv()@cuda: no driver"),
         "{table}"
     );
     assert_eq!(failed(&[row]), 1);

@@ -3,8 +3,9 @@
 use super::args::print_json;
 use super::env::backend_infos;
 use lockstep::error::{Error, Result};
-use lockstep::verify::case::Filter;
-use lockstep::verify::summary;
+use lockstep::ident::BackendKind;
+use lockstep::verify::case::{Filter, Key};
+use lockstep::verify::summary::{self, Status};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -33,12 +34,34 @@ pub fn run(a: Args) -> Result<()> {
             eprintln!("{:<14} {:<60} {:?}", r.check.name(), r.case.id(), r.status);
         }
     })?;
-    let backends = backend_infos(false).0;
+    let ran_cuda = results
+        .iter()
+        .any(|r| r.case.backend == BackendKind::Cuda && !matches!(r.status, Status::Skipped(_)));
+    let backends = backend_infos(ran_cuda).0;
     if json {
+        // Each row carries the fingerprint of the backend (and numerics)
+        // that produced it; a skipped row has none.
+        let rows: Vec<serde_json::Value> = results
+            .iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(r).expect("a row serialises");
+                let numerics = r.case.get(Key::Numerics);
+                let fp = (!matches!(r.status, Status::Skipped(_)))
+                    .then(|| {
+                        backends.iter().find(|b| {
+                            b.backend == r.case.backend
+                                && numerics.is_none_or(|n| n == b.numerics.name())
+                        })
+                    })
+                    .flatten();
+                v["fingerprint"] = serde_json::to_value(fp).expect("a fingerprint serialises");
+                v
+            })
+            .collect();
         print_json(&serde_json::json!({
             "lockstep_version": env!("CARGO_PKG_VERSION"),
             "backends": backends,
-            "results": results,
+            "results": rows,
             "filtered_out": filtered,
         }));
     } else {

@@ -44,10 +44,56 @@ pub fn parity_row(rep: &ParityReport, check: Check) -> CheckResult {
         value: Some(value),
         threshold: rep.rule.to_string(),
         status: status(rep.pass),
-        detail: rep.first_failure().map_or(String::new(), |(l, t)| {
-            format!("first failure: {l} {}", t.tensor)
-        }),
+        detail: match rep.first_failure() {
+            Some((l, t)) if t.far_from_truth => format!(
+                "first failure: {l} {}: the graph path itself is {:.3e} (rel RMS) from truth, \
+                 >= truth_rel_rms_ceiling; both paths broken, not a tie",
+                t.tensor,
+                t.graph_vs_truth.map_or(f64::NAN, |g| g.rel_rms)
+            ),
+            Some((l, t)) => format!("first failure: {l} {}", t.tensor),
+            None => passed_because(rep),
+        },
     }
+}
+
+/// Why a passing parity report passed: where its worst tensor sits, and
+/// which path was nearer truth how often.
+fn passed_because(rep: &ParityReport) -> String {
+    use crate::verify::parity::Nearer;
+    let tensors = || {
+        rep.levels
+            .iter()
+            .flat_map(|l| l.tensors.iter().map(move |t| (l, t)))
+    };
+    let key = |t: &crate::verify::parity::TensorParity| match rep.rule {
+        ParityRule::Rms { .. } => t.fused_vs_graph.rms,
+        ParityRule::TruthRelative { .. } => match (t.fused_vs_truth, t.graph_vs_truth) {
+            (Some(f), Some(g)) => f.rms / g.rms.max(f64::MIN_POSITIVE),
+            _ => f64::NAN,
+        },
+    };
+    let worst = tensors().max_by(|a, b| key(a.1).total_cmp(&key(b.1)));
+    let count = |n: Nearer| tensors().filter(|(_, t)| t.nearer_truth == Some(n)).count();
+    let total = tensors().count();
+    let mut s = match worst {
+        Some((l, t)) => format!(
+            "every one of {total} tensors within; worst {} {} ({:.3e})",
+            l.level,
+            t.tensor,
+            key(t)
+        ),
+        None => "no tensors compared".into(),
+    };
+    if tensors().any(|(_, t)| t.nearer_truth.is_some()) {
+        s += &format!(
+            "; nearer truth: fused {}, graph {}, tie {}",
+            count(Nearer::Fused),
+            count(Nearer::Graph),
+            count(Nearer::Tie)
+        );
+    }
+    s
 }
 
 /// A transformers reference comparison.
