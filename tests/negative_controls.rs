@@ -155,3 +155,56 @@ fn a_rope_shift_hides_from_greedy_output_but_not_from_the_op_check() {
     );
     op_check_fails(Numerics::Bf16, bad.faults, "RoPE position + 1");
 }
+
+/// A planted fault that makes two runs part is located by the bisection
+/// `verify` prints for a failing logits or containment row: the first op
+/// outside tolerance (the faulty fused path's q at layer 0), with the faulty
+/// side farther from truth there. The control: two clean runs of the same
+/// path find nothing outside tolerance.
+#[test]
+fn the_bisection_of_a_failing_row_names_the_first_op_and_the_side_nearer_truth() {
+    use lockstep::backend::cpu::CpuBackend;
+    use lockstep::backend::AttnPath;
+    use lockstep::jobs::divergence::bisect_pair;
+    use lockstep::jobs::load;
+    let m = Model::open("synth:tiny").unwrap();
+    let seq = prompt_and_continuation(&m, &PROMPT, 8).unwrap();
+    let faulty = load(
+        &m,
+        CpuBackend::with_faults(
+            Numerics::Bf16,
+            Faults {
+                fused_rope_position_offset: 1,
+                ..Default::default()
+            },
+        ),
+    )
+    .unwrap();
+    let clean = load(&m, CpuBackend::new(Numerics::Bf16)).unwrap();
+    let truth = load(&m, CpuBackend::new(Numerics::F64)).unwrap();
+    let b = bisect_pair(
+        (&faulty, AttnPath::Fused),
+        (&clean, AttnPath::Graph),
+        &truth,
+        &seq,
+    )
+    .unwrap();
+    println!("{}", b.to_text());
+    assert_eq!(
+        b.first_outside.as_deref(),
+        Some("layer 0 q"),
+        "{}",
+        b.to_text()
+    );
+    let (a, g) = b.truth_at_first.expect("truth captured");
+    assert!(a > 10.0 * g, "faulty {a:.3e} vs clean {g:.3e} from truth");
+    assert!(b.verdict().contains("(b nearer)"), "{}", b.verdict());
+    let same = bisect_pair(
+        (&clean, AttnPath::Graph),
+        (&clean, AttnPath::Graph),
+        &truth,
+        &seq,
+    )
+    .unwrap();
+    assert!(same.first_outside.is_none(), "{}", same.to_text());
+}

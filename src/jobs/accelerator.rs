@@ -278,12 +278,22 @@ pub fn accelerator_rows<A: Accelerator>(
     let seq = &fx.seq;
     rows.run(logits_case(e, seq.len()), |case| {
         let l = logits_vs_cpu(e, &fx.bf16, seq, AttnPath::Graph, A::LOGITS_TOLERANCE)?;
-        Ok(logits_row(
-            case,
-            A::LOGITS_TOLERANCE,
-            &l.verdict,
-            l.rows.len(),
-        ))
+        let mut row = logits_row(case, A::LOGITS_TOLERANCE, &l.verdict, l.rows.len());
+        if let RowVerdict::Outside { row: r, .. } = l.verdict {
+            // Where the two runs part, up to the row that failed.
+            let b = super::divergence::bisect_pair(
+                (e, AttnPath::Graph),
+                (&fx.bf16, AttnPath::Graph),
+                &fx.truth,
+                &seq[..=r.min(seq.len() - 1)],
+            )?;
+            row.detail += &format!(
+                "; bisection at row {r} (a = {}, b = cpu): {}",
+                A::KIND,
+                b.verdict()
+            );
+        }
+        Ok(row)
     })?;
     rows.run(super::parity::op_case(e, seq.len()), |_| {
         let op = op_parity_on(e, &fx.truth, seq, Tol::FusedVsGraphRms)?;

@@ -5,13 +5,15 @@
 
 use crate::backend::cpu::{CpuBackend, Faults};
 use crate::backend::AttnPath;
+use crate::backend::Backend;
 use crate::engine::generate::GenerateOptions;
 use crate::engine::{Capture, Engine};
 use crate::error::Result;
 use crate::ident::Numerics;
 use crate::model::Model;
 use crate::verify::divergence::{
-    bisect, first_divergence, near_tie_threshold, Bisection, Divergence, LayerCapture,
+    bisect, bisect_with_truth, first_divergence, near_tie_threshold, Bisection, Divergence,
+    LayerCapture,
 };
 use crate::verify::tolerances::Tol;
 
@@ -34,8 +36,8 @@ pub struct DivergenceReport {
 
 /// Each layer's output and attention inputs at the last row of `tokens`,
 /// teacher-forced.
-fn last_row_captures(
-    e: &Engine<CpuBackend>,
+fn last_row_captures<B: Backend>(
+    e: &Engine<B>,
     tokens: &[u32],
     path: AttnPath,
 ) -> Result<Vec<LayerCapture>> {
@@ -55,6 +57,25 @@ fn last_row_captures(
             out: last(out),
         })
         .collect())
+}
+
+/// Where two runs over `tokens` part, layer by layer at the last row (the
+/// row a failing check pointed at: pass the tokens up to it), and which of
+/// them is nearer f64 truth there: the bisection `verify` prints when a
+/// logits or containment row fails. `a` and `b` may be different backends.
+pub fn bisect_pair<A: Backend, B: Backend>(
+    a: (&Engine<A>, AttnPath),
+    b: (&Engine<B>, AttnPath),
+    truth: &Engine<CpuBackend>,
+    tokens: &[u32],
+) -> Result<Bisection> {
+    let step = tokens.len().saturating_sub(1);
+    Ok(bisect_with_truth(
+        step,
+        &last_row_captures(a.0, tokens, a.1)?,
+        &last_row_captures(b.0, tokens, b.1)?,
+        Some(&last_row_captures(truth, tokens, AttnPath::Graph)?),
+    ))
 }
 
 /// Generates greedily with both sides, finds the first divergent token,

@@ -114,10 +114,18 @@ fn cpu_rows(fx: &Fixture, golden_root: &Path, rows: &mut Rows) -> Result<()> {
         let env = graph_env
             .as_ref()
             .expect("measured when containment is wanted");
-        Ok(containment_row(
-            case,
-            &containment_on(&fx.bf16, &fx.truth, seq, env)?,
-        ))
+        let c = containment_on(&fx.bf16, &fx.truth, seq, env)?;
+        let mut row = containment_row(case, &c);
+        if !c.contained {
+            let b = super::divergence::bisect_pair(
+                (&fx.bf16, AttnPath::Fused),
+                (&fx.bf16, AttnPath::Graph),
+                &fx.truth,
+                seq,
+            )?;
+            row.detail += &format!("; bisection (a = fused, b = graph): {}", b.verdict());
+        }
+        Ok(row)
     })?;
     for g in golden_cases(BackendKind::Cpu)
         .iter()

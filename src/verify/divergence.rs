@@ -96,6 +96,10 @@ pub struct Bisection {
     pub layers: Vec<BisectLayer>,
     /// `layer 3 q`: the first op or layer output outside tolerance.
     pub first_outside: Option<String>,
+    /// At `first_outside`, each side's RMS distance from f64 truth (a, b),
+    /// when truth was captured too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truth_at_first: Option<(f64, f64)>,
 }
 
 /// Per-layer captures of one side at the divergent row: (q, k, v) if the
@@ -109,7 +113,28 @@ pub struct LayerCapture {
 /// `fused_vs_graph_rms`; a layer output when its relative RMS exceeds
 /// `bisect_layer_rel_rms`.
 pub fn bisect(step: usize, a: &[LayerCapture], b: &[LayerCapture]) -> Bisection {
+    bisect_with_truth(step, a, b, None)
+}
+
+/// `bisect`, and with `truth` (f64 captures of the same positions) each
+/// side's distance from truth where they first part.
+pub fn bisect_with_truth(
+    step: usize,
+    a: &[LayerCapture],
+    b: &[LayerCapture],
+    truth: Option<&[LayerCapture]>,
+) -> Bisection {
     let op_tol = tol(Tol::FusedVsGraphRms);
+    let mut truth_at_first = None;
+    let from_truth = |l: usize, which: Option<usize>, x: &LayerCapture, y: &LayerCapture| {
+        let t = truth?.get(l)?;
+        let pick = |c: &LayerCapture| match which {
+            Some(i) => c.qkv.as_ref().map(|q| q[i].clone()),
+            None => Some(c.out.clone()),
+        };
+        let (tx, ax, bx) = (pick(t)?, pick(x)?, pick(y)?);
+        Some((diff(&ax, &tx).rms, diff(&bx, &tx).rms))
+    };
     let out_tol = tol(Tol::BisectLayerRelRms);
     let mut first = None;
     let layers = a
@@ -124,9 +149,10 @@ pub fn bisect(step: usize, a: &[LayerCapture], b: &[LayerCapture]) -> Bisection 
                 .map(|(p, q)| [diff(&p[0], &q[0]), diff(&p[1], &q[1]), diff(&p[2], &q[2])]);
             if first.is_none() {
                 if let Some(ops) = &ops {
-                    for (d, name) in ops.iter().zip(["q", "k", "v"]) {
+                    for (i, (d, name)) in ops.iter().zip(["q", "k", "v"]).enumerate() {
                         if first.is_none() && (!d.finite_ok() || d.rms >= op_tol) {
                             first = Some(format!("layer {l} {name}"));
+                            truth_at_first = from_truth(l, Some(i), x, y);
                         }
                     }
                 }
@@ -134,6 +160,7 @@ pub fn bisect(step: usize, a: &[LayerCapture], b: &[LayerCapture]) -> Bisection 
             let out = diff(&x.out, &y.out);
             if first.is_none() && (!out.finite_ok() || out.rel_rms >= out_tol) {
                 first = Some(format!("layer {l} output"));
+                truth_at_first = from_truth(l, None, x, y);
             }
             BisectLayer {
                 layer: l,
@@ -148,6 +175,7 @@ pub fn bisect(step: usize, a: &[LayerCapture], b: &[LayerCapture]) -> Bisection 
         step,
         layers,
         first_outside: first,
+        truth_at_first,
     }
 }
 
@@ -168,10 +196,27 @@ impl Bisection {
                 l.out.rel_rms
             );
         }
-        s += &match &self.first_outside {
-            Some(w) => format!("first outside tolerance: {w}\n"),
-            None => "every layer within tolerance at this step\n".into(),
-        };
+        s += &self.verdict();
+        s.push('\n');
         s
+    }
+
+    /// One line: where the two runs first part, and which is nearer truth
+    /// there (`a`/`b` as the caller named its sides).
+    pub fn verdict(&self) -> String {
+        match (&self.first_outside, self.truth_at_first) {
+            (None, _) => "every layer within tolerance at this step".into(),
+            (Some(w), None) => format!("first outside tolerance: {w}"),
+            (Some(w), Some((a, b))) => format!(
+                "first outside tolerance: {w}; from truth there: a {a:.3e}, b {b:.3e} ({} nearer)",
+                if a < b {
+                    "a"
+                } else if b < a {
+                    "b"
+                } else {
+                    "neither"
+                }
+            ),
+        }
     }
 }
