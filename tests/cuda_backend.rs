@@ -344,55 +344,14 @@ fn large_models_fused_vs_graph_and_cpu() {
         };
         let m = Model::open(spec).unwrap();
         let e = Engine::load(&m, be).unwrap();
-        let rec = e
-            .record_attention_inputs(&PROMPT, &[AttnPath::Graph, AttnPath::Fused])
-            .unwrap();
-        let limit = tol(Tol::FusedVsGraphRms);
-        let mut worst = [0.0f64; 3];
-        for l in &rec {
-            let (g, f) = (&l.by_path[0].1, &l.by_path[1].1);
-            for i in 0..3 {
-                let d = diff(&f[i], &g[i]);
-                assert!(
-                    d.finite_ok() && d.rms < limit,
-                    "{spec} layer {} tensor {i}: {:.3e}",
-                    l.layer,
-                    d.rms
-                );
-                worst[i] = worst[i].max(d.rms);
-            }
-        }
-        println!(
-            "{spec}: fused vs graph over {} layers, worst RMS q {:.3e} k {:.3e} v {:.3e}",
-            rec.len(),
-            worst[0],
-            worst[1],
-            worst[2]
+        common::assert_large_model_parity(
+            spec,
+            "cuda fused",
+            &m,
+            &e,
+            Tol::CudaVsCpuBf16LogitsRelRms,
+            true,
         );
-        if m.config.moe.is_some() {
-            println!("{spec}: CPU reference comparison skipped (too large for host memory twice)");
-            continue;
-        }
-        let cpu = Engine::load(&m, CpuBackend::new(Numerics::Bf16)).unwrap();
-        assert_eq!(cpu.model_hash, e.model_hash);
-        for path in [AttnPath::Graph, AttnPath::Fused] {
-            let a = e
-                .teacher_forced(&PROMPT, path, &mut Default::default())
-                .unwrap();
-            let b = cpu
-                .teacher_forced(&PROMPT, path, &mut Default::default())
-                .unwrap();
-            let w = a
-                .iter()
-                .zip(&b)
-                .map(|(x, y)| diff(x, y).rel_rms)
-                .fold(0.0, f64::max);
-            println!(
-                "{spec} {}: cuda vs cpu bf16 logits, worst-row rel RMS {w:.3e}",
-                path.name()
-            );
-            assert!(w < tol(Tol::CudaVsCpuBf16LogitsRelRms), "{w:.3e}");
-        }
     }
 }
 

@@ -311,58 +311,20 @@ fn mlx_gpu_large_models_fused_vs_graph_and_cpu() {
         };
         let m = Model::open(spec).unwrap();
         let e = load(&m, be).unwrap();
-        let limit = tol(Tol::FusedVsGraphRms);
-        for fused in [MlxFused::Compiled, MlxFused::Kernel] {
+        for (i, fused) in [MlxFused::Compiled, MlxFused::Kernel]
+            .into_iter()
+            .enumerate()
+        {
             e.backend.set_fused(fused).unwrap();
-            let rec = e
-                .record_attention_inputs(&PROMPT, &[AttnPath::Graph, AttnPath::Fused])
-                .unwrap();
-            let mut worst = [0.0f64; 3];
-            for l in &rec {
-                let (g, f) = (&l.by_path[0].1, &l.by_path[1].1);
-                for i in 0..3 {
-                    let d = diff(&f[i], &g[i]);
-                    assert!(
-                        d.finite_ok() && d.rms < limit,
-                        "{spec} {}: layer {} tensor {i}: {:.3e}",
-                        fused.name(),
-                        l.layer,
-                        d.rms
-                    );
-                    worst[i] = worst[i].max(d.rms);
-                }
-            }
-            println!(
-                "{spec} mlx-gpu fused ({}) vs graph over {} layers, worst RMS q {:.3e} k {:.3e} v {:.3e}",
-                fused.name(),
-                rec.len(),
-                worst[0],
-                worst[1],
-                worst[2]
+            let label = format!("mlx-gpu fused ({})", fused.name());
+            common::assert_large_model_parity(
+                spec,
+                &label,
+                &m,
+                &e,
+                Tol::MlxGpuBf16VsCpuBf16LogitsRelRms,
+                i == 1,
             );
-        }
-        if m.config.moe.is_some() {
-            println!("{spec}: CPU reference comparison skipped (too large for host memory twice)");
-            continue;
-        }
-        let cpu = load(&m, CpuBackend::new(Numerics::Bf16)).unwrap();
-        for path in AttnPath::ALL {
-            let a = e
-                .teacher_forced(&PROMPT, path, &mut Default::default())
-                .unwrap();
-            let b = cpu
-                .teacher_forced(&PROMPT, path, &mut Default::default())
-                .unwrap();
-            let w = a
-                .iter()
-                .zip(&b)
-                .map(|(x, y)| diff(x, y).rel_rms)
-                .fold(0.0, f64::max);
-            println!(
-                "{spec} {}: mlx-gpu vs cpu bf16 logits, worst-row rel RMS {w:.3e}",
-                path.name()
-            );
-            assert!(w < tol(Tol::MlxGpuBf16VsCpuBf16LogitsRelRms), "{w:.3e}");
         }
     }
 }

@@ -162,3 +162,74 @@ pub fn assert_fused_nearer_truth_on_q_and_k(op: &lockstep::verify::parity::Parit
         }
     }
 }
+
+/// The large-model checks of a GPU backend: fused vs graph q, k, v at every
+/// layer within `fused_vs_graph_rms` (printing the worst RMS per tensor
+/// under `label`), and, for dense models, teacher-forced logits of both
+/// paths against the CPU reference (bf16) within `logits_tol`. An MoE model
+/// skips the CPU comparison (the reference would hold it a second time).
+pub fn assert_large_model_parity<B: lockstep::backend::Backend>(
+    spec: &str,
+    label: &str,
+    m: &Model,
+    e: &Engine<B>,
+    logits_tol: lockstep::verify::tolerances::Tol,
+    cpu_too: bool,
+) {
+    use lockstep::backend::AttnPath;
+    use lockstep::verify::metrics::diff;
+    use lockstep::verify::tolerances::{tol, Tol};
+    const PROMPT8: [u32; 8] = lockstep::jobs::DEFAULT_PROMPT;
+    let rec = e
+        .record_attention_inputs(&PROMPT8, &[AttnPath::Graph, AttnPath::Fused])
+        .unwrap();
+    let limit = tol(Tol::FusedVsGraphRms);
+    let mut worst = [0.0f64; 3];
+    for l in &rec {
+        let (g, f) = (&l.by_path[0].1, &l.by_path[1].1);
+        for i in 0..3 {
+            let d = diff(&f[i], &g[i]);
+            assert!(
+                d.finite_ok() && d.rms < limit,
+                "{spec} {label}: layer {} tensor {i}: {:.3e}",
+                l.layer,
+                d.rms
+            );
+            worst[i] = worst[i].max(d.rms);
+        }
+    }
+    println!(
+        "{spec} {label} vs graph over {} layers, worst RMS q {:.3e} k {:.3e} v {:.3e}",
+        rec.len(),
+        worst[0],
+        worst[1],
+        worst[2]
+    );
+    if !cpu_too {
+        return;
+    }
+    if m.config.moe.is_some() {
+        println!("{spec}: CPU reference comparison skipped (too large for host memory twice)");
+        return;
+    }
+    let cpu = Engine::load(m, CpuBackend::new(Numerics::Bf16)).unwrap();
+    assert_eq!(cpu.model_hash, e.model_hash);
+    for path in AttnPath::ALL {
+        let a = e
+            .teacher_forced(&PROMPT8, path, &mut Default::default())
+            .unwrap();
+        let b = cpu
+            .teacher_forced(&PROMPT8, path, &mut Default::default())
+            .unwrap();
+        let w = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| diff(x, y).rel_rms)
+            .fold(0.0, f64::max);
+        println!(
+            "{spec} {}: {label} vs cpu bf16 logits, worst-row rel RMS {w:.3e}",
+            path.name()
+        );
+        assert!(w < tol(logits_tol), "{w:.3e}");
+    }
+}
