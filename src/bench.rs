@@ -100,7 +100,10 @@ pub fn time_once<B: Backend>(
 ) -> Result<(f64, Vec<u32>)> {
     let mut start = None;
     let mut end = None;
-    let out = e.decode_greedy(prompt, warmup + tokens + 1, path, &mut |i| {
+    // Saturating: a count past any model's positions is refused by the
+    // engine's own check, not wrapped.
+    let steps = warmup.saturating_add(tokens).saturating_add(1);
+    let out = e.decode_greedy(prompt, steps, path, &mut |i| {
         if i == warmup {
             start = Some(Instant::now());
         }

@@ -68,3 +68,62 @@ pub fn write_json_atomically<T: serde::Serialize>(path: &Path, value: &T) -> Res
         w.write_all(b"\n")
     })
 }
+
+/// Refuses anything at `path` but a regular file (a FIFO would block the
+/// read, a device or directory is never a model file), naming the path.
+pub fn regular_file(path: &Path) -> Result<std::fs::Metadata> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        let kind = if meta.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file (a FIFO, socket or device)"
+        };
+        return Err(Error::invalid(
+            path.display().to_string(),
+            format!("is {kind}; expected a regular file"),
+        ));
+    }
+    Ok(meta)
+}
+
+/// The text of a regular file of at most `max` bytes: larger files, files
+/// that grow past `max` while read, non-regular files and non-UTF-8 text
+/// are errors naming the path, so no input is read without bound.
+pub fn read_text_bounded(path: &Path, max: u64) -> Result<String> {
+    use std::io::Read;
+    let meta = regular_file(path)?;
+    let too_big = |n: u64| {
+        Error::invalid(
+            path.display().to_string(),
+            format!("is {n} bytes or more; files of this kind are at most {max} bytes"),
+        )
+    };
+    if meta.len() > max {
+        return Err(too_big(meta.len()));
+    }
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    f.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > max {
+        return Err(too_big(bytes.len() as u64));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        Error::invalid(
+            path.display().to_string(),
+            format!("is not UTF-8 text: {e}"),
+        )
+    })
+}
+
+/// Size limits of the text files lockstep reads whole (a real Qwen3
+/// tokenizer.json is about 11 MB, a shard index well under 1 MB).
+pub mod limits {
+    pub const CONFIG: u64 = 1 << 20;
+    pub const SHARD_INDEX: u64 = 64 << 20;
+    pub const TOKENIZER: u64 = 256 << 20;
+    pub const GOLDEN: u64 = 16 << 20;
+    pub const REFERENCE: u64 = 1 << 30;
+}

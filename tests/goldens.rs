@@ -354,3 +354,16 @@ fn every_committed_golden_file_validates() {
         );
     }
 }
+
+/// A golden checked out with CRLF line ends is the same golden.
+#[test]
+fn a_golden_with_crlf_line_ends_reads_as_the_same_golden() {
+    let path = golden_path(root(), "tiny__cpu__graph__bf16");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let crlf = text.replace('\n', "\r\n");
+    assert_ne!(crlf, text);
+    assert_eq!(
+        golden::parse_snap(&crlf, &path).unwrap(),
+        golden::parse_snap(&text, &path).unwrap()
+    );
+}

@@ -409,3 +409,95 @@ fn activations_that_overflow_are_an_error_naming_where() {
     e.generate(&prompt, &GenerateOptions::default(), &mut |_| {})
         .unwrap();
 }
+
+/// A FIFO or a directory in place of a model file is refused by name,
+/// without blocking on the FIFO (the check runs in a thread with a deadline,
+/// so a regression fails rather than hangs).
+#[test]
+fn a_fifo_or_directory_in_place_of_a_model_file_is_refused_without_blocking() {
+    for (file, make_fifo) in [
+        ("config.json", true),
+        ("model.safetensors", true),
+        ("model.safetensors", false),
+    ] {
+        let dir = synth_folder(
+            &format!("err-special-{}-{make_fifo}", file.replace('.', "-")),
+            "tiny",
+            0,
+        );
+        let p = dir.join(file);
+        std::fs::remove_file(&p).unwrap();
+        if make_fifo {
+            let ok = std::process::Command::new("mkfifo")
+                .arg(&p)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "mkfifo {}", p.display());
+        } else {
+            std::fs::create_dir(&p).unwrap();
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = dir.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(Model::open_dir(&d).err().map(|e| e.to_string()));
+        });
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("opening a folder with a special {file} blocked"))
+            .expect("refused");
+        let want = if make_fifo {
+            "not a regular file"
+        } else {
+            "is a directory"
+        };
+        assert!(e.contains(file) && e.contains(want), "{e}");
+    }
+}
+
+/// A config.json larger than any real one is refused before it is parsed.
+#[test]
+fn an_oversized_config_is_refused_naming_the_limit() {
+    let dir = synth_folder("err-big-config", "tiny", 0);
+    let p = dir.join("config.json");
+    let mut text = std::fs::read_to_string(&p).unwrap();
+    text.push_str(&" ".repeat(2 << 20));
+    std::fs::write(&p, text).unwrap();
+    let e = open_err(&dir);
+    assert!(e.contains("config.json") && e.contains("at most"), "{e}");
+}
+
+/// Token counts near usize::MAX are refused by the position check, not
+/// wrapped past it.
+#[test]
+fn a_token_count_near_usize_max_is_refused_not_wrapped() {
+    use lockstep::backend::cpu::{CpuBackend, Numerics};
+    use lockstep::engine::generate::GenerateOptions;
+    use lockstep::engine::Engine;
+    let e = Engine::load(
+        &Model::open("synth:tiny").unwrap(),
+        CpuBackend::new(Numerics::Bf16),
+    )
+    .unwrap();
+    for n in [usize::MAX, usize::MAX - 3] {
+        let opts = GenerateOptions {
+            max_tokens: n,
+            ..Default::default()
+        };
+        let err = e
+            .generate(&[1, 2, 3], &opts, &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_position_embeddings"), "{err}");
+        let err = e
+            .decode_greedy(
+                &[1, 2, 3],
+                n,
+                lockstep::backend::AttnPath::Graph,
+                &mut |_| {},
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_position_embeddings"), "{err}");
+    }
+}

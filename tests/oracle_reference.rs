@@ -94,3 +94,19 @@ fn a_reference_with_an_empty_prompt_is_refused() {
         "{e}"
     );
 }
+
+/// A reference whose greedy tokens part from ours at a step that records
+/// fewer than two top entries has no margin to excuse the change: the
+/// comparison fails, and does not panic.
+#[test]
+fn a_divergence_at_a_step_without_two_top_entries_fails_without_a_panic() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/reference/tiny-float32.json");
+    let mut r = Reference::load(&path).unwrap();
+    let model = Model::open("synth:tiny:0").unwrap();
+    // The control: unedited, it passes.
+    assert!(compare_with_reference(&r, &model).unwrap().pass);
+    r.tokens[3] = (r.tokens[3] + 1) % 512;
+    r.steps[3].top.truncate(1);
+    let report = compare_with_reference(&r, &model).unwrap();
+    assert!(!report.pass, "{}", report.to_text());
+}

@@ -53,7 +53,7 @@ impl<B: Backend> Engine<B> {
             )));
         }
         let max = self.config.max_position_embeddings;
-        if prompt.len() + extra > max {
+        if prompt.len().checked_add(extra).is_none_or(|end| end > max) {
             return Err(Error::Prompt(format!(
                 "{} prompt tokens + {extra} generated exceed max_position_embeddings {max}",
                 prompt.len()

@@ -114,7 +114,7 @@ impl Fields<'_> {
 impl Qwen3Config {
     /// Reads and validates `<dir>/config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::util::read_text_bounded(path, crate::util::limits::CONFIG)?;
         Self::from_json_str(&text, path)
     }
 

@@ -119,6 +119,7 @@ pub struct SafeFile {
 
 impl SafeFile {
     pub fn open(path: &Path) -> Result<Self> {
+        crate::util::regular_file(path)?;
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the file is opened read-only; lockstep never writes model files
         // it has mapped (regeneration writes a temporary and renames it).
@@ -319,7 +320,7 @@ impl SafeTensors {
     }
 
     fn open_index(dir: &Path, index_path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(index_path).map_err(|e| Error::io(index_path, e))?;
+        let text = crate::util::read_text_bounded(index_path, crate::util::limits::SHARD_INDEX)?;
         let v: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
             path: index_path.to_path_buf(),
             source,

@@ -8,10 +8,7 @@ use std::path::Path;
 /// Encodes `text` with the folder's tokenizer.json (no special tokens added).
 #[cfg(feature = "tokenizer")]
 pub fn encode(path: &Path, text: &str) -> Result<Vec<u32>> {
-    let tok = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
-        path: path.to_path_buf(),
-        problem: e.to_string(),
-    })?;
+    let tok = load(path)?;
     let enc = tok.encode(text, false).map_err(|e| Error::Tokenizer {
         path: path.to_path_buf(),
         problem: e.to_string(),
@@ -30,8 +27,19 @@ pub fn encode(path: &Path, _text: &str) -> Result<Vec<u32>> {
 /// Decodes ids for display; `None` when no tokenizer is available.
 #[cfg(feature = "tokenizer")]
 pub fn decode(path: &Path, ids: &[u32]) -> Option<String> {
-    let tok = tokenizers::Tokenizer::from_file(path).ok()?;
+    let tok = load(path).ok()?;
     tok.decode(ids, false).ok()
+}
+
+/// The tokenizer of a regular file of bounded size (`util::read_text_bounded`).
+#[cfg(feature = "tokenizer")]
+fn load(path: &Path) -> Result<tokenizers::Tokenizer> {
+    let text = crate::util::read_text_bounded(path, crate::util::limits::TOKENIZER)?;
+    text.parse::<tokenizers::Tokenizer>()
+        .map_err(|e| Error::Tokenizer {
+            path: path.to_path_buf(),
+            problem: e.to_string(),
+        })
 }
 
 #[cfg(not(feature = "tokenizer"))]

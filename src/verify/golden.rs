@@ -189,6 +189,8 @@ pub fn parse_snap(text: &str, path: &Path) -> Result<GoldenBody> {
 /// `parse_snap` with the header's `info` kept.
 pub fn parse_file(text: &str, path: &Path) -> Result<GoldenFile> {
     let bad = |p: &str| Error::invalid(path.display().to_string(), p.to_string());
+    // A checkout that turned line ends into CRLF holds the same golden.
+    let text = text.replace("\r\n", "\n");
     let rest = text
         .strip_prefix("---\n")
         .ok_or_else(|| bad("not a snapshot: no `---` header"))?;
@@ -327,7 +329,7 @@ pub fn load(path: &Path) -> Result<GoldenBody> {
 }
 
 pub fn load_file(path: &Path) -> Result<GoldenFile> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::util::read_text_bounded(path, crate::util::limits::GOLDEN)?;
     parse_file(&text, path)
 }
 

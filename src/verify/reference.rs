@@ -86,7 +86,7 @@ pub struct Reference {
 
 impl Reference {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::util::read_text_bounded(path, crate::util::limits::REFERENCE)?;
         let r: Reference = serde_json::from_str(&text).map_err(|source| Error::Json {
             path: path.to_path_buf(),
             source,
@@ -245,9 +245,20 @@ pub fn judge(
     let (rel_tol, tie_tol) = (tol(rel_name), tol(tie_name));
     let worst = steps.iter().map(|s| s.diff.rel_rms).fold(0.0, f64::max);
     let div = first_divergence(&ours.tokens, &reference.tokens);
+    // A step without two recorded top entries on either side has no margin
+    // to excuse a divergence there (NaN: no near-tie rule accepts it).
     let margin = div.as_ref().map(|d| {
-        let theirs = &reference.steps[d.step].top;
-        ours.steps[d.step].margin.min(theirs[0].1 - theirs[1].1)
+        let theirs = reference
+            .steps
+            .get(d.step)
+            .and_then(|s| Some(s.top.first()?.1 - s.top.get(1)?.1))
+            .unwrap_or(f32::NAN);
+        let mine = ours.steps.get(d.step).map_or(f32::NAN, |s| s.margin);
+        if theirs.is_nan() || mine.is_nan() {
+            f32::NAN
+        } else {
+            mine.min(theirs)
+        }
     });
     let tokens_ok =
         margin.is_none_or(|m| (m as f64) < tie_tol) && ours.tokens.len() == reference.tokens.len();
