@@ -501,3 +501,104 @@ fn a_token_count_near_usize_max_is_refused_not_wrapped() {
         assert!(err.contains("max_position_embeddings"), "{err}");
     }
 }
+
+/// transformers 5's spelling of the expert count (`num_local_experts`) opens
+/// the same model as the hub's (`num_experts`): same config, same hash. Both
+/// given and disagreeing is refused naming both.
+#[test]
+fn num_local_experts_is_read_as_num_experts_and_a_disagreement_refused() {
+    let hub = synth_folder("cfg-moe-hub", "tiny-moe", 0);
+    let t5 = synth_folder("cfg-moe-t5", "tiny-moe", 0);
+    edit_config(&t5, |m| {
+        let n = m.remove("num_experts").unwrap();
+        m.insert("num_local_experts".into(), n);
+    });
+    let (a, b) = (
+        Model::open_dir(&hub).unwrap(),
+        Model::open_dir(&t5).unwrap(),
+    );
+    assert_eq!(a.config, b.config);
+    edit_config(&t5, |m| {
+        m.insert("num_experts".into(), 7.into());
+    });
+    let e = open_err(&t5);
+    assert!(
+        e.contains("num_experts") && e.contains("num_local_experts says 8"),
+        "{e}"
+    );
+    edit_config(&t5, |m| {
+        m.remove("num_experts");
+        m.remove("num_local_experts");
+    });
+    let e = open_err(&t5);
+    assert!(e.contains("`num_experts`") && e.contains("missing"), "{e}");
+}
+
+/// An absent head_dim is derived as transformers derives it; where it cannot
+/// be, the error names the field.
+#[test]
+fn an_absent_head_dim_is_derived_or_refused_by_name() {
+    use lockstep::model::config::Qwen3Config;
+    let dir = synth_folder("cfg-head-dim", "tiny", 0);
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let m = v.as_object_mut().unwrap();
+    m.remove("head_dim");
+    m.insert("hidden_size".into(), 128.into()); // 4 heads of 32, as tiny has
+    let c = Qwen3Config::from_json_str(&v.to_string(), Path::new("x/config.json")).unwrap();
+    assert_eq!(c.head_dim, 32);
+    v["hidden_size"] = 130.into();
+    let e = Qwen3Config::from_json_str(&v.to_string(), Path::new("x/config.json"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("head_dim") && e.contains("not a multiple"),
+        "{e}"
+    );
+}
+
+/// Attention other than full causal attention on every layer is refused,
+/// naming the field, where it used to be run as full attention; the fields
+/// as the hub and transformers write them for full attention are accepted.
+#[test]
+fn sliding_window_and_other_layer_types_are_refused_by_name() {
+    let dir = synth_folder("cfg-window", "tiny", 0);
+    edit_config(&dir, |m| {
+        m.insert("sliding_window".into(), 4096.into());
+        m.insert(
+            "layer_types".into(),
+            serde_json::json!([
+                "full_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention"
+            ]),
+        );
+    });
+    Model::open_dir(&dir).unwrap();
+    edit_config(&dir, |m| {
+        m.insert("use_sliding_window".into(), true.into());
+    });
+    let e = open_err(&dir);
+    assert!(
+        e.contains("use_sliding_window") && e.contains("not implemented"),
+        "{e}"
+    );
+    edit_config(&dir, |m| {
+        m.insert("use_sliding_window".into(), false.into());
+        m["layer_types"][2] = "sliding_attention".into();
+    });
+    let e = open_err(&dir);
+    assert!(
+        e.contains("layer_types[2]") && e.contains("sliding_attention"),
+        "{e}"
+    );
+    edit_config(&dir, |m| {
+        m.insert("layer_types".into(), serde_json::json!(["full_attention"]));
+    });
+    let e = open_err(&dir);
+    assert!(
+        e.contains("layer_types") && e.contains("1 entries for 4 layers"),
+        "{e}"
+    );
+}

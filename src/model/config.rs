@@ -151,11 +151,12 @@ impl Qwen3Config {
             ));
         }
         let rope_theta = parse_rope_theta(&f)?;
+        refuse_windowed_attention(&f)?;
 
         let moe = match architecture {
             Architecture::Qwen3ForCausalLM => None,
             Architecture::Qwen3MoeForCausalLM => Some(MoeConfig {
-                num_experts: f.usize("num_experts")?,
+                num_experts: parse_num_experts(&f)?,
                 num_experts_per_tok: f.usize("num_experts_per_tok")?,
                 moe_intermediate_size: f.usize("moe_intermediate_size")?,
                 // transformers' Qwen3MoeConfig defaults this to false.
@@ -192,7 +193,7 @@ impl Qwen3Config {
             num_hidden_layers: f.usize("num_hidden_layers")?,
             num_attention_heads: f.usize("num_attention_heads")?,
             num_key_value_heads: f.usize("num_key_value_heads")?,
-            head_dim: f.usize("head_dim")?,
+            head_dim: parse_head_dim(&f)?,
             rms_norm_eps: f.f64("rms_norm_eps")?,
             rope_theta,
             max_position_embeddings: f.usize("max_position_embeddings")?,
@@ -425,6 +426,84 @@ fn parse_architecture(f: &Fields) -> Result<Architecture> {
             path: PathBuf::from(f.path),
             found: names,
         }),
+    }
+}
+
+/// `num_experts` (hub configs) or `num_local_experts` (transformers 5's
+/// `save_pretrained`); both present must agree.
+fn parse_num_experts(f: &Fields) -> Result<usize> {
+    match (f.get("num_experts"), f.get("num_local_experts")) {
+        (Some(_), None) => f.usize("num_experts"),
+        (None, Some(_)) => f.usize("num_local_experts"),
+        (Some(_), Some(_)) => {
+            let (a, b) = (f.usize("num_experts")?, f.usize("num_local_experts")?);
+            if a != b {
+                return Err(f.err(
+                    "num_experts",
+                    format!("{a}, but num_local_experts says {b}"),
+                ));
+            }
+            Ok(a)
+        }
+        (None, None) => Err(f.err(
+            "num_experts",
+            "required field is missing (nor is num_local_experts given)",
+        )),
+    }
+}
+
+/// `head_dim`, or, absent, `hidden_size / num_attention_heads` as
+/// transformers derives it (refused where that does not divide).
+fn parse_head_dim(f: &Fields) -> Result<usize> {
+    if f.get("head_dim").is_some() {
+        return f.usize("head_dim");
+    }
+    let (h, n) = (f.usize("hidden_size")?, f.usize("num_attention_heads")?);
+    if n == 0 || h % n != 0 {
+        return Err(f.err(
+            "head_dim",
+            format!(
+                "absent, and hidden_size {h} is not a multiple of num_attention_heads {n} to derive it from"
+            ),
+        ));
+    }
+    Ok(h / n)
+}
+
+/// lockstep implements full causal attention on every layer. A config that
+/// asks for a sliding window (`use_sliding_window: true`) or any other
+/// layer type (`layer_types`) is refused rather than run as full attention;
+/// `sliding_window` alone is ignored, as transformers ignores it unless
+/// `use_sliding_window` is true.
+fn refuse_windowed_attention(f: &Fields) -> Result<()> {
+    if f.bool_or("use_sliding_window", false)? {
+        return Err(f.err(
+            "use_sliding_window",
+            "sliding-window attention is not implemented (only full attention on every layer)",
+        ));
+    }
+    match f.get("layer_types") {
+        None => Ok(()),
+        Some(Value::Array(items)) => {
+            let layers = f.usize("num_hidden_layers")?;
+            if items.len() != layers {
+                return Err(f.err(
+                    "layer_types",
+                    format!("{} entries for {layers} layers", items.len()),
+                ));
+            }
+            match items
+                .iter()
+                .position(|t| t.as_str() != Some("full_attention"))
+            {
+                None => Ok(()),
+                Some(i) => Err(f.err(
+                    &format!("layer_types[{i}]"),
+                    format!("{} is not implemented (only \"full_attention\")", items[i]),
+                )),
+            }
+        }
+        Some(v) => Err(f.err("layer_types", format!("expected a list, got {v}"))),
     }
 }
 
