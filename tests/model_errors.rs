@@ -602,3 +602,54 @@ fn sliding_window_and_other_layer_types_are_refused_by_name() {
         "{e}"
     );
 }
+
+/// A 1 KB config naming 4096 layers of 4096 experts is refused at its
+/// first missing tensor without listing the 50 million it names (the
+/// check runs with a deadline: a regression fails rather than swaps).
+#[test]
+fn a_config_naming_millions_of_tensors_is_refused_at_the_first_missing_one() {
+    let dir = synth_folder("err-huge-config", "tiny-moe", 0);
+    edit_config(&dir, |m| {
+        m.insert("num_hidden_layers".into(), 4096.into());
+        m.insert("num_experts".into(), 4096.into());
+        m.insert("num_experts_per_tok".into(), 8.into());
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let d = dir.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(Model::open_dir(&d).err().map(|e| e.to_string()));
+    });
+    let e = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the check finishes promptly")
+        .expect("refused");
+    assert!(e.contains("missing") || e.contains("shape"), "{e}");
+    assert!(e.contains("model.layers."), "{e}");
+}
+
+/// A model larger than the host's available memory is refused by the CPU
+/// reference before any tensor is read.
+#[test]
+fn a_model_larger_than_host_memory_is_refused_up_front() {
+    use lockstep::backend::cpu::{CpuBackend, Numerics};
+    use lockstep::backend::Backend;
+    use lockstep::engine::{resident_bytes, Engine};
+    let m = Model::open("synth:qwen3-30b-a3b").unwrap();
+    let be = CpuBackend::new(Numerics::Bf16);
+    let free = be.free_memory().expect("Linux reports MemAvailable");
+    if free >= resident_bytes(&m.config) {
+        eprintln!(
+            "SKIPPED a_model_larger_than_host_memory_is_refused_up_front: this host has {} GiB available, enough for qwen3-30b-a3b",
+            free >> 30
+        );
+        return;
+    }
+    let t = std::time::Instant::now();
+    let e = Engine::load(&m, be).err().expect("refused").to_string();
+    assert!(e.contains("needs about") && e.contains("cpu has"), "{e}");
+    assert!(
+        t.elapsed().as_secs() < 5,
+        "refused only after {:?}",
+        t.elapsed()
+    );
+}

@@ -166,9 +166,10 @@ impl<B: Backend> Engine<B> {
             if need > free {
                 return Err(Error::Engine {
                     problem: format!(
-                        "{} needs about {:.2} GiB resident (bf16 weights plus the packed QKV copies) but the device has {:.2} GiB free",
+                        "{} needs about {:.2} GiB resident (bf16 weights plus the packed QKV copies) but {} has {:.2} GiB free",
                         model.origin,
                         need as f64 / (1u64 << 30) as f64,
+                        backend.kind(),
                         free as f64 / (1u64 << 30) as f64
                     ),
                 });

@@ -79,7 +79,6 @@ impl Model {
         }
         let config = Qwen3Config::from_file(&dir.join("config.json"))?;
         let files = SafeTensors::open_dir(dir)?;
-        let expected = layout::expected_tensors(&config);
         let weight_file = || {
             let single = dir.join("model.safetensors");
             if single.exists() {
@@ -88,6 +87,26 @@ impl Model {
                 dir.join("model.safetensors.index.json")
             }
         };
+        // A config that names more tensors than the files hold is missing
+        // one: name the first without listing them all (a 1 KB config can
+        // name tens of millions).
+        if layout::tensor_count(&config) > files.names().count() {
+            let mut missing = None;
+            layout::visit_expected(&config, &mut |name, _| {
+                let present = files.get(&name).is_some();
+                if !present {
+                    missing = Some(name);
+                }
+                present
+            });
+            if let Some(tensor) = missing {
+                return Err(Error::MissingTensor {
+                    path: weight_file(),
+                    tensor,
+                });
+            }
+        }
+        let expected = layout::expected_tensors(&config);
         for spec in &expected {
             let (t, path) = files.get(&spec.name).ok_or_else(|| Error::MissingTensor {
                 path: weight_file(),

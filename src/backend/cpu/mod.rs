@@ -144,6 +144,27 @@ impl Backend for CpuBackend {
         self.numerics
     }
 
+    /// The host's available memory (Linux: MemAvailable), so a model that
+    /// cannot fit is refused before anything is read. The engine sizes a
+    /// model at bf16; the f64 mode keeps weights as f32, twice that, so it
+    /// reports half.
+    fn free_memory(&self) -> Option<usize> {
+        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let kib: usize = text
+            .lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()?;
+        let bytes = kib.saturating_mul(1024);
+        Some(match self.numerics {
+            Numerics::Bf16 => bytes,
+            Numerics::F64 => bytes / 2,
+        })
+    }
+
     fn device_info(&self) -> DeviceInfo {
         let mut details = BTreeMap::new();
         details.insert("arch".into(), std::env::consts::ARCH.into());
