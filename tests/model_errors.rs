@@ -72,15 +72,63 @@ fn a_header_length_past_the_end_of_the_file_is_refused() {
 
 #[test]
 fn a_missing_tensor_is_named() {
+    // Renamed, so its bytes still belong to a tensor and only the name is missing.
     let dir = synth_folder("err-missing", "tiny", 0);
     edit_header(&dir, |h| {
-        h.remove("model.layers.2.self_attn.k_norm.weight");
+        let t = h.remove("model.layers.2.self_attn.k_norm.weight").unwrap();
+        h.insert("model.layers.2.self_attn.k_norm.weight_renamed".into(), t);
     });
     let e = open_err(&dir);
     assert!(
         e.contains("model.layers.2.self_attn.k_norm.weight") && e.contains("missing"),
         "{e}"
     );
+}
+
+/// A header entry dropped without its bytes leaves data that belongs to no
+/// tensor, which the format forbids (the safetensors library refuses such
+/// files too); so do bytes past the last tensor, and a name given twice.
+#[test]
+fn holes_trailing_bytes_and_repeated_names_in_a_header_are_refused() {
+    let dir = synth_folder("err-hole", "tiny", 0);
+    edit_header(&dir, |h| {
+        h.remove("model.layers.2.self_attn.k_norm.weight");
+    });
+    let e = open_err(&dir);
+    assert!(
+        e.contains("model.safetensors") && e.contains("belong to no tensor"),
+        "{e}"
+    );
+
+    let dir = synth_folder("err-trailing", "tiny", 0);
+    let p = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes.extend_from_slice(&[0u8; 16]);
+    std::fs::write(&p, bytes).unwrap();
+    let e = open_err(&dir);
+    assert!(e.contains("indexed whole"), "{e}");
+
+    // The same key twice: written by hand, since a JSON map cannot hold it.
+    let dir = synth_folder("err-dup", "tiny", 0);
+    let p = dir.join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap().trim_end();
+    let key = "\"model.norm.weight\":";
+    let at = header.find(key).unwrap();
+    let entry_end = at + header[at..].find('}').unwrap() + 1;
+    let entry = &header[at..entry_end];
+    let mut text = format!("{},{}", &header[..header.len() - 1], &entry);
+    text.push('}');
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(&p, out).unwrap();
+    let e = open_err(&dir);
+    assert!(e.contains("`model.norm.weight` is named twice"), "{e}");
 }
 
 #[test]
@@ -651,5 +699,40 @@ fn a_model_larger_than_host_memory_is_refused_up_front() {
         t.elapsed().as_secs() < 5,
         "refused only after {:?}",
         t.elapsed()
+    );
+}
+
+/// Zero-width experts and an empty shard name are refused by name.
+#[test]
+fn zero_width_experts_and_an_empty_shard_name_are_refused() {
+    let dir = synth_folder("err-zero-experts", "tiny-moe", 0);
+    edit_config(&dir, |m| {
+        m.insert("moe_intermediate_size".into(), 0.into());
+    });
+    let e = open_err(&dir);
+    assert!(
+        e.contains("moe_intermediate_size") && e.contains("must be positive"),
+        "{e}"
+    );
+
+    let dir = synth_folder("err-empty-shard", "tiny", 0);
+    let names: Vec<String> = {
+        let m = Model::open_dir(&dir).unwrap();
+        m.expected_tensors().into_iter().map(|t| t.name).collect()
+    };
+    let mut map = serde_json::Map::new();
+    for n in names {
+        map.insert(n, "model.safetensors".into());
+    }
+    map.insert("model.norm.weight".into(), "".into());
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::json!({"weight_map": map}).to_string(),
+    )
+    .unwrap();
+    let e = open_err(&dir);
+    assert!(
+        e.contains("index.json") && e.contains("empty file name"),
+        "{e}"
     );
 }

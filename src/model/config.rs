@@ -242,6 +242,12 @@ impl Qwen3Config {
                 ("num_experts", m.num_experts, 4096),
                 ("moe_intermediate_size", m.moe_intermediate_size, 1 << 22),
             ] {
+                if v == 0 {
+                    return Err(bad(
+                        name,
+                        "must be positive (an expert of width 0 computes nothing)".into(),
+                    ));
+                }
                 if v > max {
                     return Err(bad(
                         name,

@@ -183,16 +183,23 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<Header> {
         ));
     }
     let n = n as usize;
-    let header: Value = serde_json::from_slice(&bytes[8..8 + n])
-        .map_err(|e| bad(path, format!("header is not valid JSON: {e}")))?;
-    let obj = header
-        .as_object()
-        .ok_or_else(|| bad(path, "header is not a JSON object"))?;
+    let header: HeaderPairs = serde_json::from_slice(&bytes[8..8 + n])
+        .map_err(|e| bad(path, format!("header is not a valid JSON object: {e}")))?;
+    // JSON lets a key repeat and a map keeps the last: refuse instead, since
+    // which of two tensors of one name is meant cannot be known.
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some((dup, _)) = header.0.iter().find(|(k, _)| !seen.insert(k.as_str())) {
+        return Err(bad(
+            path,
+            format!("tensor `{dup}` is named twice in the header"),
+        ));
+    }
+    let obj: serde_json::Map<String, Value> = header.0.into_iter().collect();
     let data_start = 8 + n;
     let data_len = bytes.len() - data_start;
     let mut entries = BTreeMap::new();
     let mut metadata = BTreeMap::new();
-    for (name, v) in obj {
+    for (name, v) in &obj {
         if name == "__metadata__" {
             if let Some(m) = v.as_object() {
                 for (k, v) in m {
@@ -217,8 +224,58 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<Header> {
                 ),
             ));
         }
+        // The format indexes the whole data section, without holes (what
+        // the safetensors library itself enforces).
+        if w[1].1.start > w[0].1.end {
+            return Err(bad(
+                path,
+                format!(
+                    "bytes [{}, {}) between tensors `{}` and `{}` belong to no tensor",
+                    w[0].1.end, w[1].1.start, w[0].0, w[1].0
+                ),
+            ));
+        }
+    }
+    let (first, end) = (
+        spans.first().map_or(0, |(_, e)| e.start),
+        spans.last().map_or(0, |(_, e)| e.end),
+    );
+    if first != 0 || end != data_len {
+        return Err(bad(
+            path,
+            format!(
+                "the tensors cover data bytes [{first}, {end}) of {data_len}: the data section must be indexed whole, without leading or trailing bytes"
+            ),
+        ));
     }
     Ok((data_start, entries, metadata))
+}
+
+/// A JSON object's entries in file order, repeats kept (serde_json's map
+/// keeps only the last of a repeated key).
+struct HeaderPairs(Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for HeaderPairs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = HeaderPairs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<HeaderPairs, A::Error> {
+                let mut v = Vec::new();
+                while let Some(kv) = m.next_entry::<String, Value>()? {
+                    v.push(kv);
+                }
+                Ok(HeaderPairs(v))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 fn parse_entry(name: &str, v: &Value, data_len: usize, path: &Path) -> Result<Entry> {
@@ -338,6 +395,12 @@ impl SafeTensors {
                     format!("weight_map[`{tensor}`] is not a file name"),
                 )
             })?;
+            if file.is_empty() {
+                return Err(bad(
+                    index_path,
+                    format!("weight_map[`{tensor}`] is an empty file name"),
+                ));
+            }
             if file.contains('/') || file.contains('\\') || file.starts_with('.') {
                 return Err(bad(
                     index_path,
