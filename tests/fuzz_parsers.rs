@@ -1,6 +1,7 @@
 //! Fuzzing of every parser of outside input with proptest over bytes:
 //! safetensors headers and offsets, config.json, the sharded index, golden
-//! files and the tolerance registry. Inputs are mutations of a committed seed
+//! files (and their comparison), transformers reference files (and their
+//! judgement) and the tolerance registry. Inputs are mutations of a committed seed
 //! corpus (tests/fuzz_corpus/) and raw random bytes. The property: every
 //! input ends in Ok or an Err, never a panic, and quickly.
 //!
@@ -9,7 +10,7 @@
 
 use lockstep::model::config::Qwen3Config;
 use lockstep::model::safetensors::{parse_header, SafeTensors};
-use lockstep::verify::golden::parse_snap;
+use lockstep::verify::golden::{compare, parse_snap, GoldenOutcome};
 use lockstep::verify::tolerances::Registry;
 use proptest::prelude::*;
 use std::path::Path;
@@ -159,9 +160,17 @@ proptest! {
         }
     }
 
+    /// The seed is `tiny__cpu__graph__bf16`, read under its own name so that
+    /// accepted mutations reach the comparison, which must not panic either.
     #[test]
     fn golden_files_never_panic(bytes in input("golden.snap")) {
-        let _ = parse_snap(&String::from_utf8_lossy(&bytes), Path::new("golden/fuzz.snap"));
+        let path = Path::new("golden/tiny__cpu__graph__bf16.snap");
+        if let Ok(g) = parse_snap(&String::from_utf8_lossy(&bytes), path) {
+            prop_assert_eq!(compare(&g, &g).unwrap(), GoldenOutcome::Identical);
+            let seed = parse_snap(&String::from_utf8_lossy(&corpus("golden.snap")), path).unwrap();
+            let _ = compare(&seed, &g);
+            let _ = compare(&g, &seed);
+        }
     }
 
     #[test]
@@ -171,6 +180,91 @@ proptest! {
     ]) {
         let _ = Registry::parse(&String::from_utf8_lossy(&bytes));
     }
+}
+
+/// transformers reference files: mutations of a committed one; whatever
+/// loads is judged against a real run of the CPU reference (computed once),
+/// and the judgement must end in a report or an error, never a panic.
+#[test]
+fn reference_files_never_panic_through_their_judgement() {
+    use lockstep::backend::cpu::{CpuBackend, Numerics};
+    use lockstep::engine::generate::GenerateOptions;
+    use lockstep::engine::Engine;
+    use lockstep::verify::reference::{judge, Reference};
+    let seed_path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/reference/tiny-float32.json");
+    let seed = std::fs::read(&seed_path).unwrap();
+    let r = Reference::load(&seed_path).unwrap();
+    let e = Engine::load(
+        &lockstep::model::Model::open("synth:tiny").unwrap(),
+        CpuBackend::new(Numerics::F64),
+    )
+    .unwrap();
+    let teacher = e
+        .teacher_forced(
+            &r.teacher_tokens(),
+            lockstep::backend::AttnPath::Graph,
+            &mut Default::default(),
+        )
+        .unwrap();
+    let teacher = teacher[teacher.len() - r.steps.len()..].to_vec();
+    let opts = GenerateOptions {
+        max_tokens: r.tokens.len(),
+        ..Default::default()
+    };
+    let ours = e.generate(&r.prompt, &opts, &mut |_| {}).unwrap();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fuzz-reference");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ref.json");
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: cases() / 4,
+        rng_seed: rng_seed(),
+        failure_persistence: None,
+        ..Default::default()
+    });
+    // Byte edits (mostly refused as JSON) and structural ones that keep the
+    // JSON valid and reach the judgement: a top-level field replaced or
+    // removed, one step's `top` cut, a token changed, a list shortened.
+    let parsed: serde_json::Value = serde_json::from_slice(&seed).unwrap();
+    let structural = (0usize..6, any::<usize>(), any::<u32>()).prop_map(move |(kind, i, x)| {
+        let mut v = parsed.clone();
+        let n = v["steps"].as_array().unwrap().len();
+        let top_keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        match kind {
+            0 => v["steps"][i % n]["top"]
+                .as_array_mut()
+                .unwrap()
+                .truncate(x as usize % 3),
+            1 => v["tokens"][i % n] = (x % 600).into(),
+            2 => v["steps"].as_array_mut().unwrap().truncate(i % (n + 1)),
+            3 => v["tokens"].as_array_mut().unwrap().truncate(i % (n + 1)),
+            4 => v[&top_keys[i % top_keys.len()]] = serde_json::json!(x),
+            _ => {
+                v.as_object_mut()
+                    .unwrap()
+                    .remove(&top_keys[i % top_keys.len()]);
+            }
+        }
+        serde_json::to_vec(&v).unwrap()
+    });
+    let bytes = prop_oneof![
+        prop::collection::vec(edit(), 1..6).prop_map(move |e| apply(seed.clone(), &e)),
+        structural,
+    ];
+    let judged = std::cell::Cell::new(0usize);
+    runner
+        .run(&bytes, |b| {
+            std::fs::write(&file, b).unwrap();
+            if let Ok(r) = Reference::load(&file) {
+                let _ = judge(&r, &teacher, &ours);
+                judged.set(judged.get() + 1);
+            }
+            Ok(())
+        })
+        .unwrap();
+    // The control: the campaign is not vacuous, some inputs reach judgement.
+    assert!(judged.get() > 0, "no mutated reference loaded");
+    println!("{} mutated references loaded and judged", judged.get());
 }
 
 /// The sharded index: mutations of a real index over real shards.
