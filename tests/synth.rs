@@ -224,3 +224,25 @@ fn f32_and_f16_checkpoints_load_and_run() {
     );
     assert!(d.rel_rms < 1e-2, "f16 checkpoint drifted: {d:?}");
 }
+
+/// Decoding through a synthetic folder's byte-level tokenizer gives back the
+/// bytes of the text (multi-byte UTF-8 included), and names the ids past its
+/// 256 entries that the text leaves out (the model's vocabulary is larger).
+#[test]
+fn byte_level_decoding_round_trips_text_and_names_ids_it_cannot_show() {
+    use lockstep::model::tokenizer::{decode, encode};
+    let dir = synth_folder("synth-decode", "tiny", 0);
+    let tp = dir.join("tokenizer.json");
+    let text = "héllo wörld ✓";
+    let ids = encode(&tp, text).unwrap();
+    assert_eq!(ids.len(), text.len(), "one id per byte: {ids:?}");
+    let d = decode(&tp, &ids).unwrap();
+    assert_eq!(d.text, text);
+    assert!(d.unknown.is_empty());
+    let mut with_unknown = ids.clone();
+    with_unknown.insert(2, 300);
+    let d = decode(&tp, &with_unknown).unwrap();
+    assert_eq!((d.unknown, d.vocabulary), (vec![300], 256));
+    // The control: the text without 300 is still the text.
+    assert_eq!(d.text, text);
+}

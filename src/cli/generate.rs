@@ -89,11 +89,19 @@ pub fn run(a: Args) -> Result<()> {
     println!("run      {}", run.fingerprint.label());
     println!("prompt   {:?}", run.prompt);
     println!("tokens   {:?}", run.tokens);
-    if let Some(text) = m
+    if let Some(d) = m
         .tokenizer_path()
         .and_then(|p| tokenizer::decode(&p, &run.tokens))
     {
-        println!("text     {text:?}");
+        println!("text     {:?}", d.text);
+        if !d.unknown.is_empty() {
+            println!(
+                "         (left out of the text: {} of the ids, {:?}, have no token in the tokenizer's vocabulary of {})",
+                d.unknown.len(),
+                d.unknown,
+                d.vocabulary
+            );
+        }
     }
     let (i, min) = run
         .steps

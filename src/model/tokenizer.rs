@@ -24,11 +24,31 @@ pub fn encode(path: &Path, _text: &str) -> Result<Vec<u32>> {
     })
 }
 
+/// Ids decoded for display: the text, and the ids the tokenizer has no
+/// token for (a model whose vocabulary is larger than its tokenizer's, as
+/// synthetic models are), which the text leaves out and the caller should
+/// say so. Bytes a byte-level vocabulary decodes to that are not UTF-8 show
+/// as U+FFFD.
+pub struct Decoded {
+    pub text: String,
+    pub unknown: Vec<u32>,
+    pub vocabulary: usize,
+}
+
 /// Decodes ids for display; `None` when no tokenizer is available.
 #[cfg(feature = "tokenizer")]
-pub fn decode(path: &Path, ids: &[u32]) -> Option<String> {
+pub fn decode(path: &Path, ids: &[u32]) -> Option<Decoded> {
     let tok = load(path).ok()?;
-    tok.decode(ids, false).ok()
+    let unknown = ids
+        .iter()
+        .copied()
+        .filter(|&id| tok.id_to_token(id).is_none())
+        .collect();
+    Some(Decoded {
+        text: tok.decode(ids, false).ok()?,
+        unknown,
+        vocabulary: tok.get_vocab_size(true),
+    })
 }
 
 /// The tokenizer of a regular file of bounded size (`util::read_text_bounded`).
@@ -43,7 +63,7 @@ fn load(path: &Path) -> Result<tokenizers::Tokenizer> {
 }
 
 #[cfg(not(feature = "tokenizer"))]
-pub fn decode(_path: &Path, _ids: &[u32]) -> Option<String> {
+pub fn decode(_path: &Path, _ids: &[u32]) -> Option<Decoded> {
     None
 }
 
