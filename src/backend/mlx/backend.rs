@@ -89,6 +89,19 @@ pub struct MlxBackend {
     pub(super) metal: Option<super::metal::QkNormRopeKernel>,
 }
 
+/// A bf16 tensor's bytes seen as its u16 bits without a copy, where they
+/// are 2-byte aligned (always, for safetensors data and synthetic tensors)
+/// and the host is little-endian (the file's byte order); else None.
+fn bf16_bits_in_place<'a>(t: &'a HostTensor) -> Option<&'a [u16]> {
+    if t.dtype != crate::model::safetensors::Dtype::BF16 || cfg!(target_endian = "big") {
+        return None;
+    }
+    // SAFETY: every bit pattern is a valid u16, and align_to only hands out
+    // the aligned middle of the slice.
+    let (head, bits, tail) = unsafe { t.bytes.align_to::<u16>() };
+    (head.is_empty() && tail.is_empty()).then_some(bits)
+}
+
 /// Maps MLX's exceptions into the crate's error, naming the op.
 pub(super) trait OrBackendError<T> {
     fn or_err(self, backend: BackendKind, op: &str) -> Result<T>;
@@ -139,8 +152,12 @@ impl MlxBackend {
     }
 
     fn bf16_array(&self, values: Vec<bf16>, rows: usize, cols: usize) -> Result<Array> {
+        self.bf16_array_from(&values, rows, cols)
+    }
+
+    fn bf16_array_from(&self, values: &[bf16], rows: usize, cols: usize) -> Result<Array> {
         Ok(Array::from_slice(
-            &values,
+            values,
             &[
                 to_i32(self.kind(), rows, "rows")?,
                 to_i32(self.kind(), cols, "columns")?,
@@ -192,6 +209,19 @@ impl Backend for MlxBackend {
 
     fn upload_packed(&self, name: &str, parts: &[&HostTensor]) -> Result<MlxWeight> {
         let (rows, cols) = crate::backend::check::packed(name, parts)?;
+        if let [t] = parts {
+            if let Some(bits) = bf16_bits_in_place(t) {
+                // One bf16 tensor: MLX copies straight from the checkpoint's
+                // bytes (no second host copy of a 30B-parameter model).
+                use half::slice::HalfBitsSliceExt;
+                return Ok(MlxWeight {
+                    name: name.to_string(),
+                    array: self.bf16_array_from(bits.reinterpret_cast::<bf16>(), rows, cols)?,
+                    rows,
+                    cols,
+                });
+            }
+        }
         // bf16 storage; f16/f32 checkpoints are rounded to bf16 as the CPU
         // reference's bf16 mode (and transformers with dtype=bfloat16) does.
         let mut values = Vec::with_capacity(rows * cols);
