@@ -208,3 +208,47 @@ fn the_bisection_of_a_failing_row_names_the_first_op_and_the_side_nearer_truth()
     .unwrap();
     assert!(same.first_outside.is_none(), "{}", same.to_text());
 }
+
+/// A bug only decode steps run (single-row RoPE one position too far, as a
+/// decode-only kernel specialisation could have) fails the decode row that
+/// `verify` carries, at the first decode step; the clean reference passes
+/// it bitwise (the control), on both paths where the bug's op is used.
+#[test]
+fn a_decode_only_bug_fails_the_decode_row_and_the_clean_build_passes_it_bitwise() {
+    use lockstep::backend::cpu::CpuBackend;
+    use lockstep::backend::AttnPath;
+    use lockstep::jobs::decode::decode_vs_teacher_forced;
+    use lockstep::jobs::load;
+    use lockstep::verify::decode::DecodeRule;
+    let m = Model::open("synth:tiny").unwrap();
+    let faulty = load(
+        &m,
+        CpuBackend::with_faults(
+            Numerics::Bf16,
+            Faults {
+                decode_rope_position_offset: 1,
+                ..Default::default()
+            },
+        ),
+    )
+    .unwrap();
+    let r = decode_vs_teacher_forced(&faulty, &PROMPT, 12, AttnPath::Graph, DecodeRule::Bitwise)
+        .unwrap();
+    assert!(!r.pass, "{r:?}");
+    assert_eq!(
+        r.first_failure.map(|f| f.0),
+        Some(1),
+        "step 0 is the prefill, step 1 the first decode: {r:?}"
+    );
+    // The rule that tolerates rounding still catches it.
+    let tol_rule = DecodeRule::RelRms {
+        tolerance: lockstep::verify::tolerances::Tol::MlxBf16VsCpuBf16LogitsRelRms,
+    };
+    let r2 = decode_vs_teacher_forced(&faulty, &PROMPT, 12, AttnPath::Graph, tol_rule).unwrap();
+    assert!(!r2.pass, "{r2:?}");
+    let clean = load(&m, CpuBackend::new(Numerics::Bf16)).unwrap();
+    for path in AttnPath::ALL {
+        let r = decode_vs_teacher_forced(&clean, &PROMPT, 12, path, DecodeRule::Bitwise).unwrap();
+        assert!(r.pass && r.bitwise_steps == 12, "{r:?}");
+    }
+}

@@ -4,7 +4,8 @@
 //! not run here). Each model's engines are loaded once (`Fixture`) and
 //! shared by its rows; a row the filter does not match is not run.
 
-use super::accelerator::{accelerator_rows, Cuda, Mlx, MlxGpu};
+use super::accelerator::{accelerator_rows, Cuda, Mlx, MlxGpu, DECODE_STEPS};
+use super::decode::{decode_case, decode_vs_teacher_forced};
 use super::envelope::{containment_case, containment_on, envelope_case};
 use super::golden::{against_committed, golden_cases, golden_run_on};
 use super::oracle::{compare_on, embedded_references, oracle_case};
@@ -15,8 +16,10 @@ use crate::error::Result;
 use crate::ident::Numerics;
 use crate::verify::case::{Case, Filter, Op};
 use crate::verify::checks::{
-    containment_row, envelope_row, golden_row, oracle_row, parity_row, skipped_backend_row,
+    containment_row, decode_row, envelope_row, golden_row, oracle_row, parity_row,
+    skipped_backend_row,
 };
+use crate::verify::decode::DecodeRule;
 use crate::verify::envelope::Envelope;
 use crate::verify::summary::{Check, CheckResult};
 use crate::verify::tolerances::Tol;
@@ -84,6 +87,20 @@ fn cpu_rows(fx: &Fixture, golden_root: &Path, rows: &mut Rows) -> Result<()> {
             let strict = (numerics == Numerics::F64).then_some(Tol::FusedVsGraphF64Rms);
             let run = layer_parity_on(e, &fx.truth, seq, strict)?;
             Ok(parity_row(&run, Check::ParityLayers))
+        })?;
+    }
+    // Decode steps of the bf16 reference: the same bits as its teacher-forced
+    // rows (f64 runs keep f32 step logits, so are not compared bitwise).
+    for path in AttnPath::ALL {
+        rows.run(decode_case(&fx.bf16, path, DECODE_STEPS), |_| {
+            let r = decode_vs_teacher_forced(
+                &fx.bf16,
+                &super::DEFAULT_PROMPT,
+                DECODE_STEPS,
+                path,
+                DecodeRule::Bitwise,
+            )?;
+            Ok(decode_row(&r))
         })?;
     }
     for r in embedded_references(fx.name())? {

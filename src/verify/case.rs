@@ -22,6 +22,8 @@ pub enum Op {
     Logits,
     /// Greedy generations.
     Greedy,
+    /// Decode steps' logits against the teacher-forced pass's rows.
+    Decode,
     /// A golden generation against its committed snapshot.
     Golden,
     /// The CPU reference against a transformers reference file.
@@ -29,11 +31,12 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 6] = [
+    pub const ALL: [Op; 7] = [
         Op::Qkv,
         Op::Layers,
         Op::Logits,
         Op::Greedy,
+        Op::Decode,
         Op::Golden,
         Op::Transformers,
     ];
@@ -44,6 +47,7 @@ impl Op {
             Op::Layers => "layers",
             Op::Logits => "logits",
             Op::Greedy => "greedy",
+            Op::Decode => "decode",
             Op::Golden => "golden",
             Op::Transformers => "transformers",
         }

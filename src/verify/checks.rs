@@ -225,3 +225,22 @@ pub fn skipped_backend_row(
         },
     }
 }
+
+/// Decode steps against the teacher-forced pass (`verify::decode`).
+pub fn decode_row(r: &crate::verify::decode::DecodeReport) -> CheckResult {
+    CheckResult {
+        check: Check::Decode,
+        case: r.case.clone(),
+        metric: "max step rel RMS vs teacher-forced".into(),
+        value: Some(r.worst_rel_rms),
+        threshold: r.rule.to_string(),
+        status: status(r.pass),
+        detail: match r.first_failure {
+            Some((step, v)) => format!(
+                "step {step} of {} at {v:.3e} ({} of {} steps bitwise)",
+                r.steps, r.bitwise_steps, r.steps
+            ),
+            None => format!("{} of {} steps bitwise", r.bitwise_steps, r.steps),
+        },
+    }
+}

@@ -20,6 +20,8 @@ pub enum Check {
     Envelope,
     /// Fused-vs-graph distance inside the graph path's envelope.
     Containment,
+    /// Decode steps against the teacher-forced pass of the same sequence.
+    Decode,
     Golden,
 }
 
@@ -32,6 +34,7 @@ impl Check {
             Check::Oracle => "oracle",
             Check::Envelope => "envelope",
             Check::Containment => "containment",
+            Check::Decode => "decode",
             Check::Golden => "golden",
         }
     }

@@ -108,6 +108,10 @@ pub struct Faults {
     /// The fused path flips the lowest mantissa bit of element `(call * 7919) % n`
     /// of q on every call whose counter is odd: a one-ULP, run-dependent change.
     pub fused_one_ulp_flip: bool,
+    /// Single-row RoPE (a decode step's, on the graph path) rotates one
+    /// position too far: a bug only decode runs, as a decode-only kernel
+    /// specialisation would have.
+    pub decode_rope_position_offset: usize,
 }
 
 impl CpuBackend {
@@ -244,6 +248,10 @@ impl Backend for CpuBackend {
         head_dim: usize,
         theta: f64,
     ) -> Result<CpuTensor> {
+        if positions.len() == 1 && self.faults.decode_rope_position_offset > 0 {
+            let shifted = [positions[0] + self.faults.decode_rope_position_offset];
+            return ops::rope(self.numerics, x, &shifted, head_dim, theta);
+        }
         ops::rope(self.numerics, x, positions, head_dim, theta)
     }
 
