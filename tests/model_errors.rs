@@ -12,6 +12,19 @@ fn open_err(dir: &Path) -> String {
     }
 }
 
+/// `open_err` in a thread with a deadline: opening that blocks or swaps
+/// fails the test instead of hanging it.
+fn open_err_within(dir: &Path, secs: u64) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let d = dir.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(Model::open_dir(&d).err().map(|e| e.to_string()));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("opening {} took over {secs} s", dir.display()))
+        .unwrap_or_else(|| panic!("{} opened without error", dir.display()))
+}
+
 fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
     let p = dir.join("config.json");
     let mut v: serde_json::Value =
@@ -485,15 +498,7 @@ fn a_fifo_or_directory_in_place_of_a_model_file_is_refused_without_blocking() {
         } else {
             std::fs::create_dir(&p).unwrap();
         }
-        let (tx, rx) = std::sync::mpsc::channel();
-        let d = dir.clone();
-        std::thread::spawn(move || {
-            let _ = tx.send(Model::open_dir(&d).err().map(|e| e.to_string()));
-        });
-        let e = rx
-            .recv_timeout(std::time::Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("opening a folder with a special {file} blocked"))
-            .expect("refused");
+        let e = open_err_within(&dir, 20);
         let want = if make_fifo {
             "not a regular file"
         } else {
@@ -662,15 +667,7 @@ fn a_config_naming_millions_of_tensors_is_refused_at_the_first_missing_one() {
         m.insert("num_experts".into(), 4096.into());
         m.insert("num_experts_per_tok".into(), 8.into());
     });
-    let (tx, rx) = std::sync::mpsc::channel();
-    let d = dir.clone();
-    std::thread::spawn(move || {
-        let _ = tx.send(Model::open_dir(&d).err().map(|e| e.to_string()));
-    });
-    let e = rx
-        .recv_timeout(std::time::Duration::from_secs(20))
-        .expect("the check finishes promptly")
-        .expect("refused");
+    let e = open_err_within(&dir, 20);
     assert!(e.contains("missing") || e.contains("shape"), "{e}");
     assert!(e.contains("model.layers."), "{e}");
 }
