@@ -8,14 +8,10 @@
 # Logs and JSON go to $OUT; one GPU, one thing at a time. The device tool brings back at most 8 files
 # from $OUT, so a call that writes more ends with `archive`: everything in one results.tgz, plus log.txt.
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+source "$(dirname "$0")/device-common.sh"
 export LOCKSTEP_REQUIRE_GPU=1
 D=${LOCKSTEP_DEVICE_DIR:-.device}
 L=$D/bin/lockstep
-rc=0
-step() { echo "== $*" | tee -a "$OUT/log.txt"; "$@" 2>&1 | tee -a "$OUT/log.txt"; [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1; }
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$OUT/log.txt"
 for stage in "$@"; do
   case $stage in
     tests)
@@ -83,12 +79,7 @@ for stage in "$@"; do
         done
       done ;;
     archive)
-      # One file instead of many (the device tool's limit); log.txt stays
-      # beside it so the call's output can be read without unpacking.
-      tar czf /tmp/lockstep-results.tgz -C "$OUT" --exclude=./results.tgz . &&
-        find "$OUT" -mindepth 1 -maxdepth 1 ! -name log.txt -exec rm -rf {} + &&
-        mv /tmp/lockstep-results.tgz "$OUT/results.tgz" || rc=1
-      ls "$OUT" ;;
+      archive_results ;;
     *) echo "unknown stage $stage"; rc=1 ;;
   esac
 done

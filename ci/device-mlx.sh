@@ -23,8 +23,7 @@
 # path), cpu-tests (MLX's CPU device of the CUDA build: does it reproduce
 # the CPU wheel's results?), archive.
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+source "$(dirname "$0")/device-common.sh"
 D=${LOCKSTEP_DEVICE_DIR:-.device}
 L=$D/bin/lockstep
 M=/tmp/mlx-cuda
@@ -37,14 +36,6 @@ ln -sfn "$NV" $M/nvidia
 export LD_LIBRARY_PATH=$M/mlx/lib$(printf ':%s' "$NV"/*/lib)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 [ -d /usr/local/cuda/include ] && export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export LOCKSTEP_REQUIRE_MLX_GPU=1
-rc=0
-step() {
-  local t0=$SECONDS
-  echo "== $*" | tee -a "$OUT/log.txt"
-  "$@" 2>&1 | tee -a "$OUT/log.txt"
-  [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
-  echo "   ($((SECONDS - t0)) s)" | tee -a "$OUT/log.txt"
-}
 # MLX's Python front end unpacked beside the CUDA libmlx (its core module
 # finds libmlx through RUNPATH $ORIGIN/lib), mlx-lm and what of its
 # requirements the machine's Python lacks, in folders on PYTHONPATH.
@@ -61,7 +52,6 @@ py_setup() {
 MLX_PY="env PYTHONPATH=$M:$PYD${PYTHONPATH:+:$PYTHONPATH} python3"
 # lockstep bench's prompt (bench_prompt) for the Qwen3 vocabulary.
 BENCH_IDS=$(python3 -c "print(','.join(str((1 + i * 7919) % 151936) for i in range(16)))")
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee -a "$OUT/log.txt"
 echo "libmlx: $PACK; nvidia: $NV" | tee -a "$OUT/log.txt"
 for stage in "$@"; do
   case $stage in
@@ -147,10 +137,7 @@ PY
     cpu-tests)
       LOCKSTEP_REQUIRE_MLX=1 step $D/tests/accelerators --test-threads 1 --nocapture mlx:: ;;
     archive)
-      tar czf /tmp/lockstep-results.tgz -C "$OUT" --exclude=./results.tgz . &&
-        find "$OUT" -mindepth 1 -maxdepth 1 ! -name log.txt -exec rm -rf {} + &&
-        mv /tmp/lockstep-results.tgz "$OUT/results.tgz" || rc=1
-      ls "$OUT" ;;
+      archive_results ;;
     *) echo "unknown stage $stage"; rc=1 ;;
   esac
 done
