@@ -86,6 +86,11 @@ pub struct BenchReport {
     pub warmup_tokens: usize,
     pub measured_tokens: usize,
     pub repeats: usize,
+    /// Seconds from opening the weights to the last tensor resident on the
+    /// device: a model that loads for minutes is a finding in itself
+    /// (older reports lack it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_s: Option<f64>,
     pub rows: Vec<BenchRow>,
 }
 
@@ -210,6 +215,7 @@ pub struct Timing {
 fn run_configs<B: Backend>(
     model: &crate::model::Model,
     e: &Engine<B>,
+    load_s: f64,
     bandwidth: f64,
     configs: &[(AttnPath, RowConfig)],
     t: Timing,
@@ -249,6 +255,7 @@ fn run_configs<B: Backend>(
         warmup_tokens: t.warmup,
         measured_tokens: t.tokens,
         repeats: t.repeats,
+        load_s: Some(load_s),
         rows,
     })
 }
@@ -256,17 +263,19 @@ fn run_configs<B: Backend>(
 /// Times every configuration of `grid` on GPU 0 against the roofline of
 /// the measured device-to-device copy bandwidth.
 pub fn cuda_bench(model: &crate::model::Model, grid: &Grid, t: Timing) -> Result<BenchReport> {
+    let start = Instant::now();
     let e = crate::jobs::load(
         model,
         crate::jobs::accelerator::open_cuda(CudaOptions::default())?,
     )?;
+    let load_s = start.elapsed().as_secs_f64();
     let bandwidth = e.backend.copy_bandwidth(1 << 30, 10)?;
     let configs: Vec<_> = grid
         .configs()
         .into_iter()
         .map(|(p, mode, graphs)| (p, RowConfig::Cuda { mode, graphs }))
         .collect();
-    run_configs(model, &e, bandwidth, &configs, t, |b, c| match c {
+    run_configs(model, &e, load_s, bandwidth, &configs, t, |b, c| match c {
         RowConfig::Cuda { mode, graphs } => b.set_options(CudaOptions { mode, graphs }),
         RowConfig::Mlx { .. } => Err(crate::error::Error::invalid(
             "bench",
@@ -300,7 +309,9 @@ pub fn mlx_bench(
     for &f in &fused {
         be.set_fused(f)?;
     }
+    let start = Instant::now();
     let e = crate::jobs::load(model, be)?;
+    let load_s = start.elapsed().as_secs_f64();
     let bandwidth = e.backend.copy_bandwidth(1 << 30, 10)?;
     let mut configs = Vec::new();
     for &p in paths {
@@ -320,7 +331,7 @@ pub fn mlx_bench(
             }
         }
     }
-    run_configs(model, &e, bandwidth, &configs, t, |b, c| match c {
+    run_configs(model, &e, load_s, bandwidth, &configs, t, |b, c| match c {
         RowConfig::Mlx { fused, pipelined } => {
             b.set_pipelined(pipelined);
             fused.map_or(Ok(()), |f| b.set_fused(f))
@@ -335,7 +346,7 @@ pub fn mlx_bench(
 impl BenchReport {
     pub fn to_text(&self) -> String {
         let mut s = format!(
-            "model {} ({}) on {}\ncopy bandwidth {:.0} GB/s, {:.3} GB of weights per token, roofline {:.1} tok/s\nprompt {} tokens, warm-up {}, measured {}, best of {}\n\n",
+            "model {} ({}) on {}\ncopy bandwidth {:.0} GB/s, {:.3} GB of weights per token, roofline {:.1} tok/s\nprompt {} tokens, warm-up {}, measured {}, best of {}{}\n\n",
             self.model,
             self.model_hash,
             self.device,
@@ -345,7 +356,9 @@ impl BenchReport {
             self.prompt_tokens,
             self.warmup_tokens,
             self.measured_tokens,
-            self.repeats
+            self.repeats,
+            self.load_s
+                .map_or(String::new(), |l| format!("; loaded in {l:.1} s"))
         );
         s += "path   config                 best tok/s  median tok/s  ms/token  % roofline  distinct\n";
         for r in &self.rows {

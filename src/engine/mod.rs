@@ -180,7 +180,7 @@ impl<B: Backend> Engine<B> {
             backend: &backend,
             hasher: ModelHasher::default(),
             done: 0,
-            total: model.expected_tensors().len(),
+            total: crate::model::layout::tensor_count(&model.config),
             progress,
         };
         let embed = ld.up("model.embed_tokens.weight")?;

@@ -14,7 +14,7 @@ use crate::progress::Progress;
 
 /// Loads `model` on `backend` with a progress bar.
 pub fn load<B: Backend>(model: &Model, backend: B) -> Result<Engine<B>> {
-    let mut p = Progress::new("loading", model.expected_tensors().len());
+    let mut p = Progress::new("loading", crate::model::layout::tensor_count(&model.config));
     Engine::load_with_progress(model, backend, &mut |d, _| p.set(d))
 }
 
