@@ -3,7 +3,7 @@
 //! backend records steps) beside one teacher-forced pass over the same
 //! tokens, judged by the backend's `DecodeRule`.
 
-use crate::backend::{AttnPath, Backend};
+use crate::backend::{AttnPath, Backend, RowRouting};
 use crate::engine::generate::GenerateOptions;
 use crate::engine::Engine;
 use crate::error::Result;
@@ -34,7 +34,11 @@ pub fn decode_vs_teacher_forced<B: Backend>(
         keep_logits: true,
         ..Default::default()
     };
-    let run = e.generate(prompt, &opts, &mut |_| {})?;
+    e.backend.record_routing(true);
+    let run = e.generate(prompt, &opts, &mut |_| {});
+    let decode_log = e.backend.take_routing_log();
+    e.backend.record_routing(false);
+    let run = run?;
     let decode: Vec<Vec<f64>> = run
         .steps
         .iter()
@@ -47,13 +51,67 @@ pub fn decode_vs_teacher_forced<B: Backend>(
         .collect();
     let mut seq = prompt.to_vec();
     seq.extend(&run.tokens[..run.tokens.len().saturating_sub(1)]);
-    let rows = e.teacher_forced(&seq, path, &mut Default::default())?;
+    e.backend.record_routing(true);
+    let rows = e.teacher_forced(&seq, path, &mut Default::default());
+    let teacher_log = e.backend.take_routing_log();
+    e.backend.record_routing(false);
+    let rows = rows?;
     // Row p predicts position p + 1: step i is row prompt.len() - 1 + i.
     let teacher = rows[prompt.len() - 1..].to_vec();
+    let moe_layers = (0..e.config.num_hidden_layers)
+        .filter(|&l| e.config.layer_is_moe(l))
+        .count();
+    let ties = step_ties(
+        &decode_log,
+        &teacher_log,
+        moe_layers,
+        prompt.len(),
+        decode.len(),
+    );
     Ok(judge_decode(
         decode_case(e, path, steps),
         rule,
         &decode,
         &teacher,
+        &ties,
     ))
+}
+
+/// Each step's routing decision nearest a tie, over every MoE layer of the
+/// decode run (forward i: the prefill for step 0, whose last row is the
+/// step's, then one row per step) and of the teacher-forced pass (row
+/// prompt - 1 + i). Empty when either record is not laid out that way (a
+/// dense model; a backend that replays recorded steps without routing on
+/// the host): the steps are then judged without the excuse.
+fn step_ties(
+    decode_log: &[Vec<RowRouting>],
+    teacher_log: &[Vec<RowRouting>],
+    moe_layers: usize,
+    prompt: usize,
+    steps: usize,
+) -> Vec<Option<(f32, usize)>> {
+    if moe_layers == 0
+        || decode_log.len() != moe_layers * steps
+        || teacher_log.len() != moe_layers
+        || teacher_log.iter().any(|c| c.len() != prompt + steps - 1)
+    {
+        return Vec::new();
+    }
+    (0..steps)
+        .map(|i| {
+            let row = if i == 0 { prompt - 1 } else { 0 };
+            (0..moe_layers)
+                .flat_map(|l| {
+                    let d = decode_log[i * moe_layers + l]
+                        .get(row)
+                        .map(|r| (r.boundary_gap, l));
+                    let t = teacher_log[l]
+                        .get(prompt - 1 + i)
+                        .map(|r| (r.boundary_gap, l));
+                    [d, t]
+                })
+                .flatten()
+                .min_by(|a, b| a.0.total_cmp(&b.0))
+        })
+        .collect()
 }

@@ -235,12 +235,16 @@ pub fn decode_row(r: &crate::verify::decode::DecodeReport) -> CheckResult {
         value: Some(r.worst_rel_rms),
         threshold: r.rule.to_string(),
         status: status(r.pass),
-        detail: match r.first_failure {
-            Some((step, v)) => format!(
+        detail: match (r.first_failure, r.routing_near_tie) {
+            (Some((step, v)), Some(t)) => format!(
+                "MoE routing near-tie at step {step} (layer {}, gap {:.2e}): {v:.3e} there, later steps not judged ({} of {} steps bitwise)",
+                t.layer, t.gap, r.bitwise_steps, r.steps
+            ),
+            (Some((step, v)), None) => format!(
                 "step {step} of {} at {v:.3e} ({} of {} steps bitwise)",
                 r.steps, r.bitwise_steps, r.steps
             ),
-            None => format!("{} of {} steps bitwise", r.bitwise_steps, r.steps),
+            (None, _) => format!("{} of {} steps bitwise", r.bitwise_steps, r.steps),
         },
     }
 }
