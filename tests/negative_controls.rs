@@ -252,3 +252,73 @@ fn a_decode_only_bug_fails_the_decode_row_and_the_clean_build_passes_it_bitwise(
         assert!(r.pass && r.bitwise_steps == 12, "{r:?}");
     }
 }
+
+/// Containment where the graph path has a real envelope (planted: one ULP
+/// of its RoPE output moves from call to call, as atomics do on a GPU): a
+/// fused path that rotates one position too far is outside it, at op level
+/// and on greedy runs (tiny is confident enough that the fault moves its
+/// logits without moving a token in 16 steps: the distance rule catches it).
+#[test]
+fn a_fused_fault_is_outside_a_jittering_graph_paths_envelope() {
+    use lockstep::backend::cpu::CpuBackend;
+    use lockstep::jobs::envelope::containment_of;
+    use lockstep::jobs::{load, EnvelopeLevel};
+    use lockstep::verify::envelope::ContainmentRule;
+    let m = Model::open("synth:tiny").unwrap();
+    let seq = prompt_and_continuation(&m, &PROMPT, 8).unwrap();
+    let truth = load(&m, CpuBackend::new(Numerics::F64)).unwrap();
+    let faulty = load(
+        &m,
+        CpuBackend::with_faults(
+            Numerics::Bf16,
+            Faults {
+                graph_one_ulp_flip: true,
+                fused_rope_position_offset: 1,
+                ..Default::default()
+            },
+        ),
+    )
+    .unwrap();
+    let op = containment_of(&faulty, Some(&truth), EnvelopeLevel::Op, &seq, 20).unwrap();
+    assert!(
+        op.graph.distinct > 1,
+        "the planted jitter gives graph an envelope"
+    );
+    assert_eq!(op.rule, Some(ContainmentRule::Envelope));
+    assert_eq!(op.contained, Some(false), "{}", op.verdict());
+    let greedy = containment_of(
+        &faulty,
+        None,
+        EnvelopeLevel::Greedy { steps: 16 },
+        &PROMPT,
+        10,
+    )
+    .unwrap();
+    assert_eq!(greedy.contained, Some(false), "{}", greedy.verdict());
+    assert!(!greedy.distance.within, "{}", greedy.verdict());
+    // Without the jitter the graph path is deterministic: op level falls
+    // back to truth (and the fault fails it), greedy runs are not judged.
+    let steady = load(
+        &m,
+        CpuBackend::with_faults(
+            Numerics::Bf16,
+            Faults {
+                fused_rope_position_offset: 1,
+                ..Default::default()
+            },
+        ),
+    )
+    .unwrap();
+    let op = containment_of(&steady, Some(&truth), EnvelopeLevel::Op, &seq, 3).unwrap();
+    assert_eq!(op.rule, Some(ContainmentRule::TruthRelative));
+    assert_eq!(op.contained, Some(false), "{}", op.verdict());
+    let greedy = containment_of(
+        &steady,
+        None,
+        EnvelopeLevel::Greedy { steps: 16 },
+        &PROMPT,
+        3,
+    )
+    .unwrap();
+    assert_eq!(greedy.contained, None, "{}", greedy.verdict());
+}

@@ -18,7 +18,9 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::skip::Need;
 use crate::verify::case::{Case, Key, Op};
-use crate::verify::checks::{decode_row, envelope_row, golden_row, logits_row, parity_row};
+use crate::verify::checks::{
+    decode_row, envelope_row, golden_row, logits_row, parity_row, path_containment_row,
+};
 use crate::verify::decode::DecodeRule;
 use crate::verify::metrics::diff;
 use crate::verify::rows::{judge_rows, RowVerdict};
@@ -44,6 +46,12 @@ pub trait Accelerator {
     /// The default device in the default settings, or why there is none
     /// here (not compiled in, no driver, no device).
     fn open() -> Result<Self::Backend>;
+    /// The same device in a mode that does not promise run-to-run
+    /// determinism, with that mode's name, where the backend has one: the
+    /// mode whose graph path has a real envelope to judge fused by.
+    fn open_nondeterministic() -> Option<(&'static str, Result<Self::Backend>)> {
+        None
+    }
 }
 
 /// MLX on its CPU device.
@@ -110,6 +118,18 @@ impl Accelerator for Cuda {
     /// GPU 0 in deterministic mode.
     fn open() -> Result<CudaBackend> {
         open_cuda(CudaOptions::default())
+    }
+
+    /// GPU 0 in fast mode (atomics and split reductions).
+    fn open_nondeterministic() -> Option<(&'static str, Result<CudaBackend>)> {
+        let mode = crate::backend::cuda::ReductionMode::Fast;
+        Some((
+            mode.name(),
+            open_cuda(CudaOptions {
+                mode,
+                ..CudaOptions::default()
+            }),
+        ))
     }
 }
 
@@ -345,5 +365,58 @@ pub fn accelerator_rows<A: Accelerator>(
             Ok(golden_row(case, &against_committed(golden_root, &now, &fp)))
         })?;
     }
+    if let Some((mode, backend)) = A::open_nondeterministic() {
+        containment_rows(super::load(&fx.model, backend?)?, mode, fx, rows)?;
+    }
     Ok(())
+}
+
+/// Op-level q/k/v runs per path in a containment row: the N >= 100.
+pub const CONTAINMENT_OP_RUNS: usize = 100;
+/// Greedy runs per path and their length.
+pub const CONTAINMENT_GREEDY_RUNS: usize = 20;
+pub const CONTAINMENT_GREEDY_STEPS: usize = 64;
+
+/// Fused against graph's envelope in a nondeterministic mode (`mode`, on
+/// `e`): op level (truth decides where the graph path proves
+/// deterministic) and greedy runs.
+fn containment_rows<B: Backend>(
+    e: Engine<B>,
+    mode: &str,
+    fx: &Fixture,
+    rows: &mut Rows,
+) -> Result<()> {
+    use super::envelope::containment_of;
+    let base = || {
+        Case::new(Op::Qkv, e.backend.kind())
+            .preset(&e.model_name)
+            .numerics(e.backend.numerics())
+            .with(Key::Mode, mode)
+    };
+    rows.run(base().tokens(fx.seq.len()), |case| {
+        let c = containment_of(
+            &e,
+            Some(&fx.truth),
+            EnvelopeLevel::Op,
+            &fx.seq,
+            CONTAINMENT_OP_RUNS,
+        )?;
+        Ok(path_containment_row(case, &c))
+    })?;
+    let steps = CONTAINMENT_GREEDY_STEPS;
+    let greedy = Case::new(Op::Greedy, e.backend.kind())
+        .preset(&e.model_name)
+        .numerics(e.backend.numerics())
+        .with(Key::Mode, mode)
+        .with(Key::Steps, steps);
+    rows.run(greedy, |case| {
+        let c = containment_of(
+            &e,
+            None,
+            EnvelopeLevel::Greedy { steps },
+            &super::DEFAULT_PROMPT,
+            CONTAINMENT_GREEDY_RUNS,
+        )?;
+        Ok(path_containment_row(case, &c))
+    })
 }

@@ -6,11 +6,13 @@ use crate::backend::cpu::{CpuBackend, Faults};
 use crate::backend::{AttnPath, Backend};
 use crate::engine::generate::GenerateOptions;
 use crate::engine::Engine;
+use crate::engine::LayerQkv;
 use crate::error::Result;
 use crate::ident::Numerics;
 use crate::model::Model;
 use crate::progress::Progress;
 use crate::verify::case::{Case, Key, Op};
+use crate::verify::containment::{GreedyRun, PathContainment};
 use crate::verify::envelope::{containment, envelope, Containment, Envelope, UlpType};
 use crate::verify::metrics::diff;
 
@@ -62,6 +64,91 @@ pub fn envelope_case<B: Backend>(
     }
 }
 
+/// What one run of one path gives: its flattened result and, for greedy
+/// runs, the tokens and per-step values.
+fn one_run<B: Backend>(
+    e: &Engine<B>,
+    level: EnvelopeLevel,
+    path: AttnPath,
+    tokens: &[u32],
+    inputs: &[LayerQkv],
+) -> Result<(Vec<f64>, Option<GreedyRun>)> {
+    let positions: Vec<usize> = (0..tokens.len()).collect();
+    Ok(match level {
+        EnvelopeLevel::Op => {
+            let mut r = Vec::new();
+            for l in inputs {
+                let qkv = e.attention_inputs_from_host(l.layer, &l.input, &positions, path)?;
+                r.extend(qkv.concat());
+            }
+            (r, None)
+        }
+        EnvelopeLevel::Logits => (
+            e.teacher_forced(tokens, path, &mut Default::default())?
+                .concat(),
+            None,
+        ),
+        EnvelopeLevel::Greedy { steps } => {
+            let full = e.config.vocab_size <= 4096;
+            let opts = GenerateOptions {
+                max_tokens: steps,
+                path,
+                keep_logits: full,
+                top_k: 8,
+                ..Default::default()
+            };
+            let run = e.generate(tokens, &opts, &mut |_| {})?;
+            let per_step: Vec<Vec<f64>> = run
+                .steps
+                .iter()
+                .map(|s| match &s.logits {
+                    Some(l) => l.iter().map(|&v| v as f64).collect(),
+                    None => s.top.iter().map(|t| t.1 as f64).collect(),
+                })
+                .collect();
+            (
+                per_step.concat(),
+                Some(GreedyRun {
+                    tokens: run.tokens,
+                    steps: per_step,
+                }),
+            )
+        }
+    })
+}
+
+/// Op level holds each layer's input fixed (recorded once), so the spread
+/// is the op's own, not that of the layers before it.
+fn fixed_inputs<B: Backend>(
+    e: &Engine<B>,
+    level: EnvelopeLevel,
+    tokens: &[u32],
+) -> Result<Vec<LayerQkv>> {
+    match level {
+        EnvelopeLevel::Op => e.record_attention_inputs(tokens, &[]),
+        _ => Ok(Vec::new()),
+    }
+}
+
+fn summarise<B: Backend>(
+    e: &Engine<B>,
+    level: EnvelopeLevel,
+    path: AttnPath,
+    tokens: &[u32],
+    results: &[Vec<f64>],
+    greedy: &[GreedyRun],
+) -> Envelope {
+    let case = envelope_case(e, level, path, tokens.len());
+    // Greedy runs that diverged have logits in other contexts: still the same
+    // length, so the spread is measured, and the divergence steps say why.
+    let toks: Vec<Vec<u32>> = greedy.iter().map(|g| g.tokens.clone()).collect();
+    let toks = matches!(level, EnvelopeLevel::Greedy { .. }).then_some(toks.as_slice());
+    let ulp = ulp_type(e.backend.numerics());
+    let mut env = envelope(case, results, toks, ulp);
+    env.fingerprint = Some(e.fingerprint(path));
+    env
+}
+
 /// `runs` runs of one input on one engine, and their spread.
 pub fn envelope_of<B: Backend>(
     e: &Engine<B>,
@@ -71,59 +158,85 @@ pub fn envelope_of<B: Backend>(
     runs: usize,
 ) -> Result<Envelope> {
     let mut p = Progress::new("runs", runs);
+    let inputs = fixed_inputs(e, level, tokens)?;
     let mut results = Vec::with_capacity(runs);
-    let mut greedy_tokens = Vec::with_capacity(runs);
-    // Op level holds each layer's input fixed (recorded once), so the spread
-    // is the op's own, not that of the layers before it.
-    let inputs = match level {
-        EnvelopeLevel::Op => e.record_attention_inputs(tokens, &[])?,
-        _ => Vec::new(),
-    };
-    let positions: Vec<usize> = (0..tokens.len()).collect();
+    let mut greedy = Vec::new();
     for i in 0..runs {
-        let r: Vec<f64> = match level {
-            EnvelopeLevel::Op => {
-                let mut r = Vec::new();
-                for l in &inputs {
-                    let qkv = e.attention_inputs_from_host(l.layer, &l.input, &positions, path)?;
-                    r.extend(qkv.concat());
-                }
-                r
-            }
-            EnvelopeLevel::Logits => e
-                .teacher_forced(tokens, path, &mut Default::default())?
-                .concat(),
-            EnvelopeLevel::Greedy { steps } => {
-                let full = e.config.vocab_size <= 4096;
-                let opts = GenerateOptions {
-                    max_tokens: steps,
-                    path,
-                    keep_logits: full,
-                    top_k: 8,
-                    ..Default::default()
-                };
-                let run = e.generate(tokens, &opts, &mut |_| {})?;
-                greedy_tokens.push(run.tokens);
-                run.steps
-                    .iter()
-                    .flat_map(|s| match &s.logits {
-                        Some(l) => l.iter().map(|&v| v as f64).collect::<Vec<_>>(),
-                        None => s.top.iter().map(|t| t.1 as f64).collect(),
-                    })
-                    .collect()
-            }
-        };
+        let (r, g) = one_run(e, level, path, tokens, &inputs)?;
         results.push(r);
+        greedy.extend(g);
         p.set(i + 1);
     }
-    let case = envelope_case(e, level, path, tokens.len());
-    // Greedy runs that diverged have logits in other contexts: still the same
-    // length, so the spread is measured, and the divergence steps say why.
-    let toks = matches!(level, EnvelopeLevel::Greedy { .. }).then_some(greedy_tokens.as_slice());
-    let ulp = ulp_type(e.backend.numerics());
-    let mut env = envelope(case, &results, toks, ulp);
-    env.fingerprint = Some(e.fingerprint(path));
-    Ok(env)
+    Ok(summarise(e, level, path, tokens, &results, &greedy))
+}
+
+/// `runs` runs of each path on one engine, interleaved (graph run i, then
+/// fused run i, so that a drift of the machine falls on both alike), and
+/// whether the fused path lies inside the graph path's envelope. `truth`
+/// (an f64 CPU engine of the same model) decides where the graph path is
+/// deterministic, at op and logits level.
+pub fn containment_of<B: Backend>(
+    e: &Engine<B>,
+    truth: Option<&Engine<CpuBackend>>,
+    level: EnvelopeLevel,
+    tokens: &[u32],
+    runs: usize,
+) -> Result<PathContainment> {
+    if let Some(t) = truth {
+        if t.model_hash != e.model_hash {
+            return Err(crate::error::Error::invalid(
+                "containment",
+                format!(
+                    "the engine holds model {}, the truth engine {}: refusing to compare",
+                    e.model_hash, t.model_hash
+                ),
+            ));
+        }
+    }
+    let mut p = Progress::new("runs", 2 * runs);
+    let inputs = fixed_inputs(e, level, tokens)?;
+    let mut results: [Vec<Vec<f64>>; 2] = [Vec::new(), Vec::new()];
+    let mut greedy: [Vec<GreedyRun>; 2] = [Vec::new(), Vec::new()];
+    for i in 0..runs {
+        for (k, path) in [AttnPath::Graph, AttnPath::Fused].into_iter().enumerate() {
+            let (r, g) = one_run(e, level, path, tokens, &inputs)?;
+            results[k].push(r);
+            greedy[k].extend(g);
+            p.set(2 * i + k + 1);
+        }
+    }
+    let graph_env = summarise(e, level, AttnPath::Graph, tokens, &results[0], &greedy[0]);
+    let fused_env = summarise(e, level, AttnPath::Fused, tokens, &results[1], &greedy[1]);
+    Ok(match level {
+        EnvelopeLevel::Greedy { steps } => {
+            PathContainment::of_greedy(graph_env, fused_env, &greedy[0], &greedy[1], steps)
+        }
+        EnvelopeLevel::Op | EnvelopeLevel::Logits => {
+            let t = match truth {
+                None => None,
+                Some(t) => Some(match level {
+                    EnvelopeLevel::Op => {
+                        let positions: Vec<usize> = (0..tokens.len()).collect();
+                        let mut r = Vec::new();
+                        for l in &inputs {
+                            let qkv = t.attention_inputs_from_host(
+                                l.layer,
+                                &l.input,
+                                &positions,
+                                AttnPath::Graph,
+                            )?;
+                            r.extend(qkv.concat());
+                        }
+                        r
+                    }
+                    _ => t
+                        .teacher_forced(tokens, AttnPath::Graph, &mut Default::default())?
+                        .concat(),
+                }),
+            };
+            PathContainment::of_values(graph_env, fused_env, &results[0], &results[1], t.as_deref())
+        }
+    })
 }
 
 /// Teacher-forced logits envelope on the CPU reference with `faults`

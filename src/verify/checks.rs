@@ -147,6 +147,35 @@ pub fn containment_row(case: Case, c: &Containment) -> CheckResult {
     }
 }
 
+/// Fused against the graph path's envelope from N runs of each: failed
+/// when not contained, skipped (saying why) when nothing could judge.
+pub fn path_containment_row(
+    case: Case,
+    c: &crate::verify::containment::PathContainment,
+) -> CheckResult {
+    CheckResult {
+        check: Check::Containment,
+        case,
+        metric: "median RMS fused-graph".into(),
+        value: Some(c.distance.fused_median),
+        threshold: match c.rule {
+            Some(ContainmentRule::TruthRelative) => {
+                "zero envelope: fused-truth <= truth_relative_factor x graph-truth".into()
+            }
+            _ => format!(
+                "graph runs' {:.0}% tail {:.3e} (containment_quantile)",
+                100.0 * (1.0 - c.quantile),
+                c.distance.graph_bound
+            ),
+        },
+        status: match c.contained {
+            Some(ok) => status(ok),
+            None => Status::Skipped(c.verdict()),
+        },
+        detail: c.verdict(),
+    }
+}
+
 /// A fresh golden run against its committed snapshot (`committed`: the
 /// outcome of the comparison, or why there was none).
 pub fn golden_row(case: Case, committed: &crate::error::Result<GoldenOutcome>) -> CheckResult {

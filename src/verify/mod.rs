@@ -3,6 +3,7 @@
 
 pub mod case;
 pub mod checks;
+pub mod containment;
 pub mod decode;
 pub mod divergence;
 pub mod envelope;

@@ -40,10 +40,11 @@ pub enum Tol {
     MlxBf16VsCpuBf16LogitsRelRms,
     MlxGpuBf16VsCpuBf16LogitsRelRms,
     MoeRoutingNearTieBf16,
+    ContainmentQuantile,
 }
 
 impl Tol {
-    pub const ALL: [Tol; 14] = [
+    pub const ALL: [Tol; 15] = [
         Tol::FusedVsGraphRms,
         Tol::FusedVsGraphF64Rms,
         Tol::TruthVsTransformersF32LogitsRelRms,
@@ -58,6 +59,7 @@ impl Tol {
         Tol::MlxBf16VsCpuBf16LogitsRelRms,
         Tol::MlxGpuBf16VsCpuBf16LogitsRelRms,
         Tol::MoeRoutingNearTieBf16,
+        Tol::ContainmentQuantile,
     ];
 
     pub fn name(self) -> &'static str {
@@ -78,6 +80,7 @@ impl Tol {
             Tol::MlxBf16VsCpuBf16LogitsRelRms => "mlx_bf16_vs_cpu_bf16_logits_rel_rms",
             Tol::MlxGpuBf16VsCpuBf16LogitsRelRms => "mlx_gpu_bf16_vs_cpu_bf16_logits_rel_rms",
             Tol::MoeRoutingNearTieBf16 => "moe_routing_near_tie_bf16",
+            Tol::ContainmentQuantile => "containment_quantile",
         }
     }
 

@@ -112,6 +112,11 @@ pub struct Faults {
     /// position too far: a bug only decode runs, as a decode-only kernel
     /// specialisation would have.
     pub decode_rope_position_offset: usize,
+    /// The graph path's RoPE output has one element one ULP off on every
+    /// odd call (the place moving from call to call): a graph path with a
+    /// run-to-run envelope, as a nondeterministic GPU mode has, for the
+    /// containment rules' controls.
+    pub graph_one_ulp_flip: bool,
 }
 
 impl CpuBackend {
@@ -248,11 +253,16 @@ impl Backend for CpuBackend {
         head_dim: usize,
         theta: f64,
     ) -> Result<CpuTensor> {
-        if positions.len() == 1 && self.faults.decode_rope_position_offset > 0 {
+        let mut out = if positions.len() == 1 && self.faults.decode_rope_position_offset > 0 {
             let shifted = [positions[0] + self.faults.decode_rope_position_offset];
-            return ops::rope(self.numerics, x, &shifted, head_dim, theta);
+            ops::rope(self.numerics, x, &shifted, head_dim, theta)?
+        } else {
+            ops::rope(self.numerics, x, positions, head_dim, theta)?
+        };
+        if self.faults.graph_one_ulp_flip {
+            ops::graph_flip(self.numerics, &mut out);
         }
-        ops::rope(self.numerics, x, positions, head_dim, theta)
+        Ok(out)
     }
 
     fn fused_qkv(

@@ -257,6 +257,18 @@ fn finish(num: Numerics, v: f64) -> f64 {
     }
 }
 
+static GRAPH_FLIP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// `Faults::graph_one_ulp_flip`: on every odd call, one element of the
+/// rotated tensor one ULP off, at a place that moves from call to call.
+pub fn graph_flip(num: Numerics, x: &mut CpuTensor) {
+    let call = GRAPH_FLIP_COUNTER.fetch_add(1, AtomicOrdering::Relaxed);
+    if call % 2 == 1 && !x.data.is_empty() {
+        let i = (call as usize * 7919) % x.data.len();
+        x.data[i] = one_ulp_up(num, x.data[i]);
+    }
+}
+
 fn one_ulp_up(num: Numerics, v: f64) -> f64 {
     match num {
         Numerics::Bf16 => {
