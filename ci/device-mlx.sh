@@ -12,13 +12,17 @@
 # Stages (in order given): env, goldens (regen the mlx-gpu goldens here and
 # copy them to $OUT), tests (the shared suite on MLX's GPU and the MLX-GPU
 # tests of mlx_backend: the fused CUDA kernels), cuda-tests (the CUDA
-# backend's tests from the same bundle), verify (its rows),
-# envelopes (op level N=100 and greedy N=20 x 256, both paths, tiny and
-# qwen3-0.6b), bench (decode speed of MLX's paths, pipelined and not, of
-# the CUDA backend, of mlx-lm on the same MLX build and of transformers, on
+# backend's tests from the same bundle), verify (its rows; VERIFY_FILTER,
+# default @mlx-gpu), envelopes (op level N=100 and greedy N=20 x 256, both
+# paths, of ENV_PRESETS (tiny qwen3-0.6b) and ENV_KINDS (op greedy) on
+# MLX's GPU, or on ENV_TARGET named ENV_NAME, e.g. "--backend cuda --mode
+# fast" and cuda-fast), containment (fused inside graph's envelope at
+# op level and on greedy runs: CONTAIN_PRESETS on CONTAIN_TARGET), bench (decode speed of MLX's paths, pipelined and
+# not, of the CUDA backend, of mlx-lm on the same MLX build and of transformers, on
 # the same weights; BENCH_PRESETS; their greedy tokens compared), big (the
 # ignored large-model test: op level at BIG_MODELS, logits vs the CPU for
-# dense ones), bench-big (MLX decode of BIG_BENCH, shorter), kernels
+# dense ones), bench-big (MLX decode of BIG_BENCH, shorter), bench-big-cuda
+# (the CUDA backend's, likewise), kernels
 # (Nsight Compute: kernels and GPU time per decode step of qwen3-0.6b, per
 # path), cpu-tests (MLX's CPU device of the CUDA build: does it reproduce
 # the CPU wheel's results?), archive.
@@ -74,15 +78,18 @@ for stage in "$@"; do
         LOCKSTEP_REQUIRE_GPU=1 step $D/tests/cuda_backend --test-threads 1 --nocapture
       fi ;;
     verify)
-      step $L verify --root . --filter @mlx-gpu ;;
+      # VERIFY_FILTER: space-separated filters, any of which selects a row.
+      fargs=()
+      for f in ${VERIFY_FILTER:-@mlx-gpu}; do fargs+=(--filter "$f"); done
+      step $L verify --root . "${fargs[@]}" ;;
     envelopes)
       for preset in ${ENV_PRESETS:-tiny qwen3-0.6b}; do
         for path in graph fused; do
-          for kind in op greedy; do
+          for kind in ${ENV_KINDS:-op greedy}; do
             if [ $kind = op ]; then args="--steps 0 --level op --runs 100"; else args="--steps 256 --runs 20"; fi
-            name=$preset-$kind-$path
+            name=${ENV_NAME:-mlx-gpu}-$preset-$kind-$path
             echo "== envelope $name" | tee -a "$OUT/log.txt"
-            timeout ${ENV_TIMEOUT:-240} $L envelope --backend mlx --device gpu --model synth:$preset --path $path $args \
+            timeout ${ENV_TIMEOUT:-240} $L envelope ${ENV_TARGET:---backend mlx --device gpu} --model synth:$preset --path $path $args \
               --json > "$OUT/envelope-$name.json" 2>>"$OUT/log.txt" || { echo "envelope $name failed" | tee -a "$OUT/log.txt"; rc=1; }
             python3 - "$OUT/envelope-$name.json" <<'PY' | tee -a "$OUT/log.txt"
 import json, sys
@@ -117,10 +124,26 @@ PY
     big)
       LOCKSTEP_BIG_MODELS=${BIG_MODELS:-synth:qwen3-8b,synth:qwen3-30b-a3b} \
         step $D/tests/mlx_backend --ignored --test-threads 1 --nocapture mlx_gpu_large_models ;;
+    containment)
+      # Fused inside graph's envelope, per CONTAIN_TARGET (CUDA's fast
+      # mode by default), op level N=100 and greedy N=20 x 256.
+      for preset in ${CONTAIN_PRESETS:-qwen3-0.6b}; do
+        for kind in op greedy; do
+          if [ $kind = op ]; then args="--steps 0 --level op --runs 100"; else args="--steps 256 --runs 20"; fi
+          step timeout ${ENV_TIMEOUT:-240} $L envelope ${CONTAIN_TARGET:---backend cuda --mode fast} --model synth:$preset \
+            --containment $args --report "$OUT/containment-$preset-$kind"
+        done
+      done ;;
     bench-big)
       for preset in ${BIG_BENCH:-qwen3-30b-a3b}; do
         step $L bench --backend mlx-gpu --model synth:$preset --warmup 8 --tokens 64 --repeats 2 \
           --out "$OUT/bench-mlx-$preset.json"
+      done ;;
+    bench-big-cuda)
+      # The CUDA backend on BIG_BENCH, as bench-big times MLX.
+      for preset in ${BIG_BENCH:-qwen3-30b-a3b}; do
+        step timeout ${CUDA_BIG_TIMEOUT:-300} $L bench --backend cuda --model synth:$preset --modes deterministic \
+          --warmup 8 --tokens 64 --repeats 2 --out "$OUT/bench-cuda-$preset.json"
       done ;;
     kernels)
       # Kernels per decode step and their GPU time: a greedy run of S+2
