@@ -414,6 +414,51 @@ pub fn argmax_ties_to_the_lower_index_and_never_picks_nan<A: Accelerator>(test: 
 }
 
 /// Instantiates the suite for one accelerator as a module of tests.
+/// The fused path's bits do not move with layout alone (row offset in a
+/// batch, other buffers held, KV-cache room): `verify`'s layout row.
+pub fn fused_layout_is_bitwise_invariant<A: Accelerator>(test: &str) {
+    let Some((_lock, be)) = open::<A>(test) else {
+        return;
+    };
+    let m = Model::open("synth:tiny").unwrap();
+    let e = load(&m, be).unwrap();
+    let r = lockstep::jobs::layout::fused_layout(
+        &e,
+        &common::prompt_and_continuation(&m, &PROMPT, 8).unwrap(),
+    )
+    .unwrap();
+    println!("{}: {}", r.case, r.summary());
+    assert!(r.pass, "{}", r.summary());
+}
+
+/// Fused vs graph q, k, v of a single row (the decode-step kernels) at
+/// every position of `DECODE_POSITIONS`, under the op contract.
+pub fn single_row_ops_meet_the_contract_at_decode_positions<A: Accelerator>(test: &str) {
+    let Some((_lock, be)) = open::<A>(test) else {
+        return;
+    };
+    let m = Model::open("synth:tiny").unwrap();
+    let e = load(&m, be).unwrap();
+    let truth = load_cpu(&m, Numerics::F64).unwrap();
+    let seq = common::prompt_and_continuation(&m, &PROMPT, 8).unwrap();
+    for position in lockstep::jobs::parity::DECODE_POSITIONS {
+        let op = lockstep::jobs::parity::decode_op_parity_on(
+            &e,
+            &truth,
+            &seq,
+            position,
+            Tol::FusedVsGraphRms,
+        )
+        .unwrap();
+        println!(
+            "{}: {}",
+            op.case,
+            op.to_text().lines().next().unwrap_or_default()
+        );
+        assert!(op.first_failure().is_none(), "{}", op.to_text());
+    }
+}
+
 macro_rules! accelerator_suite {
     ($name:ident, $backend:ty, op_presets = [$($preset:literal),*]) => {
         mod $name {
@@ -483,6 +528,16 @@ macro_rules! accelerator_suite {
             #[test]
             fn the_backends_argmax_is_the_hosts() {
                 argmax_ties_to_the_lower_index_and_never_picks_nan::<A>(&t("the_backends_argmax_is_the_hosts"));
+            }
+
+            #[test]
+            fn the_fused_path_is_bitwise_the_same_under_layout_changes() {
+                fused_layout_is_bitwise_invariant::<A>(&t("the_fused_path_is_bitwise_the_same_under_layout_changes"));
+            }
+
+            #[test]
+            fn single_row_fused_and_graph_meet_the_op_contract_at_decode_positions() {
+                single_row_ops_meet_the_contract_at_decode_positions::<A>(&t("single_row_fused_and_graph_meet_the_op_contract_at_decode_positions"));
             }
 
             #[test]

@@ -322,3 +322,39 @@ fn a_fused_fault_is_outside_a_jittering_graph_paths_envelope() {
     .unwrap();
     assert_eq!(greedy.contained, None, "{}", greedy.verdict());
 }
+
+/// The layout row: a fused path whose output depends on a row's place in
+/// the batch changes bits when the block moves by one row (by four, the
+/// parity of every row is kept and nothing moves: the control of the
+/// control); the clean path keeps every bit under every layout.
+#[test]
+fn a_batch_position_dependent_fused_path_fails_the_layout_row() {
+    use lockstep::backend::cpu::CpuBackend;
+    use lockstep::jobs::layout::fused_layout;
+    use lockstep::jobs::load;
+    let m = Model::open("synth:tiny").unwrap();
+    let seq = prompt_and_continuation(&m, &PROMPT, 8).unwrap();
+    let faulty = load(
+        &m,
+        CpuBackend::with_faults(
+            Numerics::Bf16,
+            Faults {
+                fused_odd_row_flip: true,
+                ..Default::default()
+            },
+        ),
+    )
+    .unwrap();
+    let r = fused_layout(&faulty, &seq).unwrap();
+    assert!(!r.pass, "{}", r.summary());
+    let moved: Vec<&str> = r
+        .perturbations
+        .iter()
+        .filter(|p| p.first_difference.is_some())
+        .map(|p| p.what.as_str())
+        .collect();
+    assert_eq!(moved, ["rows at offset 1 of 5"], "{}", r.summary());
+    let clean = load(&m, CpuBackend::new(Numerics::Bf16)).unwrap();
+    let r = fused_layout(&clean, &seq).unwrap();
+    assert!(r.pass, "{}", r.summary());
+}

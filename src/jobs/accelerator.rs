@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::skip::Need;
 use crate::verify::case::{Case, Key, Op};
 use crate::verify::checks::{
-    decode_row, envelope_row, golden_row, logits_row, parity_row, path_containment_row,
+    decode_row, envelope_row, golden_row, layout_row, logits_row, parity_row, path_containment_row,
 };
 use crate::verify::decode::DecodeRule;
 use crate::verify::metrics::diff;
@@ -348,6 +348,21 @@ pub fn accelerator_rows<A: Accelerator>(
     rows.run(super::parity::op_case(e, seq.len()), |_| {
         let op = op_parity_on(e, &fx.truth, seq, Tol::FusedVsGraphRms)?;
         Ok(parity_row(&op, Check::ParityOp))
+    })?;
+    for position in super::parity::DECODE_POSITIONS {
+        rows.run(super::parity::decode_op_case(e, position), |_| {
+            let op = super::parity::decode_op_parity_on(
+                e,
+                &fx.truth,
+                seq,
+                position,
+                Tol::FusedVsGraphRms,
+            )?;
+            Ok(parity_row(&op, Check::ParityOp))
+        })?;
+    }
+    rows.run(super::layout::layout_case(e), |_| {
+        Ok(layout_row(&super::layout::fused_layout(e, seq)?))
     })?;
     for path in AttnPath::ALL {
         let case = super::envelope::envelope_case(e, EnvelopeLevel::Logits, path, seq.len());

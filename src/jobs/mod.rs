@@ -11,6 +11,7 @@ pub mod divergence;
 pub mod envelope;
 pub mod fixture;
 pub mod golden;
+pub mod layout;
 pub mod oracle;
 pub mod parity;
 pub mod verify;

@@ -5,11 +5,11 @@
 
 use crate::backend::cpu::{CpuBackend, Faults};
 use crate::backend::{AttnPath, Backend};
-use crate::engine::{Capture, Engine};
+use crate::engine::{Capture, Engine, LayerQkv};
 use crate::error::{Error, Result};
 use crate::ident::Numerics;
 use crate::model::Model;
-use crate::verify::case::{Case, Op};
+use crate::verify::case::{Case, Key, Op};
 use crate::verify::parity::{op_parity, run_parity, ParityReport};
 use crate::verify::tolerances::Tol;
 
@@ -81,6 +81,66 @@ pub fn op_parity_on<B: Backend>(
         .map(|l| truth.attention_inputs_from_host(l.layer, &l.input, &positions, AttnPath::Graph))
         .collect::<Result<Vec<_>>>()?;
     let mut op = op_parity(case, &rec, Some(&truth_ops), tolerance);
+    op.fingerprints = fingerprints(e, truth);
+    Ok(op)
+}
+
+/// Positions of the single-row (decode-step) op parity rows: the start, a
+/// mid-range one, one past 4k (long-context kernel choices, RoPE angles of
+/// thousands of radians) and one far out.
+pub const DECODE_POSITIONS: [usize; 4] = [0, 1023, 4097, 32767];
+
+/// The case of a single-row op parity row of `e` at `position`.
+pub fn decode_op_case<B: Backend>(e: &Engine<B>, position: usize) -> Case {
+    op_case(e, 1).with(Key::Position, position)
+}
+
+/// Fused vs graph q, k, v of one row at `position` (the shape a decode step
+/// runs, through the single-row kernels), from each layer's input at the
+/// last of `tokens`, with truth on exactly that input.
+pub fn decode_op_parity_on<B: Backend>(
+    e: &Engine<B>,
+    truth: &Engine<CpuBackend>,
+    tokens: &[u32],
+    position: usize,
+    tolerance: Tol,
+) -> Result<ParityReport> {
+    let case = decode_op_case(e, position);
+    same_model(e, truth, &case)?;
+    if position >= e.config.max_position_embeddings {
+        return Err(Error::invalid(
+            case.id(),
+            format!(
+                "position {position} is past the model's max_position_embeddings {}",
+                e.config.max_position_embeddings
+            ),
+        ));
+    }
+    let hidden = e.config.hidden_size;
+    let mut rows = Vec::new();
+    let mut truth_ops = Vec::new();
+    for l in e.record_attention_inputs(tokens, &[])? {
+        let row = l.input[l.input.len().saturating_sub(hidden)..].to_vec();
+        let mut by_path = Vec::new();
+        for p in [AttnPath::Graph, AttnPath::Fused] {
+            by_path.push((
+                p,
+                e.attention_inputs_from_host(l.layer, &row, &[position], p)?,
+            ));
+        }
+        truth_ops.push(truth.attention_inputs_from_host(
+            l.layer,
+            &row,
+            &[position],
+            AttnPath::Graph,
+        )?);
+        rows.push(LayerQkv {
+            layer: l.layer,
+            input: row,
+            by_path,
+        });
+    }
+    let mut op = op_parity(case, &rows, Some(&truth_ops), tolerance);
     op.fingerprints = fingerprints(e, truth);
     Ok(op)
 }

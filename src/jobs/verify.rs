@@ -16,7 +16,7 @@ use crate::error::Result;
 use crate::ident::Numerics;
 use crate::verify::case::{Case, Filter, Op};
 use crate::verify::checks::{
-    containment_row, decode_row, envelope_row, golden_row, oracle_row, parity_row,
+    containment_row, decode_row, envelope_row, golden_row, layout_row, oracle_row, parity_row,
     skipped_backend_row,
 };
 use crate::verify::decode::DecodeRule;
@@ -89,6 +89,21 @@ fn cpu_rows(fx: &Fixture, golden_root: &Path, rows: &mut Rows) -> Result<()> {
             Ok(parity_row(&run, Check::ParityLayers))
         })?;
     }
+    for position in super::parity::DECODE_POSITIONS {
+        rows.run(super::parity::decode_op_case(&fx.bf16, position), |_| {
+            let op = super::parity::decode_op_parity_on(
+                &fx.bf16,
+                &fx.truth,
+                seq,
+                position,
+                op_tolerance(Numerics::Bf16),
+            )?;
+            Ok(parity_row(&op, Check::ParityOp))
+        })?;
+    }
+    rows.run(super::layout::layout_case(&fx.bf16), |_| {
+        Ok(layout_row(&super::layout::fused_layout(&fx.bf16, seq)?))
+    })?;
     // Decode steps of the bf16 reference: the same bits as its teacher-forced
     // rows (f64 runs keep f32 step logits, so are not compared bitwise).
     for path in AttnPath::ALL {

@@ -28,10 +28,13 @@ pub enum Op {
     Golden,
     /// The CPU reference against a transformers reference file.
     Transformers,
+    /// The fused path's bits under changes of layout alone (row offset in
+    /// a batch, KV-cache capacity, allocator state).
+    Layout,
 }
 
 impl Op {
-    pub const ALL: [Op; 7] = [
+    pub const ALL: [Op; 8] = [
         Op::Qkv,
         Op::Layers,
         Op::Logits,
@@ -39,6 +42,7 @@ impl Op {
         Op::Decode,
         Op::Golden,
         Op::Transformers,
+        Op::Layout,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +54,7 @@ impl Op {
             Op::Decode => "decode",
             Op::Golden => "golden",
             Op::Transformers => "transformers",
+            Op::Layout => "layout",
         }
     }
 }
@@ -65,19 +70,22 @@ pub enum Key {
     /// CUDA's reduction mode.
     Mode,
     Tokens,
+    /// The position of a single row (a decode step's q, k, v).
+    Position,
     Steps,
     /// The backend a result is compared with, when not truth.
     Vs,
 }
 
 impl Key {
-    pub const ALL: [Key; 8] = [
+    pub const ALL: [Key; 9] = [
         Key::Preset,
         Key::Dtype,
         Key::Numerics,
         Key::Path,
         Key::Mode,
         Key::Tokens,
+        Key::Position,
         Key::Steps,
         Key::Vs,
     ];
@@ -90,6 +98,7 @@ impl Key {
             Key::Path => "path",
             Key::Mode => "mode",
             Key::Tokens => "tokens",
+            Key::Position => "position",
             Key::Steps => "steps",
             Key::Vs => "vs",
         }

@@ -176,6 +176,24 @@ pub fn path_containment_row(
     }
 }
 
+/// The fused path's bits under layout changes alone.
+pub fn layout_row(r: &crate::verify::layout::LayoutReport) -> CheckResult {
+    CheckResult {
+        check: Check::Layout,
+        case: r.case.clone(),
+        metric: "layouts that changed bits".into(),
+        value: Some(
+            r.perturbations
+                .iter()
+                .filter(|p| p.first_difference.is_some())
+                .count() as f64,
+        ),
+        threshold: "0 (bitwise)".into(),
+        status: status(r.pass),
+        detail: r.summary(),
+    }
+}
+
 /// A fresh golden run against its committed snapshot (`committed`: the
 /// outcome of the comparison, or why there was none).
 pub fn golden_row(case: Case, committed: &crate::error::Result<GoldenOutcome>) -> CheckResult {

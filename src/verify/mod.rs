@@ -8,6 +8,7 @@ pub mod decode;
 pub mod divergence;
 pub mod envelope;
 pub mod golden;
+pub mod layout;
 pub mod metrics;
 pub mod parity;
 pub mod reference;

@@ -22,6 +22,8 @@ pub enum Check {
     Containment,
     /// Decode steps against the teacher-forced pass of the same sequence.
     Decode,
+    /// The fused path bitwise unchanged by layout alone.
+    Layout,
     Golden,
 }
 
@@ -35,6 +37,7 @@ impl Check {
             Check::Envelope => "envelope",
             Check::Containment => "containment",
             Check::Decode => "decode",
+            Check::Layout => "layout",
             Check::Golden => "golden",
         }
     }

@@ -108,6 +108,9 @@ pub struct Faults {
     /// The fused path flips the lowest mantissa bit of element `(call * 7919) % n`
     /// of q on every call whose counter is odd: a one-ULP, run-dependent change.
     pub fused_one_ulp_flip: bool,
+    /// The fused path moves q's first element one ULP in every odd row of
+    /// a batch: an output that depends on where in the batch a row sits.
+    pub fused_odd_row_flip: bool,
     /// Single-row RoPE (a decode step's, on the graph path) rotates one
     /// position too far: a bug only decode runs, as a decode-only kernel
     /// specialisation would have.

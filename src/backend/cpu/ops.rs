@@ -236,6 +236,11 @@ pub fn fused_qkv(
         }
         v.extend(row[qd + kd..].iter().map(|&x| finish(num, x)));
     }
+    if faults.fused_odd_row_flip {
+        for r in (1..n).step_by(2) {
+            q[r * qd] = one_ulp_up(num, q[r * qd]);
+        }
+    }
     if faults.fused_one_ulp_flip {
         let call = FLIP_COUNTER.fetch_add(1, AtomicOrdering::Relaxed);
         if call % 2 == 1 && !q.is_empty() {
