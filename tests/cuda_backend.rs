@@ -504,3 +504,85 @@ fn the_fused_kernel_is_batch_invariant() {
     let m = Model::open("synth:tiny").unwrap();
     common::assert_fused_batch_invariant(&Engine::load(&m, be).unwrap());
 }
+
+/// A negative control per kernel family a decode step runs: each planted
+/// fault (a rewrite of one `.cu` file, `CudaFault`) must fail at least one
+/// of `verify`'s CUDA rows, on the presets whose model uses the family; the
+/// clean build passes every row the faults are judged by.
+#[test]
+fn every_planted_kernel_fault_fails_a_verify_row() {
+    use lockstep::backend::cuda::CudaFault;
+    use lockstep::jobs::accelerator::accelerator_rows;
+    use lockstep::jobs::verify::Rows;
+    use lockstep::jobs::{load, Fixture};
+    use lockstep::verify::case::Filter;
+    use lockstep::verify::summary::Status;
+    let test = "tests/cuda_backend.rs::every_planted_kernel_fault_fails_a_verify_row";
+    let Some((_lock, clean)) = open::<Cuda>(test) else {
+        return;
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Every row but containment's, which judge a second, clean backend.
+    let filter = Filter::new(
+        [
+            "decode(",
+            "position=",
+            "logits(",
+            "bf16,tokens=32)",
+            "golden(",
+            "layout(",
+        ]
+        .map(String::from),
+    );
+    let failed_rows = |e: &Engine<CudaBackend>, fx: &Fixture| -> Vec<String> {
+        let mut on_check = |_: &lockstep::verify::summary::CheckResult| {};
+        let mut rows = Rows::new(&filter, &mut on_check);
+        match accelerator_rows::<Cuda>(e, fx, root, &mut rows) {
+            Err(err) => vec![format!("error: {err}")],
+            Ok(()) => rows
+                .finish()
+                .into_iter()
+                .filter(|r| r.status == Status::Fail)
+                .map(|r| format!("{} {}", r.check, r.case))
+                .collect(),
+        }
+    };
+    let fixtures = [
+        Fixture::preset("tiny").unwrap(),
+        Fixture::preset("tiny-moe").unwrap(),
+    ];
+    let mut clean = Some(clean);
+    for fx in &fixtures {
+        let e = load(&fx.model, clean.take().unwrap()).unwrap();
+        let failed = failed_rows(&e, fx);
+        assert!(
+            failed.is_empty(),
+            "{}: the clean build fails {failed:?}",
+            fx.name()
+        );
+        clean = Some(e.backend);
+    }
+    for fault in CudaFault::ALL {
+        let on: &[&Fixture] = match fault {
+            CudaFault::MoeRouteNextExpert => &[&fixtures[1]],
+            _ => &[&fixtures[0], &fixtures[1]],
+        };
+        for fx in on {
+            let be = CudaBackend::with_fault(0, CudaOptions::default(), fault).unwrap();
+            let e = load(&fx.model, be).unwrap();
+            let failed = failed_rows(&e, fx);
+            println!(
+                "{} on {}: {} row(s) fail: {failed:?}",
+                fault.name(),
+                fx.name(),
+                failed.len()
+            );
+            assert!(
+                !failed.is_empty(),
+                "planted {} passed every verify row on {}",
+                fault.name(),
+                fx.name()
+            );
+        }
+    }
+}

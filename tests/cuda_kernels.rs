@@ -57,3 +57,38 @@ fn every_kernel_compiles_for_sm_90() {
         "built without the `cuda` feature",
     );
 }
+
+/// Each planted fault (negative controls of the verify rows) rewrites text
+/// its kernel file holds exactly once, and the rewritten file still
+/// compiles: a control that planted nothing, or did not build, would prove
+/// nothing. The text check needs no NVRTC.
+#[cfg(feature = "cuda")]
+#[test]
+fn every_planted_fault_rewrites_its_kernel_and_compiles() {
+    use lockstep::backend::cuda::kernels::{compile_source, fault_kernel, faulty_source, Kernel};
+    use lockstep::backend::cuda::CudaFault;
+    let mut sources = Vec::new();
+    for f in CudaFault::ALL {
+        let k = fault_kernel(f);
+        let src = faulty_source(k, f).unwrap_or_else(|e| panic!("{}: {e}", f.name()));
+        // Another file's fault leaves this one as it was.
+        let other = Kernel::ALL.into_iter().find(|&o| o != k).unwrap();
+        assert!(faulty_source(other, f).is_err(), "{}", f.name());
+        sources.push((f, k, src));
+    }
+    if std::panic::catch_unwind(|| {
+        lockstep::backend::cuda::kernels::compile(Kernel::Embed, "sm_90")
+    })
+    .is_err()
+    {
+        skip(
+            Need::Gpu,
+            "every_planted_fault_rewrites_its_kernel_and_compiles",
+            "NVRTC (libnvrtc.so) could not be loaded (the rewrites were checked)",
+        );
+        return;
+    }
+    for (f, k, src) in sources {
+        compile_source(k.file(), src, "sm_90").unwrap_or_else(|e| panic!("{}: {e}", f.name()));
+    }
+}

@@ -16,6 +16,7 @@ use crate::backend::mlx::MlxBackend;
 use crate::backend::{AttnPath, Backend, BackendKind, RowRouting};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::ident::Numerics;
 use crate::skip::Need;
 use crate::verify::case::{Case, Key, Op};
 use crate::verify::checks::{
@@ -46,11 +47,16 @@ pub trait Accelerator {
     /// The default device in the default settings, or why there is none
     /// here (not compiled in, no driver, no device).
     fn open() -> Result<Self::Backend>;
-    /// The same device in a mode that does not promise run-to-run
-    /// determinism, with that mode's name, where the backend has one: the
-    /// mode whose graph path has a real envelope to judge fused by.
-    fn open_nondeterministic() -> Option<(&'static str, Result<Self::Backend>)> {
-        None
+    /// The name of a mode that does not promise run-to-run determinism,
+    /// where the backend has one: the mode whose graph path has a real
+    /// envelope to judge fused by.
+    const NONDETERMINISTIC_MODE: Option<&'static str> = None;
+    /// The same device in that mode.
+    fn open_nondeterministic() -> Result<Self::Backend> {
+        Err(Error::invalid(
+            Self::KIND.name(),
+            "has no nondeterministic mode",
+        ))
     }
 }
 
@@ -120,16 +126,15 @@ impl Accelerator for Cuda {
         open_cuda(CudaOptions::default())
     }
 
+    const NONDETERMINISTIC_MODE: Option<&'static str> =
+        Some(crate::backend::cuda::ReductionMode::Fast.name());
+
     /// GPU 0 in fast mode (atomics and split reductions).
-    fn open_nondeterministic() -> Option<(&'static str, Result<CudaBackend>)> {
-        let mode = crate::backend::cuda::ReductionMode::Fast;
-        Some((
-            mode.name(),
-            open_cuda(CudaOptions {
-                mode,
-                ..CudaOptions::default()
-            }),
-        ))
+    fn open_nondeterministic() -> Result<CudaBackend> {
+        open_cuda(CudaOptions {
+            mode: crate::backend::cuda::ReductionMode::Fast,
+            ..CudaOptions::default()
+        })
     }
 }
 
@@ -380,8 +385,15 @@ pub fn accelerator_rows<A: Accelerator>(
             Ok(golden_row(case, &against_committed(golden_root, &now, &fp)))
         })?;
     }
-    if let Some((mode, backend)) = A::open_nondeterministic() {
-        containment_rows(super::load(&fx.model, backend?)?, mode, fx, rows)?;
+    if let Some(mode) = A::NONDETERMINISTIC_MODE {
+        let cases = containment_cases(A::KIND, fx, mode);
+        if cases.iter().any(|c| rows.wants(c)) {
+            let e = super::load(&fx.model, A::open_nondeterministic()?)?;
+            containment_rows(&e, cases, fx, rows)?;
+        } else {
+            rows.leave_out();
+            rows.leave_out();
+        }
     }
     Ok(())
 }
@@ -392,25 +404,33 @@ pub const CONTAINMENT_OP_RUNS: usize = 100;
 pub const CONTAINMENT_GREEDY_RUNS: usize = 20;
 pub const CONTAINMENT_GREEDY_STEPS: usize = 64;
 
-/// Fused against graph's envelope in a nondeterministic mode (`mode`, on
-/// `e`): op level (truth decides where the graph path proves
-/// deterministic) and greedy runs.
+/// The containment rows' cases in `mode`: op level and greedy runs.
+fn containment_cases(kind: BackendKind, fx: &Fixture, mode: &str) -> [Case; 2] {
+    let base = |op| {
+        Case::new(op, kind)
+            .preset(fx.name())
+            .numerics(Numerics::Bf16)
+            .with(Key::Mode, mode)
+    };
+    [
+        base(Op::Qkv).tokens(fx.seq.len()),
+        base(Op::Greedy).with(Key::Steps, CONTAINMENT_GREEDY_STEPS),
+    ]
+}
+
+/// Fused against graph's envelope on `e` (a nondeterministic mode): op
+/// level (truth decides where the graph path proves deterministic) and
+/// greedy runs.
 fn containment_rows<B: Backend>(
-    e: Engine<B>,
-    mode: &str,
+    e: &Engine<B>,
+    [op, greedy]: [Case; 2],
     fx: &Fixture,
     rows: &mut Rows,
 ) -> Result<()> {
     use super::envelope::containment_of;
-    let base = || {
-        Case::new(Op::Qkv, e.backend.kind())
-            .preset(&e.model_name)
-            .numerics(e.backend.numerics())
-            .with(Key::Mode, mode)
-    };
-    rows.run(base().tokens(fx.seq.len()), |case| {
+    rows.run(op, |case| {
         let c = containment_of(
-            &e,
+            e,
             Some(&fx.truth),
             EnvelopeLevel::Op,
             &fx.seq,
@@ -418,17 +438,13 @@ fn containment_rows<B: Backend>(
         )?;
         Ok(path_containment_row(case, &c))
     })?;
-    let steps = CONTAINMENT_GREEDY_STEPS;
-    let greedy = Case::new(Op::Greedy, e.backend.kind())
-        .preset(&e.model_name)
-        .numerics(e.backend.numerics())
-        .with(Key::Mode, mode)
-        .with(Key::Steps, steps);
     rows.run(greedy, |case| {
         let c = containment_of(
-            &e,
+            e,
             None,
-            EnvelopeLevel::Greedy { steps },
+            EnvelopeLevel::Greedy {
+                steps: CONTAINMENT_GREEDY_STEPS,
+            },
             &super::DEFAULT_PROMPT,
             CONTAINMENT_GREEDY_RUNS,
         )?;

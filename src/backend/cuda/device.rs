@@ -75,6 +75,19 @@ impl CudaBackend {
 
     /// Opens GPU `ordinal`, compiles every kernel for its architecture.
     pub fn with_options(ordinal: usize, options: CudaOptions) -> Result<Self> {
+        Self::open(ordinal, options, None)
+    }
+
+    /// GPU `ordinal` with `fault` planted in its kernels (negative controls).
+    pub fn with_fault(
+        ordinal: usize,
+        options: CudaOptions,
+        fault: super::CudaFault,
+    ) -> Result<Self> {
+        Self::open(ordinal, options, Some(fault))
+    }
+
+    fn open(ordinal: usize, options: CudaOptions, fault: Option<super::CudaFault>) -> Result<Self> {
         let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal))
             .map_err(|_| Error::Unavailable {
                 backend: crate::ident::BackendKind::Cuda,
@@ -93,7 +106,7 @@ impl CudaBackend {
             .compute_capability()
             .map_err(err("compute capability"))?;
         let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
-        let functions = kernels::load_all(&ctx, arch)?;
+        let functions = kernels::load_all(&ctx, arch, fault)?;
         let name = ctx.name().map_err(err("device name"))?;
         let sms = ctx
             .attribute(
@@ -121,6 +134,9 @@ impl CudaBackend {
         details.insert("tf32".into(), "off".into());
         let pdl = major >= 9 && std::env::var("LOCKSTEP_CUDA_PDL").as_deref() != Ok("0");
         details.insert("pdl".into(), if pdl { "on" } else { "off" }.into());
+        if let Some(f) = fault {
+            details.insert("planted_fault".into(), f.name().into());
+        }
         let info = DeviceInfo {
             backend: crate::ident::BackendKind::Cuda,
             device: name,

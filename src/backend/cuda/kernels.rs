@@ -3,6 +3,7 @@
 //! process (the PTX is kept for later backends). Compile options live in one
 //! function; a failed compile reports the file and NVRTC's log.
 
+use super::CudaFault;
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaContext, CudaFunction};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions};
@@ -164,19 +165,107 @@ fn compiled(kernel: Kernel, arch: &'static str) -> Result<cudarc::nvrtc::Ptx> {
     Ok(ptx)
 }
 
-/// Every entry point, loaded into `ctx`.
+/// The file a planted fault rewrites and its rewrites (each text must occur
+/// exactly once in the file).
+fn fault_patches(fault: CudaFault) -> (Kernel, &'static [(&'static str, &'static str)]) {
+    match fault {
+        CudaFault::DecodeFusedKNorm => (
+            Kernel::QkvFused,
+            &[
+                (
+                    "qkv_fused1_bf16(QKV_FUSED_ARGS) { qkv_fused_body<1, 1>(QKV_FUSED_PASS); }",
+                    "qkv_fused1_bf16(QKV_FUSED_ARGS) { qkv_fused_body<1, 1>(x, w, qn, qn, q, k, v, kc, vc, pos, raw, counters, n, hidden, n_heads, n_kv, head_dim, parts, eps, theta); }",
+                ),
+                (
+                    "qkv_fused1_pairs_bf16(QKV_FUSED_ARGS) { qkv_fused_body<1, 2>(QKV_FUSED_PASS); }",
+                    "qkv_fused1_pairs_bf16(QKV_FUSED_ARGS) { qkv_fused_body<1, 2>(x, w, qn, qn, q, k, v, kc, vc, pos, raw, counters, n, hidden, n_heads, n_kv, head_dim, parts, eps, theta); }",
+                ),
+            ],
+        ),
+        CudaFault::DecodeGemvDropsTail => (
+            Kernel::Linear,
+            &[(
+                "gemv_body<1>(x, w, y, n, k, m, parts, blockIdx.y);",
+                "gemv_body<1>(x, w, y, n, k - 8, m, parts, blockIdx.y);",
+            )],
+        ),
+        CudaFault::DecodeAttentionDropsNewest => (
+            Kernel::Attention,
+            &[(
+                "int len = pos[0] + 1, nch = chunks_of(len)",
+                "int len = max(pos[0], 1), nch = chunks_of(len)",
+            )],
+        ),
+        CudaFault::RopePositionOffset => (
+            Kernel::Rope,
+            &[(
+                "float a = inv * (float)pos[r];",
+                "float a = inv * (float)(pos[r] + 1);",
+            )],
+        ),
+        CudaFault::CacheAppendStoresKAsV => (
+            Kernel::Cache,
+            &[(
+                "vc[at + c] = v[r * kv_dim + c];",
+                "vc[at + c] = k[r * kv_dim + c];",
+            )],
+        ),
+        CudaFault::MoeRouteNextExpert => (
+            Kernel::Moe,
+            &[(
+                "if (rank < top_k) by_rank[rank] = i;",
+                "if (rank < top_k) by_rank[rank] = (i + 1) % n_experts;",
+            )],
+        ),
+    }
+}
+
+/// The kernel file `fault` is planted in.
+pub fn fault_kernel(fault: CudaFault) -> Kernel {
+    fault_patches(fault).0
+}
+
+/// `kernel`'s source with `fault`'s rewrites, or the error naming the text
+/// the file no longer holds (a control that silently planted nothing would
+/// prove nothing).
+pub fn faulty_source(kernel: Kernel, fault: CudaFault) -> Result<String> {
+    let (_, patches) = fault_patches(fault);
+    let mut body = kernel.body().to_string();
+    for (find, replace) in patches {
+        if body.matches(find).count() != 1 {
+            return Err(Error::Backend {
+                backend: crate::ident::BackendKind::Cuda,
+                problem: format!(
+                    "planted fault {}: kernels/{} does not hold `{find}` exactly once",
+                    fault.name(),
+                    kernel.file()
+                ),
+            });
+        }
+        body = body.replacen(find, replace, 1);
+    }
+    Ok(format!("{COMMON}\n#line 1 \"{}\"\n{body}", kernel.file()))
+}
+
+/// Every entry point, loaded into `ctx`; `fault`'s kernel file compiled
+/// from its rewritten source (not kept for later backends).
 pub fn load_all(
     ctx: &Arc<CudaContext>,
     arch: &'static str,
+    fault: Option<CudaFault>,
 ) -> Result<BTreeMap<&'static str, CudaFunction>> {
     let mut out = BTreeMap::new();
     for k in Kernel::ALL {
-        let module = ctx
-            .load_module(compiled(k, arch)?)
-            .map_err(|e| Error::Backend {
-                backend: crate::ident::BackendKind::Cuda,
-                problem: format!("loading kernels/{}: {e}", k.file()),
-            })?;
+        let ptx = match fault {
+            Some(f) if fault_patches(f).0 == k => {
+                compile_source(k.file(), faulty_source(k, f)?, arch)?
+            }
+            _ => compiled(k, arch)?,
+        };
+        let module = ctx.load_module(ptx).map_err(|e| Error::Backend {
+            backend: crate::ident::BackendKind::Cuda,
+            problem: format!("loading kernels/{}: {e}", k.file()),
+        })?;
         for f in k.functions() {
             let func = module.load_function(f).map_err(|e| Error::Backend {
                 backend: crate::ident::BackendKind::Cuda,

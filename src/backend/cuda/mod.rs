@@ -53,7 +53,7 @@ pub enum ReductionMode {
 impl ReductionMode {
     pub const ALL: [ReductionMode; 2] = [ReductionMode::Deterministic, ReductionMode::Fast];
 
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             ReductionMode::Deterministic => "deterministic",
             ReductionMode::Fast => "fast",
@@ -74,6 +74,51 @@ pub struct CudaOptions {
     pub graphs: bool,
 }
 
+/// A defect planted in one kernel family by rewriting its source before
+/// NVRTC compiles it (negative controls only: `verify`'s rows must catch
+/// each; tests/cuda_backend.rs). Recorded in the fingerprint as
+/// `planted_fault`. Each names the families a decode step runs, so that a
+/// bug in a decode-only specialisation has a control too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CudaFault {
+    /// The single-row fused QKV kernels (a decode step's fused path)
+    /// normalise k with the q-norm weight.
+    DecodeFusedKNorm,
+    /// The single-row products (a decode step's q, k, v on the graph path,
+    /// o and the MLP on both) leave out each row's last 8 inputs.
+    DecodeGemvDropsTail,
+    /// Decode attention leaves out the newest key.
+    DecodeAttentionDropsNewest,
+    /// The graph path's RoPE rotates every row one position too far.
+    RopePositionOffset,
+    /// The KV-cache append stores k where v belongs.
+    CacheAppendStoresKAsV,
+    /// The MoE router sends each chosen slot to the next expert.
+    MoeRouteNextExpert,
+}
+
+impl CudaFault {
+    pub const ALL: [CudaFault; 6] = [
+        CudaFault::DecodeFusedKNorm,
+        CudaFault::DecodeGemvDropsTail,
+        CudaFault::DecodeAttentionDropsNewest,
+        CudaFault::RopePositionOffset,
+        CudaFault::CacheAppendStoresKAsV,
+        CudaFault::MoeRouteNextExpert,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CudaFault::DecodeFusedKNorm => "decode-fused-k-norm",
+            CudaFault::DecodeGemvDropsTail => "decode-gemv-drops-tail",
+            CudaFault::DecodeAttentionDropsNewest => "decode-attention-drops-newest",
+            CudaFault::RopePositionOffset => "rope-position-offset",
+            CudaFault::CacheAppendStoresKAsV => "cache-append-stores-k-as-v",
+            CudaFault::MoeRouteNextExpert => "moe-route-next-expert",
+        }
+    }
+}
+
 #[cfg(not(feature = "cuda"))]
 mod stub {
     use super::CudaOptions;
@@ -91,6 +136,16 @@ mod stub {
         }
 
         pub fn with_options(_ordinal: usize, _options: CudaOptions) -> Result<Self> {
+            Err(Error::BackendNotCompiled {
+                backend: BackendKind::Cuda,
+            })
+        }
+
+        pub fn with_fault(
+            _ordinal: usize,
+            _options: CudaOptions,
+            _fault: super::CudaFault,
+        ) -> Result<Self> {
             Err(Error::BackendNotCompiled {
                 backend: BackendKind::Cuda,
             })
