@@ -127,3 +127,18 @@ pub mod limits {
     pub const GOLDEN: u64 = 16 << 20;
     pub const REFERENCE: u64 = 1 << 30;
 }
+
+/// The host's available memory (Linux `MemAvailable`), bytes; `None` where
+/// the system does not say.
+pub fn host_memory_available() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib.saturating_mul(1024))
+}

@@ -224,6 +224,40 @@ fn runs_the_kernel(test: &str, be: &MlxBackend) -> bool {
 /// path on q and k, which it rounds once where the graph path rounds after
 /// every op. The compiled chain (`MlxFused::Compiled`) stays bitwise the
 /// graph path.
+/// A model far larger than memory (the 30B-A3B shape at 8x its depth,
+/// about 0.5 TB) is refused before any tensor is made, naming both sizes,
+/// on MLX's CPU device (the host) and its GPU (the host, which writes MLX's
+/// managed memory first, and MLX's allocator limit).
+#[test]
+fn mlx_a_model_larger_than_memory_is_refused_up_front() {
+    refused_up_front::<Mlx>(&t("mlx_a_model_larger_than_memory_is_refused_up_front"));
+}
+
+#[test]
+fn mlx_gpu_a_model_larger_than_memory_is_refused_up_front() {
+    refused_up_front::<MlxGpu>(&t("mlx_gpu_a_model_larger_than_memory_is_refused_up_front"));
+}
+
+fn refused_up_front<A: Accelerator<Backend = MlxBackend>>(test: &str) {
+    use lockstep::engine::{resident_bytes, Engine};
+    let Some((_lock, be)) = open::<A>(test) else {
+        return;
+    };
+    let mut s = lockstep::model::synth::Synth::new("qwen3-30b-a3b", 0).unwrap();
+    s.config.num_hidden_layers *= 8;
+    let m = Model::synthetic(s);
+    let free = be.free_memory().expect("MLX's device reports its memory");
+    assert!(free < resident_bytes(&m.config), "{free} bytes free");
+    let t = std::time::Instant::now();
+    let e = Engine::load(&m, be).err().expect("refused").to_string();
+    assert!(e.contains("needs about") && e.contains("GiB free"), "{e}");
+    assert!(
+        t.elapsed().as_secs() < 5,
+        "refused only after {:?}",
+        t.elapsed()
+    );
+}
+
 #[test]
 fn mlx_gpu_fused_kernel_is_a_distinct_path_within_the_contract() {
     let test = t("mlx_gpu_fused_kernel_is_a_distinct_path");

@@ -161,16 +161,7 @@ impl Backend for CpuBackend {
     /// model at bf16; the f64 mode keeps weights as f32, twice that, so it
     /// reports half.
     fn free_memory(&self) -> Option<usize> {
-        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-        let kib: usize = text
-            .lines()
-            .find_map(|l| l.strip_prefix("MemAvailable:"))?
-            .trim()
-            .strip_suffix("kB")?
-            .trim()
-            .parse()
-            .ok()?;
-        let bytes = kib.saturating_mul(1024);
+        let bytes = crate::util::host_memory_available()?;
         Some(match self.numerics {
             Numerics::Bf16 => bytes,
             Numerics::F64 => bytes / 2,

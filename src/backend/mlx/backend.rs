@@ -203,6 +203,24 @@ impl Backend for MlxBackend {
         self.describe()
     }
 
+    /// On the CPU device the host's available memory. On a CUDA GPU, MLX
+    /// allocates managed memory that the host writes first (a checkpoint's
+    /// tensors are copied in before any kernel runs), so a model must fit
+    /// both the host's available memory and what MLX's allocator allows
+    /// beyond what it already holds (its limit: 80% of the card).
+    fn free_memory(&self) -> Option<usize> {
+        let host = crate::util::host_memory_available();
+        match self.device {
+            MlxDevice::Cpu => host,
+            MlxDevice::Gpu => {
+                let limit = mlx_rs::memory::memory_limit().ok()?;
+                let used = mlx_rs::memory::active_memory().unwrap_or(0);
+                let gpu = limit.saturating_sub(used);
+                Some(host.map_or(gpu, |h| h.min(gpu)))
+            }
+        }
+    }
+
     fn upload(&self, name: &str, t: &HostTensor) -> Result<MlxWeight> {
         self.upload_packed(name, &[t])
     }
