@@ -4,8 +4,9 @@ lockstep model folder, written as a golden/reference/*.json file.
 
 Runs where torch and transformers are installed (the device machine). Eager
 attention, so rounding happens at well-defined places; float32 runs disable
-TF32 so matrix products are true float32. Per step it stores the top-k, the
-logits at every `stride`-th index, and statistics of the full vector.
+TF32 so matrix products are true float32; float64 runs keep their logits in
+float64 (the others are stored as float32). Per step it stores the top-k,
+the logits at every `stride`-th index, and statistics of the full vector.
 """
 import argparse
 import json
@@ -24,7 +25,7 @@ def main():
     ap.add_argument("--preset", required=True)
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--model-hash", required=True)
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], required=True)
+    ap.add_argument("--dtype", choices=["float64", "float32", "bfloat16"], required=True)
     ap.add_argument("--prompt", required=True, help="comma-separated token ids")
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--stride", type=int, default=1)
@@ -47,8 +48,15 @@ def main():
 
     dtype = getattr(torch, a.dtype)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    # MoE models: the eager expert loop (one product per expert, as
+    # lockstep's reference runs them); the default grouped_mm takes no
+    # float64 and rounds in its own order.
+    extra = {}
+    with open(f"{a.model}/config.json") as f:
+        if any("Moe" in x for x in json.load(f).get("architectures", [])):
+            extra["experts_implementation"] = "eager"
     model, info = AutoModelForCausalLM.from_pretrained(
-        a.model, dtype=dtype, attn_implementation="eager", output_loading_info=True
+        a.model, dtype=dtype, attn_implementation="eager", output_loading_info=True, **extra
     )
     model = model.to(device).eval()
     info = {k: sorted(str(x) for x in v) for k, v in info.items() if isinstance(v, (list, set, tuple))}
@@ -58,7 +66,11 @@ def main():
     with torch.no_grad():
         out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True)
         for _ in range(a.steps):
-            logits = out.logits[0, -1].float().cpu().numpy().astype(np.float32)
+            row = out.logits[0, -1]
+            if a.dtype == "float64":
+                logits = row.cpu().numpy().astype(np.float64)
+            else:
+                logits = row.float().cpu().numpy().astype(np.float32)
             order = np.lexsort((np.arange(logits.size), -logits.astype(np.float64)))[: a.top_k]
             tok = int(np.argmax(logits))  # first maximum, as torch.argmax and lockstep
             v64 = logits.astype(np.float64)

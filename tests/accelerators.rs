@@ -459,6 +459,51 @@ pub fn single_row_ops_meet_the_contract_at_decode_positions<A: Accelerator>(test
     }
 }
 
+/// The transformers-written checkpoints of tests/checkpoints/ (head_dim 48,
+/// 80 and 256, odd vocabularies, an MoE model without renormalisation): the
+/// backend's bf16 logits against the CPU reference's on both paths, or, for
+/// a shape its kernels do not take, a refusal that names head_dim.
+pub fn external_checkpoints_match_the_cpu_reference<A: Accelerator>(test: &str) {
+    let Some((_lock, be)) = open::<A>(test) else {
+        return;
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/checkpoints");
+    let mut dirs: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 4, "{} checkpoints", dirs.len());
+    let mut be = Some(be);
+    for dir in dirs {
+        let m = Model::open(dir.to_str().unwrap()).unwrap();
+        let seq = common::prompt_and_continuation(&m, &PROMPT, 8).unwrap();
+        let cpu = load_cpu(&m, Numerics::Bf16).unwrap();
+        let e = load(&m, be.take().unwrap()).unwrap();
+        for path in AttnPath::ALL {
+            match logits_vs_cpu(&e, &cpu, &seq, path, A::LOGITS_TOLERANCE) {
+                Ok(l) => {
+                    println!("{} {}: {:?}", dir.display(), path.name(), l.verdict);
+                    assert!(
+                        l.verdict.passes(),
+                        "{} {}: {:?}",
+                        dir.display(),
+                        path.name(),
+                        l.verdict
+                    );
+                }
+                Err(err) => {
+                    let msg = err.to_string();
+                    println!("{} {}: refused: {msg}", dir.display(), path.name());
+                    assert!(msg.contains("head_dim"), "{}: {msg}", dir.display());
+                }
+            }
+        }
+        be = Some(e.backend);
+    }
+}
+
 macro_rules! accelerator_suite {
     ($name:ident, $backend:ty, op_presets = [$($preset:literal),*]) => {
         mod $name {
@@ -528,6 +573,11 @@ macro_rules! accelerator_suite {
             #[test]
             fn the_backends_argmax_is_the_hosts() {
                 argmax_ties_to_the_lower_index_and_never_picks_nan::<A>(&t("the_backends_argmax_is_the_hosts"));
+            }
+
+            #[test]
+            fn transformers_written_checkpoints_match_the_cpu_reference() {
+                external_checkpoints_match_the_cpu_reference::<A>(&t("transformers_written_checkpoints_match_the_cpu_reference"));
             }
 
             #[test]

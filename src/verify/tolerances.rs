@@ -41,10 +41,11 @@ pub enum Tol {
     MlxGpuBf16VsCpuBf16LogitsRelRms,
     MoeRoutingNearTieBf16,
     ContainmentQuantile,
+    TruthVsTransformersF64LogitsRelRms,
 }
 
 impl Tol {
-    pub const ALL: [Tol; 15] = [
+    pub const ALL: [Tol; 16] = [
         Tol::FusedVsGraphRms,
         Tol::FusedVsGraphF64Rms,
         Tol::TruthVsTransformersF32LogitsRelRms,
@@ -60,6 +61,7 @@ impl Tol {
         Tol::MlxGpuBf16VsCpuBf16LogitsRelRms,
         Tol::MoeRoutingNearTieBf16,
         Tol::ContainmentQuantile,
+        Tol::TruthVsTransformersF64LogitsRelRms,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,6 +83,7 @@ impl Tol {
             Tol::MlxGpuBf16VsCpuBf16LogitsRelRms => "mlx_gpu_bf16_vs_cpu_bf16_logits_rel_rms",
             Tol::MoeRoutingNearTieBf16 => "moe_routing_near_tie_bf16",
             Tol::ContainmentQuantile => "containment_quantile",
+            Tol::TruthVsTransformersF64LogitsRelRms => "truth_vs_transformers_f64_logits_rel_rms",
         }
     }
 
