@@ -21,7 +21,8 @@
 # not, of the CUDA backend, of mlx-lm on the same MLX build and of transformers, on
 # the same weights; BENCH_PRESETS; their greedy tokens compared), big (the
 # ignored large-model test: op level at BIG_MODELS, logits vs the CPU for
-# dense ones), bench-big (MLX decode of BIG_BENCH, shorter), bench-big-cuda
+# dense ones), bench-big (MLX decode of BIG_BENCH, shorter; MoE routed on
+# BIG_MOE_ROUTING, host,device by default), bench-big-cuda
 # (the CUDA backend's, likewise), kernels
 # (Nsight Compute: kernels and GPU time per decode step of qwen3-0.6b, per
 # path), cpu-tests (MLX's CPU device of the CUDA build: does it reproduce
@@ -137,7 +138,7 @@ PY
     bench-big)
       for preset in ${BIG_BENCH:-qwen3-30b-a3b}; do
         step $L bench --backend mlx-gpu --model synth:$preset --warmup 8 --tokens 64 --repeats 2 \
-          --out "$OUT/bench-mlx-$preset.json"
+          --mlx-moe-routing ${BIG_MOE_ROUTING:-host,device} --out "$OUT/bench-mlx-$preset.json"
       done ;;
     bench-big-cuda)
       # The CUDA backend on BIG_BENCH, as bench-big times MLX.

@@ -4,7 +4,7 @@
 //! Speed is only ever measured here (by `lockstep bench`), never in tests.
 
 use crate::backend::cuda::{CudaOptions, ReductionMode};
-use crate::backend::mlx::{MlxBackend, MlxFused};
+use crate::backend::mlx::{MlxBackend, MlxFused, MlxMoeRouting};
 use crate::backend::{AttnPath, Backend};
 use crate::engine::record::Fingerprint;
 use crate::engine::Engine;
@@ -57,6 +57,9 @@ pub struct BenchRow {
     /// MLX rows: whether step i+1 was queued before token i was read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mlx_pipelined: Option<bool>,
+    /// MLX rows of an MoE model: where its MoE layers routed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlx_moe_routing: Option<MlxMoeRouting>,
     /// Decode tokens per second, best repeat and median repeat.
     pub best_tok_s: f64,
     pub median_tok_s: f64,
@@ -134,6 +137,8 @@ pub enum RowConfig {
     Mlx {
         fused: Option<MlxFused>,
         pipelined: bool,
+        /// `None` for a dense model, which has no MoE layer.
+        moe: Option<MlxMoeRouting>,
     },
 }
 
@@ -152,9 +157,13 @@ pub fn row(
     let mut distinct = outputs.clone();
     distinct.sort();
     distinct.dedup();
-    let (mode, cuda_graphs, mlx_fused, mlx_pipelined) = match config {
-        RowConfig::Cuda { mode, graphs } => (Some(mode), Some(graphs), None, None),
-        RowConfig::Mlx { fused, pipelined } => (None, None, fused, Some(pipelined)),
+    let (mode, cuda_graphs, mlx_fused, mlx_pipelined, mlx_moe_routing) = match config {
+        RowConfig::Cuda { mode, graphs } => (Some(mode), Some(graphs), None, None, None),
+        RowConfig::Mlx {
+            fused,
+            pipelined,
+            moe,
+        } => (None, None, fused, Some(pipelined), moe),
     };
     BenchRow {
         path,
@@ -162,6 +171,7 @@ pub fn row(
         cuda_graphs,
         mlx_fused,
         mlx_pipelined,
+        mlx_moe_routing,
         best_tok_s: best,
         median_tok_s: median,
         best_ms_per_token: 1e3 / best,
@@ -237,13 +247,20 @@ fn run_configs<B: Backend>(
             progress.set(done);
         }
     }
-    let rows = configs
-        .iter()
-        .zip(timed)
-        .map(|(&(path, config), (speeds, outputs))| {
-            row(path, config, speeds, outputs, roofline, e.fingerprint(path))
-        })
-        .collect();
+    // Each row's fingerprint with its own settings applied (they are part
+    // of the backend's description).
+    let mut rows = Vec::with_capacity(configs.len());
+    for (&(path, config), (speeds, outputs)) in configs.iter().zip(timed) {
+        apply(&e.backend, config)?;
+        rows.push(row(
+            path,
+            config,
+            speeds,
+            outputs,
+            roofline,
+            e.fingerprint(path),
+        ));
+    }
     Ok(BenchReport {
         model: model.origin.clone(),
         model_hash: e.model_hash.clone(),
@@ -296,6 +313,7 @@ pub fn mlx_bench(
     paths: &[AttnPath],
     fused: Option<&[MlxFused]>,
     pipelined: &[bool],
+    moe_routing: &[MlxMoeRouting],
     t: Timing,
 ) -> Result<BenchReport> {
     let be = MlxBackend::on_device(device)?;
@@ -313,6 +331,10 @@ pub fn mlx_bench(
     let e = crate::jobs::load(model, be)?;
     let load_s = start.elapsed().as_secs_f64();
     let bandwidth = e.backend.copy_bandwidth(1 << 30, 10)?;
+    let moes: Vec<Option<MlxMoeRouting>> = match e.config.moe {
+        Some(_) => moe_routing.iter().copied().map(Some).collect(),
+        None => vec![None],
+    };
     let mut configs = Vec::new();
     for &p in paths {
         let variants: Vec<Option<MlxFused>> = match p {
@@ -321,26 +343,35 @@ pub fn mlx_bench(
         };
         for f in variants {
             for &pipelined in pipelined {
-                configs.push((
-                    p,
-                    RowConfig::Mlx {
-                        fused: f,
-                        pipelined,
-                    },
-                ));
+                for &moe in &moes {
+                    configs.push((
+                        p,
+                        RowConfig::Mlx {
+                            fused: f,
+                            pipelined,
+                            moe,
+                        },
+                    ));
+                }
             }
         }
     }
-    run_configs(model, &e, load_s, bandwidth, &configs, t, |b, c| match c {
-        RowConfig::Mlx { fused, pipelined } => {
+    let report = run_configs(model, &e, load_s, bandwidth, &configs, t, |b, c| match c {
+        RowConfig::Mlx {
+            fused,
+            pipelined,
+            moe,
+        } => {
             b.set_pipelined(pipelined);
+            b.set_moe_routing(moe.unwrap_or(MlxMoeRouting::Host));
             fused.map_or(Ok(()), |f| b.set_fused(f))
         }
         RowConfig::Cuda { .. } => Err(crate::error::Error::invalid(
             "bench",
             "a CUDA configuration on the MLX backend",
         )),
-    })
+    })?;
+    Ok(report)
 }
 
 impl BenchReport {
@@ -359,22 +390,25 @@ impl BenchReport {
             self.repeats,
             self.load_s
                 .map_or(String::new(), |l| format!("; loaded in {l:.1} s"))
+
         );
-        s += "path   config                 best tok/s  median tok/s  ms/token  % roofline  distinct\n";
+        s += "path   config                           best tok/s  median tok/s  ms/token  % roofline  distinct\n";
         for r in &self.rows {
             let on_off = |b: bool| if b { "on" } else { "off" };
             let config = match (r.mode, r.cuda_graphs, r.mlx_fused, r.mlx_pipelined) {
                 (Some(m), Some(g), _, _) => format!("{m}, graphs {}", on_off(g)),
                 (_, _, f, Some(p)) => format!(
-                    "{}pipeline {}",
+                    "{}pipeline {}{}",
                     f.map_or(String::new(), |f| format!("{}, ", f.name())),
-                    on_off(p)
+                    on_off(p),
+                    r.mlx_moe_routing
+                        .map_or(String::new(), |m| format!(", moe {}", m.name()))
                 ),
                 (_, _, Some(f), None) => f.name().to_string(),
                 _ => "-".to_string(),
             };
             s += &format!(
-                "{:<6} {:<22} {:>10.1} {:>13.1} {:>9.3} {:>11.1} {:>9}\n",
+                "{:<6} {:<32} {:>10.1} {:>13.1} {:>9.3} {:>11.1} {:>9}\n",
                 r.path.name(),
                 config,
                 r.best_tok_s,

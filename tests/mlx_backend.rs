@@ -5,11 +5,21 @@
 //! - a planted fault in its fused path fails the op-level contract;
 //! - on MLX's GPU of a CUDA build, the fused path is lockstep's CUDA kernels:
 //!   distinct from the graph path, within the contract, nearer truth, batch
-//!   invariant, and a planted fault in it fails the contract.
+//!   invariant, and a planted fault in it fails the contract;
+//! - its MoE layers routed on the device (stacked experts, gathered
+//!   products) give the reference's output, bitwise on its CPU device;
+//! - a model larger than memory is refused up front.
 //!
 //! Built without the feature, every test prints a SKIPPED line straight to
 //! stderr (through `lockstep::skip`) and passes, unless
 //! LOCKSTEP_REQUIRE_MLX=1, which turns the skip into a failure.
+
+// Without the feature `MlxBackend` is an uninhabited stub: the bodies still
+// type-check, and the compiler knows they cannot run past `open`.
+#![cfg_attr(
+    not(feature = "mlx"),
+    allow(unreachable_code, unused_variables, unused_mut)
+)]
 
 mod common;
 
@@ -109,6 +119,165 @@ fn moe_matches_cpu_bitwise<B: Backend>(other: &B) {
             d.max_abs,
             d.max_abs_index
         );
+    }
+}
+
+/// A whole engine (the loader stacks the experts): teacher-forced logits
+/// with the routing on the device against the host's.
+fn engine_routed_on_the_device_matches_host_routing(mlx: &MlxBackend) {
+    use lockstep::backend::mlx::MlxMoeRouting;
+    let spec = "synth:tiny-moe";
+    let model = Model::open(spec).unwrap();
+    let seq = sequence(spec);
+    let be = if mlx.device() == lockstep::backend::mlx::MlxDevice::Cpu {
+        MlxBackend::new().unwrap()
+    } else {
+        MlxBackend::gpu().unwrap()
+    };
+    let e = load(&model, be).unwrap();
+    let host = e
+        .teacher_forced(&seq, AttnPath::Graph, &mut Default::default())
+        .unwrap();
+    e.backend.set_moe_routing(MlxMoeRouting::Device);
+    let device = e
+        .teacher_forced(&seq, AttnPath::Graph, &mut Default::default())
+        .unwrap();
+    let worst = host
+        .iter()
+        .zip(&device)
+        .map(|(h, d)| diff(d, h).rel_rms)
+        .fold(0.0, f64::max);
+    println!(
+        "{spec} {}: logits routed on the device vs the host, worst row rel RMS {worst:.3e}",
+        e.backend.kind()
+    );
+    if mlx.device() == lockstep::backend::mlx::MlxDevice::Cpu {
+        assert_eq!(worst, 0.0);
+    } else {
+        assert!(worst < tol(Tol::MlxGpuBf16VsCpuBf16LogitsRelRms), "{worst}");
+    }
+}
+
+/// Layer `l`'s MoE weights with the experts uploaded together
+/// (`Backend::upload_experts`: on MLX, stacked, each expert a view).
+fn moe_weights_stacked<B: Backend>(be: &B, model: &Model, l: usize) -> MoeWeights<B::Weight> {
+    let p = format!("model.layers.{l}.mlp");
+    let m = model.config.moe.as_ref().expect("an MoE model");
+    let names: Vec<[String; 3]> = (0..m.num_experts)
+        .map(|e| {
+            ["gate_proj", "up_proj", "down_proj"].map(|n| format!("{p}.experts.{e}.{n}.weight"))
+        })
+        .collect();
+    let tensors: Vec<_> = names
+        .iter()
+        .map(|ns| ns.clone().map(|n| model.tensor(&n).unwrap()))
+        .collect();
+    MoeWeights {
+        router: be
+            .upload(
+                &format!("{p}.gate.weight"),
+                &model.tensor(&format!("{p}.gate.weight")).unwrap(),
+            )
+            .unwrap(),
+        experts: be.upload_experts(&names, &tensors).unwrap(),
+        top_k: m.num_experts_per_tok,
+        norm_topk_prob: m.norm_topk_prob,
+    }
+}
+
+/// MoE routed on MLX's device (`MlxMoeRouting::Device`: softmax, top-k and
+/// the gathered expert products without a host round trip) against the CPU
+/// reference on the same inputs, a whole prefill and single rows; the host
+/// routing over the same stacked weights stays bitwise the reference's. A
+/// top-k one short (the control) must be caught by the same comparison.
+#[test]
+fn mlx_moe_routed_on_the_device_matches_the_reference() {
+    if let Some((_lock, mlx)) =
+        open::<Mlx>(&t("mlx_moe_routed_on_the_device_matches_the_reference"))
+    {
+        moe_on_device_matches(&mlx);
+    }
+}
+
+#[test]
+fn mlx_gpu_moe_routed_on_the_device_matches_the_reference() {
+    if let Some((_lock, mlx)) =
+        open::<MlxGpu>(&t("mlx_gpu_moe_routed_on_the_device_matches_the_reference"))
+    {
+        moe_on_device_matches(&mlx);
+    }
+}
+
+fn moe_on_device_matches(mlx: &MlxBackend) {
+    engine_routed_on_the_device_matches_host_routing(mlx);
+    use lockstep::backend::mlx::MlxMoeRouting;
+    let spec = "synth:tiny-moe";
+    let model = Model::open(spec).unwrap();
+    let seq = sequence(spec);
+    let cpu = CpuBackend::new(Numerics::Bf16);
+    let rec = common::cpu_engine(spec, Numerics::Bf16)
+        .record_attention_inputs(&seq, &[AttnPath::Graph])
+        .unwrap();
+    let hidden = model.config.hidden_size;
+    for l in &rec {
+        let wc = moe_weights(&cpu, &model, l.layer);
+        let mut wm = moe_weights_stacked(mlx, &model, l.layer);
+        for rows in [seq.len(), 1] {
+            let input = &l.input[(seq.len() - rows) * hidden..];
+            let xc = cpu.activation_from_host(input, rows, hidden).unwrap();
+            let xm = mlx.activation_from_host(input, rows, hidden).unwrap();
+            let oc = cpu.to_host(&cpu.moe(&xc, &wc).unwrap()).unwrap().0;
+            let run = |routing, w: &MoeWeights<_>| {
+                mlx.set_moe_routing(routing);
+                let out = mlx.to_host(&mlx.moe(&xm, w).unwrap()).unwrap().0;
+                mlx.set_moe_routing(MlxMoeRouting::Host);
+                out
+            };
+            let host = run(MlxMoeRouting::Host, &wm);
+            assert_eq!(
+                diff(&host, &oc).max_abs,
+                0.0,
+                "layer {} host routing over stacked weights",
+                l.layer
+            );
+            let device = run(MlxMoeRouting::Device, &wm);
+            let d = diff(&device, &oc);
+            println!(
+                "{spec} layer {} on {rows} rows, routed on the device: rel RMS {:.3e}, max abs {:.3e}",
+                l.layer, d.rel_rms, d.max_abs
+            );
+            // On the CPU device the same sums in the same order: bitwise,
+            // renormalised or not.
+            if mlx.device() == lockstep::backend::mlx::MlxDevice::Cpu {
+                assert_eq!(d.max_abs, 0.0, "layer {}: {d:?}", l.layer);
+                let (mut wc2, mut wm2) = (
+                    moe_weights(&cpu, &model, l.layer),
+                    moe_weights_stacked(mlx, &model, l.layer),
+                );
+                wc2.norm_topk_prob = false;
+                wm2.norm_topk_prob = false;
+                let oc2 = cpu.to_host(&cpu.moe(&xc, &wc2).unwrap()).unwrap().0;
+                let d2 = diff(&run(MlxMoeRouting::Device, &wm2), &oc2);
+                assert_eq!(
+                    d2.max_abs, 0.0,
+                    "layer {} without renormalisation: {d2:?}",
+                    l.layer
+                );
+            }
+            assert!(
+                d.finite_ok() && d.rel_rms < tol(Tol::MlxBf16VsCpuBf16LogitsRelRms) / 10.0,
+                "layer {}: {d:?}",
+                l.layer
+            );
+            wm.top_k -= 1;
+            let short = run(MlxMoeRouting::Device, &wm);
+            wm.top_k += 1;
+            assert!(
+                diff(&short, &oc).rel_rms > d.rel_rms * 10.0 + 1e-3,
+                "layer {}: top-k - 1 not caught",
+                l.layer
+            );
+        }
     }
 }
 

@@ -114,6 +114,30 @@ pub trait Backend {
     /// (the packed QKV weight of the fused path).
     fn upload_packed(&self, name: &str, parts: &[&HostTensor]) -> Result<Self::Weight>;
 
+    /// Makes one MoE layer's experts resident: `experts[e]` holds expert
+    /// e's gate, up and down projections, named `names[e]`. One expert at a
+    /// time by default; a backend that routes on its device may keep each
+    /// projection of all experts in one stacked tensor (the per-expert
+    /// weights then views of it), so that the chosen experts' products can
+    /// be gathered without the host knowing which were chosen.
+    fn upload_experts(
+        &self,
+        names: &[[String; 3]],
+        experts: &[[HostTensor; 3]],
+    ) -> Result<Vec<ExpertWeights<Self::Weight>>> {
+        names
+            .iter()
+            .zip(experts)
+            .map(|([g, u, d], [tg, tu, td])| {
+                Ok(ExpertWeights {
+                    gate: self.upload(g, tg)?,
+                    up: self.upload(u, tu)?,
+                    down: self.upload(d, td)?,
+                })
+            })
+            .collect()
+    }
+
     /// `[ids.len(), hidden]` rows of the embedding table.
     fn embed(&self, table: &Self::Weight, ids: &[u32]) -> Result<Self::Tensor>;
 

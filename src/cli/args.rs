@@ -97,6 +97,24 @@ impl From<ModeArg> for ReductionMode {
     }
 }
 
+/// Where MLX's MoE layers route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MlxMoeRoutingArg {
+    /// On the host (the CPU reference's exact choice; one round trip a layer).
+    Host,
+    /// On the device (no round trip; gathered expert products).
+    Device,
+}
+
+impl From<MlxMoeRoutingArg> for lockstep::backend::mlx::MlxMoeRouting {
+    fn from(r: MlxMoeRoutingArg) -> Self {
+        match r {
+            MlxMoeRoutingArg::Host => Self::Host,
+            MlxMoeRoutingArg::Device => Self::Device,
+        }
+    }
+}
+
 /// What MLX's fused path runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum MlxFusedArg {

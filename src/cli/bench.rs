@@ -1,7 +1,9 @@
 //! `lockstep bench`: decode speed, batch 1: CUDA per path x mode x graphs,
 //! MLX per path x what its fused path runs.
 
-use super::args::{print_json, BackendArg, MlxFusedArg, ModeArg, OnOffArg, PathArg};
+use super::args::{
+    print_json, BackendArg, MlxFusedArg, MlxMoeRoutingArg, ModeArg, OnOffArg, PathArg,
+};
 use lockstep::backend::cuda::ReductionMode;
 use lockstep::backend::mlx::{MlxBackend, MlxDevice};
 use lockstep::bench::{cuda_bench, mlx_bench, Grid, Timing};
@@ -31,6 +33,10 @@ pub struct Args {
     /// on, off or both, each timed (default: on).
     #[arg(long, value_enum, value_delimiter = ',')]
     mlx_pipeline: Option<Vec<OnOffArg>>,
+    /// Where MLX's MoE layers route, each timed on an MoE model: host,
+    /// device or both (default: host).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    mlx_moe_routing: Option<Vec<MlxMoeRoutingArg>>,
     #[arg(long, default_value_t = 16)]
     prompt_tokens: usize,
     #[arg(long, default_value_t = 32)]
@@ -57,9 +63,9 @@ pub fn run(a: Args) -> Result<()> {
     let model = Model::open(&a.model)?;
     let rep = match a.backend {
         BackendArg::Cuda => {
-            if a.mlx_fused.is_some() || a.mlx_pipeline.is_some() {
+            if a.mlx_fused.is_some() || a.mlx_pipeline.is_some() || a.mlx_moe_routing.is_some() {
                 return Err(Error::invalid(
-                    "--mlx-fused/--mlx-pipeline",
+                    "--mlx-fused/--mlx-pipeline/--mlx-moe-routing",
                     "apply to --backend mlx",
                 ));
             }
@@ -90,7 +96,20 @@ pub fn run(a: Args) -> Result<()> {
             let pipelined: Vec<bool> = a
                 .mlx_pipeline
                 .map_or(vec![true], |p| p.into_iter().map(Into::into).collect());
-            mlx_bench(&model, device, &paths, fused.as_deref(), &pipelined, timing)?
+            let routing: Vec<_> = a
+                .mlx_moe_routing
+                .map_or(vec![lockstep::backend::mlx::MlxMoeRouting::Host], |r| {
+                    r.into_iter().map(Into::into).collect()
+                });
+            mlx_bench(
+                &model,
+                device,
+                &paths,
+                fused.as_deref(),
+                &pipelined,
+                &routing,
+                timing,
+            )?
         }
         BackendArg::Cpu => {
             return Err(Error::invalid(

@@ -7,7 +7,7 @@
 pub mod generate;
 pub mod record;
 
-use crate::backend::{AttnDims, AttnPath, Backend, ExpertWeights, MoeWeights};
+use crate::backend::{AttnDims, AttnPath, Backend, MoeWeights};
 use crate::error::{Error, Result};
 use crate::ident::Numerics;
 use crate::model::{Model, ModelHasher, Qwen3Config};
@@ -196,16 +196,18 @@ impl<B: Backend> Engine<B> {
             let mlp = if cfg.layer_is_moe(l) {
                 let m = cfg.moe.as_ref().expect("moe layer has moe config");
                 let router = ld.up(&format!("{p}.mlp.gate.weight"))?;
-                let experts = (0..m.num_experts)
+                let names: Vec<[String; 3]> = (0..m.num_experts)
                     .map(|e| {
-                        let ep = format!("{p}.mlp.experts.{e}");
-                        Ok(ExpertWeights {
-                            gate: ld.up(&format!("{ep}.gate_proj.weight"))?,
-                            up: ld.up(&format!("{ep}.up_proj.weight"))?,
-                            down: ld.up(&format!("{ep}.down_proj.weight"))?,
-                        })
+                        ["gate_proj", "up_proj", "down_proj"]
+                            .map(|n| format!("{p}.mlp.experts.{e}.{n}.weight"))
                     })
+                    .collect();
+                let tensors = names
+                    .iter()
+                    .map(|[g, u, d]| Ok([ld.fetch(g)?, ld.fetch(u)?, ld.fetch(d)?]))
                     .collect::<Result<Vec<_>>>()?;
+                let experts = backend.upload_experts(&names, &tensors)?;
+                drop(tensors);
                 Mlp::Moe(MoeWeights {
                     router,
                     experts,

@@ -9,7 +9,9 @@ use super::cuda_kernel::QkNormRopeCuda;
 use super::fused::{FusedKey, FusedQkv};
 use super::ops;
 use super::{MlxBuild, MlxDevice, MlxFaults, MlxFused};
-use crate::backend::{check, AttnDims, Backend, BackendKind, DeviceInfo, MoeWeights};
+use crate::backend::{
+    check, AttnDims, Backend, BackendKind, DeviceInfo, ExpertWeights, MoeWeights,
+};
 use crate::backend::{routing_record, RowRouting};
 use crate::error::{Error, Result};
 use crate::model::safetensors::HostTensor;
@@ -44,6 +46,9 @@ pub struct MlxWeight {
     pub(super) array: Array,
     pub rows: usize,
     pub cols: usize,
+    /// An MoE expert's projection: the `[experts, rows, cols]` array of
+    /// every expert's, of which `array` is a view.
+    pub(super) stack: Option<Array>,
 }
 
 impl MlxWeight {
@@ -76,6 +81,7 @@ pub struct MlxBackend {
     pub(super) fused_with: std::cell::Cell<MlxFused>,
     /// Whether greedy decode queues step i+1 before reading token i.
     pub(super) pipelined: std::cell::Cell<bool>,
+    pub(super) moe_routing: std::cell::Cell<super::MlxMoeRouting>,
     pub(super) faults: MlxFaults,
     /// One compiled fused function per attention geometry.
     pub(super) fused: RefCell<BTreeMap<FusedKey, FusedQkv>>,
@@ -237,6 +243,7 @@ impl Backend for MlxBackend {
                     array: self.bf16_array_from(bits.reinterpret_cast::<bf16>(), rows, cols)?,
                     rows,
                     cols,
+                    stack: None,
                 });
             }
         }
@@ -263,7 +270,63 @@ impl Backend for MlxBackend {
             array: self.bf16_array(values, rows, cols)?,
             rows,
             cols,
+            stack: None,
         })
+    }
+
+    /// Each projection of all the layer's experts as one `[experts, rows,
+    /// cols]` array, every expert's weight a view of it (no second copy):
+    /// what device routing gathers from.
+    fn upload_experts(
+        &self,
+        names: &[[String; 3]],
+        experts: &[[HostTensor; 3]],
+    ) -> Result<Vec<ExpertWeights<MlxWeight>>> {
+        let n = experts.len();
+        let mut stacks = Vec::with_capacity(3);
+        for k in 0..3 {
+            let parts: Vec<&HostTensor> = experts.iter().map(|t| &t[k]).collect();
+            let label = names.first().map_or("experts", |n| n[k].as_str());
+            let all = self.upload_packed(&format!("{label} (all {n} experts)"), &parts)?;
+            let rows = all.rows / n.max(1);
+            let shape = [
+                to_i32(self.kind(), n, "experts")?,
+                to_i32(self.kind(), rows, "rows")?,
+                to_i32(self.kind(), all.cols, "columns")?,
+            ];
+            let stack = self.on("stack experts", || all.array.reshape(&shape))?;
+            stacks.push((stack, rows, all.cols));
+        }
+        let mut out = Vec::with_capacity(n);
+        let mut views = Vec::with_capacity(3 * n);
+        for (e, name) in names.iter().enumerate() {
+            let [gate, up, down] = [0, 1, 2].map(|k| {
+                let (stack, rows, cols) = &stacks[k];
+                let i = e as i32;
+                self.on("expert view", || stack.try_index(i))
+                    .map(|array| MlxWeight {
+                        name: name[k].clone(),
+                        array,
+                        rows: *rows,
+                        cols: *cols,
+                        stack: Some(stack.clone()),
+                    })
+            });
+            let w = ExpertWeights {
+                gate: gate?,
+                up: up?,
+                down: down?,
+            };
+            views.extend([
+                w.gate.array.clone(),
+                w.up.array.clone(),
+                w.down.array.clone(),
+            ]);
+            out.push(w);
+        }
+        // Views, once evaluated, share the stacked buffers.
+        self.on("expert views", || mlx_rs::transforms::eval(views.iter()))?;
+        Ok(out)
     }
 
     fn embed(&self, table: &MlxWeight, ids: &[u32]) -> Result<MlxTensor> {
@@ -516,6 +579,30 @@ impl Backend for MlxBackend {
         // 1. Router logits on MLX (bf16, as the reference rounds them).
         let experts = w.router.rows;
         let logits = self.on("moe router", || ops::linear(&x.array, &w.router.array))?;
+        if let (super::MlxMoeRouting::Device, Some(g), Some(u), Some(d)) = (
+            self.moe_routing.get(),
+            w.experts.first().and_then(|e| e.gate.stack.as_ref()),
+            w.experts.first().and_then(|e| e.up.stack.as_ref()),
+            w.experts.first().and_then(|e| e.down.stack.as_ref()),
+        ) {
+            if let Some(log) = self.routing_log.borrow_mut().as_mut() {
+                // Recording (verification) reads the logits the device
+                // routed by; decode runs without it never wait here.
+                let host = self.host_f32(&logits, "moe router")?;
+                log.push(routing_record(&host, experts, w.top_k));
+            }
+            let out = self.on("moe on the device", || {
+                ops::moe_on_device(
+                    &x.array,
+                    &logits,
+                    [g, u, d],
+                    w.top_k,
+                    w.norm_topk_prob,
+                    self.device == MlxDevice::Cpu,
+                )
+            })?;
+            return Ok(self.out(out, x.rows, x.cols));
+        }
         let logits = self.host_f32(&logits, "moe router")?;
         if let Some(log) = self.routing_log.borrow_mut().as_mut() {
             log.push(routing_record(&logits, experts, w.top_k));

@@ -64,6 +64,32 @@ impl MlxDevice {
     }
 }
 
+/// Where an MLX MoE layer picks its experts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MlxMoeRouting {
+    /// The router's logits come to the host, which routes by the shared
+    /// `backend::route` (bitwise the CPU reference's choice and weights)
+    /// and runs each chosen expert's products: one host round trip per MoE
+    /// layer, which also stalls the pipelined decode.
+    Host,
+    /// Softmax, top-k (ties to the lower expert) and renormalisation on the
+    /// device in f32, the chosen experts' products gathered from the
+    /// stacked expert weights (`gather_mm`) and added in ascending expert
+    /// order: no host round trip. Weights may differ from the host's by a
+    /// bf16 ulp where the f32 sums land near a rounding boundary.
+    Device,
+}
+
+impl MlxMoeRouting {
+    pub fn name(self) -> &'static str {
+        match self {
+            MlxMoeRouting::Host => "host",
+            MlxMoeRouting::Device => "device",
+        }
+    }
+}
+
 /// What MLX's fused attention-input path runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -179,6 +205,14 @@ mod stub {
         }
 
         pub fn pipelined(&self) -> bool {
+            match self.never {}
+        }
+
+        pub fn set_moe_routing(&self, _routing: super::MlxMoeRouting) {
+            match self.never {}
+        }
+
+        pub fn moe_routing(&self) -> super::MlxMoeRouting {
             match self.never {}
         }
 

@@ -105,6 +105,7 @@ impl MlxBackend {
             cuda_kernel,
             fused_with,
             pipelined: std::cell::Cell::new(true),
+            moe_routing: std::cell::Cell::new(super::MlxMoeRouting::Host),
             faults,
             fused: RefCell::new(BTreeMap::new()),
             pending: RefCell::new(Vec::new()),
@@ -167,6 +168,16 @@ impl MlxBackend {
     /// for comparison). The tokens are the same either way.
     pub fn set_pipelined(&self, on: bool) {
         self.pipelined.set(on);
+    }
+
+    /// Where MoE layers route (host by default: the CPU reference's exact
+    /// choice and weights).
+    pub fn set_moe_routing(&self, routing: super::MlxMoeRouting) {
+        self.moe_routing.set(routing);
+    }
+
+    pub fn moe_routing(&self) -> super::MlxMoeRouting {
+        self.moe_routing.get()
     }
 
     pub fn pipelined(&self) -> bool {
@@ -260,6 +271,7 @@ impl MlxBackend {
                 },
             );
         }
+        details.insert("moe_routing".into(), self.moe_routing.get().name().into());
         if self.faults != MlxFaults::default() {
             details.insert("faults".into(), format!("{:?}", self.faults));
         }

@@ -153,3 +153,73 @@ pub fn combine_experts(x: &Array, w: &MoeWeights<MlxWeight>, routes: &[Route]) -
     }
     Ok(acc)
 }
+
+/// MoE on the device: `x [n, hidden]`, the router's bf16 `logits [n, E]`,
+/// each projection of every expert stacked `[E, rows, cols]` (gate, up,
+/// down). The routing rule is `backend::route`'s, in f32: softmax, the
+/// `top_k` largest probabilities with ties to the lower expert (each
+/// expert's rank counted against every other's, so no sort's tie order
+/// matters), renormalised if asked, weights rounded to bf16. The chosen
+/// experts' products are gathered (`gather_mm`) and each row's
+/// contributions added in ascending expert order in bf16, the reference's
+/// order of accumulation. `f32_products`: MLX's CPU `gather_mm` takes only
+/// float32, so there the products run on f32 copies (bf16 values are exact
+/// in f32; each product is rounded to bf16 once, as a bf16 matmul rounds
+/// its f32 sum).
+pub fn moe_on_device(
+    x: &Array,
+    logits: &Array,
+    [gate, up, down]: [&Array; 3],
+    top_k: usize,
+    renorm: bool,
+    f32_products: bool,
+) -> R<Array> {
+    use mlx_rs::ops::{arange, gather_mm, logical_and, logical_or, select};
+    let (n, hidden, experts) = (x.dim(0), x.dim(1), logits.dim(1));
+    let k = top_k as i32;
+    let l = logits.as_dtype(Dtype::Float32)?;
+    let e = l.subtract(l.max_axis(1, true)?)?.exp()?;
+    let p = e.divide(e.sum_axis(1, true)?)?;
+    // rank[r, i] = #{ j : p[j] > p[i] or (p[j] == p[i] and j < i) }.
+    let (pi, pj) = (p.reshape(&[n, experts, 1])?, p.reshape(&[n, 1, experts])?);
+    let idx = arange::<i32, i32>(None, experts, None)?;
+    let (ii, jj) = (
+        idx.reshape(&[1, experts, 1])?,
+        idx.reshape(&[1, 1, experts])?,
+    );
+    let beats = logical_or(pj.gt(&pi)?, logical_and(pj.eq(&pi)?, jj.lt(&ii)?)?)?;
+    let rank = beats.as_dtype(Dtype::Int32)?.sum_axis(2, false)?;
+    // The chosen experts in ascending order: their indices sort before
+    // every unchosen one's (all keys distinct, so the sort is exact).
+    let key = select(
+        &rank.lt(Array::from_int(k))?,
+        &idx.reshape(&[1, experts])?,
+        idx.add(Array::from_int(experts))?,
+    )?;
+    let chosen = mlx_rs::ops::argsort_axis(&key, 1)?.try_index((.., ..k))?;
+    let mut w = p.take_along_axis(&chosen, 1)?;
+    if renorm {
+        w = w.divide(w.sum_axis(1, true)?)?;
+    }
+    let w = w.as_dtype(Dtype::Bfloat16)?.reshape(&[n, k, 1])?;
+    let chosen = chosen.as_dtype(Dtype::Uint32)?;
+    let product = |a: &Array, b: &Array| -> R<Array> {
+        let bt = b.swap_axes(-1, -2)?;
+        if f32_products {
+            let a32 = a.as_dtype(Dtype::Float32)?;
+            let b32 = bt.as_dtype(Dtype::Float32)?;
+            gather_mm(&a32, &b32, None, &chosen, false)?.as_dtype(Dtype::Bfloat16)
+        } else {
+            gather_mm(a, &bt, None, &chosen, false)
+        }
+    };
+    let x4 = x.reshape(&[n, 1, 1, hidden])?;
+    let h = swiglu(&product(&x4, gate)?, &product(&x4, up)?)?;
+    let y = product(&h, down)?;
+    let contrib = y.reshape(&[n, k, hidden])?.multiply(&w)?;
+    let mut acc = contrib.try_index((.., 0))?;
+    for s in 1..k {
+        acc = acc.add(contrib.try_index((.., s))?)?;
+    }
+    Ok(acc)
+}
