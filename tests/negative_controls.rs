@@ -7,6 +7,18 @@ use lockstep::backend::cpu::{Faults, Numerics};
 use lockstep::jobs::parity::cpu_parity;
 use lockstep::model::Model;
 
+/// The bf16 CPU reference of `m` with `faults` planted.
+fn bf16_with(
+    m: &Model,
+    faults: Faults,
+) -> lockstep::engine::Engine<lockstep::backend::cpu::CpuBackend> {
+    lockstep::jobs::load(
+        m,
+        lockstep::backend::cpu::CpuBackend::with_faults(Numerics::Bf16, faults),
+    )
+    .unwrap()
+}
+
 fn op_check_fails(numerics: Numerics, faults: Faults, what: &str) {
     let m = Model::open("synth:tiny").unwrap();
     let seq = prompt_and_continuation(&m, &PROMPT, 8).unwrap();
@@ -169,17 +181,13 @@ fn the_bisection_of_a_failing_row_names_the_first_op_and_the_side_nearer_truth()
     use lockstep::jobs::load;
     let m = Model::open("synth:tiny").unwrap();
     let seq = prompt_and_continuation(&m, &PROMPT, 8).unwrap();
-    let faulty = load(
+    let faulty = bf16_with(
         &m,
-        CpuBackend::with_faults(
-            Numerics::Bf16,
-            Faults {
-                fused_rope_position_offset: 1,
-                ..Default::default()
-            },
-        ),
-    )
-    .unwrap();
+        Faults {
+            fused_rope_position_offset: 1,
+            ..Default::default()
+        },
+    );
     let clean = load(&m, CpuBackend::new(Numerics::Bf16)).unwrap();
     let truth = load(&m, CpuBackend::new(Numerics::F64)).unwrap();
     let b = bisect_pair(
@@ -221,17 +229,13 @@ fn a_decode_only_bug_fails_the_decode_row_and_the_clean_build_passes_it_bitwise(
     use lockstep::jobs::load;
     use lockstep::verify::decode::DecodeRule;
     let m = Model::open("synth:tiny").unwrap();
-    let faulty = load(
+    let faulty = bf16_with(
         &m,
-        CpuBackend::with_faults(
-            Numerics::Bf16,
-            Faults {
-                decode_rope_position_offset: 1,
-                ..Default::default()
-            },
-        ),
-    )
-    .unwrap();
+        Faults {
+            decode_rope_position_offset: 1,
+            ..Default::default()
+        },
+    );
     let r = decode_vs_teacher_forced(&faulty, &PROMPT, 12, AttnPath::Graph, DecodeRule::Bitwise)
         .unwrap();
     assert!(!r.pass, "{r:?}");
@@ -267,18 +271,14 @@ fn a_fused_fault_is_outside_a_jittering_graph_paths_envelope() {
     let m = Model::open("synth:tiny").unwrap();
     let seq = prompt_and_continuation(&m, &PROMPT, 8).unwrap();
     let truth = load(&m, CpuBackend::new(Numerics::F64)).unwrap();
-    let faulty = load(
+    let faulty = bf16_with(
         &m,
-        CpuBackend::with_faults(
-            Numerics::Bf16,
-            Faults {
-                graph_one_ulp_flip: true,
-                fused_rope_position_offset: 1,
-                ..Default::default()
-            },
-        ),
-    )
-    .unwrap();
+        Faults {
+            graph_one_ulp_flip: true,
+            fused_rope_position_offset: 1,
+            ..Default::default()
+        },
+    );
     let op = containment_of(&faulty, Some(&truth), EnvelopeLevel::Op, &seq, 20).unwrap();
     assert!(
         op.graph.distinct > 1,
@@ -298,17 +298,13 @@ fn a_fused_fault_is_outside_a_jittering_graph_paths_envelope() {
     assert!(!greedy.distance.within, "{}", greedy.verdict());
     // Without the jitter the graph path is deterministic: op level falls
     // back to truth (and the fault fails it), greedy runs are not judged.
-    let steady = load(
+    let steady = bf16_with(
         &m,
-        CpuBackend::with_faults(
-            Numerics::Bf16,
-            Faults {
-                fused_rope_position_offset: 1,
-                ..Default::default()
-            },
-        ),
-    )
-    .unwrap();
+        Faults {
+            fused_rope_position_offset: 1,
+            ..Default::default()
+        },
+    );
     let op = containment_of(&steady, Some(&truth), EnvelopeLevel::Op, &seq, 3).unwrap();
     assert_eq!(op.rule, Some(ContainmentRule::TruthRelative));
     assert_eq!(op.contained, Some(false), "{}", op.verdict());
@@ -334,17 +330,13 @@ fn a_batch_position_dependent_fused_path_fails_the_layout_row() {
     use lockstep::jobs::load;
     let m = Model::open("synth:tiny").unwrap();
     let seq = prompt_and_continuation(&m, &PROMPT, 8).unwrap();
-    let faulty = load(
+    let faulty = bf16_with(
         &m,
-        CpuBackend::with_faults(
-            Numerics::Bf16,
-            Faults {
-                fused_odd_row_flip: true,
-                ..Default::default()
-            },
-        ),
-    )
-    .unwrap();
+        Faults {
+            fused_odd_row_flip: true,
+            ..Default::default()
+        },
+    );
     let r = fused_layout(&faulty, &seq).unwrap();
     assert!(!r.pass, "{}", r.summary());
     let moved: Vec<&str> = r
