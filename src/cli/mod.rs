@@ -11,6 +11,7 @@ mod generate;
 mod golden;
 mod info;
 mod parity;
+mod score;
 mod synth;
 mod verify;
 
@@ -57,6 +58,10 @@ pub enum Cmd {
     /// Compare the CPU reference with a transformers reference file
     /// (f64 truth for float32 files, bf16 for bfloat16 files).
     CompareReference(compare_reference::Args),
+    /// Teacher-forced logits of a token sequence: per step the scored
+    /// token's log-probability and rank, top-k and margin; full rows at the
+    /// run's own precision with --json.
+    Score(score::Args),
 }
 
 pub fn run(cmd: Cmd) -> lockstep::error::Result<()> {
@@ -71,5 +76,6 @@ pub fn run(cmd: Cmd) -> lockstep::error::Result<()> {
         Cmd::Golden { action } => golden::run(action),
         Cmd::Info(a) => info::run(a),
         Cmd::CompareReference(a) => compare_reference::run(a),
+        Cmd::Score(a) => score::run(a),
     }
 }

@@ -94,3 +94,62 @@ impl RecordedRun {
         self.steps.iter().map(|s| s.logits.as_deref()).collect()
     }
 }
+
+/// One scored step: the logits of the row that predicts `token`, at the
+/// run's own precision (f64 for the f64 truth), and where `token` stands
+/// among them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoredStep {
+    /// The token scored at this step (given, not chosen).
+    pub token: u32,
+    /// The row's greedy choice (the lowest id among its largest logits).
+    pub greedy: u32,
+    /// How many ids have a larger logit than `token`'s (0: the greedy
+    /// choice or tied with it).
+    pub rank: usize,
+    /// log softmax of the row at `token`, computed in f64.
+    pub logprob: f64,
+    /// Highest logits first: (token id, logit); ties by lower id.
+    pub top: Vec<(u32, f32)>,
+    /// top-1 minus top-2 logit.
+    pub margin: f32,
+    /// The full row, when kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logits: Option<Vec<f64>>,
+}
+
+impl ScoredStep {
+    pub fn from_logits(row: &[f64], token: u32, top_k: usize, keep: bool) -> Self {
+        let greedy_step = StepRecord::from_logits(row, top_k, false);
+        let at = row.get(token as usize).copied().unwrap_or(f64::NAN);
+        let rank = row.iter().filter(|&&v| v > at).count();
+        let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = row.iter().map(|&v| (v - max).exp()).sum();
+        ScoredStep {
+            token,
+            greedy: greedy_step.token,
+            rank,
+            logprob: at - max - sum.ln(),
+            top: greedy_step.top,
+            margin: greedy_step.margin,
+            logits: keep.then(|| row.to_vec()),
+        }
+    }
+}
+
+/// A token sequence scored teacher-forced: one step per scored token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoredRun {
+    pub fingerprint: Fingerprint,
+    pub prompt: Vec<u32>,
+    /// The scored tokens (one per step).
+    pub tokens: Vec<u32>,
+    pub steps: Vec<ScoredStep>,
+}
+
+impl ScoredRun {
+    /// The sum of the steps' log-probabilities.
+    pub fn total_logprob(&self) -> f64 {
+        self.steps.iter().map(|s| s.logprob).sum()
+    }
+}

@@ -14,6 +14,7 @@ pub mod golden;
 pub mod layout;
 pub mod oracle;
 pub mod parity;
+pub mod score;
 pub mod verify;
 
 pub use accelerator::Accelerator;
