@@ -504,6 +504,31 @@ pub fn external_checkpoints_match_the_cpu_reference<A: Accelerator>(test: &str) 
     }
 }
 
+/// The transformers bfloat16 references of tiny and tiny-moe
+/// (golden/reference/) judged on this backend's bf16 run, as
+/// `compare-reference --backend` does.
+pub fn bfloat16_references_hold<A: Accelerator>(test: &str) {
+    use lockstep::jobs::oracle::{compare_on, embedded_references};
+    use lockstep::verify::reference::RefDtype;
+    let Some((_lock, be)) = open::<A>(test) else {
+        return;
+    };
+    let mut be = Some(be);
+    for preset in ["tiny", "tiny-moe"] {
+        let m = Model::open(&format!("synth:{preset}")).unwrap();
+        let e = load(&m, be.take().unwrap()).unwrap();
+        for r in embedded_references(preset).unwrap() {
+            if r.dtype != RefDtype::Bfloat16 {
+                continue;
+            }
+            let report = compare_on(&e, &r).unwrap();
+            println!("{preset}: worst rel RMS {:.3e}", report.worst_rel_rms);
+            assert!(report.pass, "{}", report.to_text());
+        }
+        be = Some(e.backend);
+    }
+}
+
 macro_rules! accelerator_suite {
     ($name:ident, $backend:ty, op_presets = [$($preset:literal),*]) => {
         mod $name {
@@ -573,6 +598,11 @@ macro_rules! accelerator_suite {
             #[test]
             fn the_backends_argmax_is_the_hosts() {
                 argmax_ties_to_the_lower_index_and_never_picks_nan::<A>(&t("the_backends_argmax_is_the_hosts"));
+            }
+
+            #[test]
+            fn the_transformers_bfloat16_references_hold() {
+                bfloat16_references_hold::<A>(&t("the_transformers_bfloat16_references_hold"));
             }
 
             #[test]

@@ -110,3 +110,56 @@ fn a_divergence_at_a_step_without_two_top_entries_fails_without_a_panic() {
     let report = compare_with_reference(&r, &model).unwrap();
     assert!(!report.pass, "{}", report.to_text());
 }
+
+/// The routing excuse of a reference comparison: a step moved past the
+/// bound (planted: one reference step's logits scaled by 1.1) fails; our
+/// run's routing decision within `moe_routing_near_tie_bf16` of a tie at
+/// that step excuses it and leaves the later steps unjudged; a confident
+/// decision there, or a near-tie at another step, excuses nothing.
+#[test]
+fn a_routing_near_tie_excuses_the_step_it_is_at_and_nothing_else() {
+    use lockstep::backend::cpu::{CpuBackend, Numerics};
+    use lockstep::engine::generate::GenerateOptions;
+    use lockstep::verify::reference::{judge_with_ties, Reference};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("golden/reference/tiny-moe-bfloat16.json");
+    let mut r = Reference::load(&path).unwrap();
+    let m = lockstep::model::Model::open("synth:tiny-moe").unwrap();
+    let e = lockstep::jobs::load(&m, CpuBackend::new(Numerics::Bf16)).unwrap();
+    let rows = e
+        .teacher_forced(
+            &r.teacher_tokens(),
+            lockstep::backend::AttnPath::Graph,
+            &mut Default::default(),
+        )
+        .unwrap();
+    let teacher = rows[r.prompt.len() - 1..].to_vec();
+    let opts = GenerateOptions {
+        max_tokens: r.tokens.len(),
+        ..Default::default()
+    };
+    let ours = e.generate(&r.prompt, &opts, &mut |_| {}).unwrap();
+    let n = r.steps.len();
+    assert!(judge_with_ties(&r, &teacher, &ours, &[]).unwrap().pass);
+    for v in r.steps[5].sample.iter_mut() {
+        *v *= 1.1;
+    }
+    let mut ties = vec![None; n];
+    assert!(!judge_with_ties(&r, &teacher, &ours, &ties).unwrap().pass);
+    ties[5] = Some((0.5, 1));
+    assert!(
+        !judge_with_ties(&r, &teacher, &ours, &ties).unwrap().pass,
+        "a confident decision"
+    );
+    ties[5] = None;
+    ties[4] = Some((1e-3, 1));
+    assert!(
+        !judge_with_ties(&r, &teacher, &ours, &ties).unwrap().pass,
+        "a tie one step early"
+    );
+    ties[5] = Some((1e-3, 2));
+    let rep = judge_with_ties(&r, &teacher, &ours, &ties).unwrap();
+    assert!(rep.pass, "{}", rep.to_text());
+    assert_eq!(rep.routing_near_tie, Some((5, 1e-3, 2)));
+    assert!(rep.to_text().contains("not judged"));
+}

@@ -1,9 +1,9 @@
 //! `lockstep parity`: fused vs graph vs f64 truth at op, layer and logits
-//! level on the CPU reference.
+//! level, on any backend (truth: the CPU reference in f64).
 
-use super::args::{print_json, NumericsArg};
+use super::args::{print_json, TargetArgs};
 use lockstep::error::{Error, Result};
-use lockstep::jobs::parity::cpu_parity_of;
+use lockstep::jobs::parity::parity_of;
 use lockstep::model::Model;
 use std::path::PathBuf;
 
@@ -11,8 +11,8 @@ use std::path::PathBuf;
 pub struct Args {
     #[arg(long, default_value = "synth:tiny")]
     model: String,
-    #[arg(long, value_enum, default_value = "bf16")]
-    numerics: NumericsArg,
+    #[command(flatten)]
+    target: TargetArgs,
     /// Comma-separated prompt ids; greedy tokens are appended up to --tokens.
     #[arg(long, value_delimiter = ',', default_value = "1,17,42,99,3,250,7,8")]
     prompt_ids: Vec<u32>,
@@ -27,7 +27,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let m = Model::open(&a.model)?;
-    let (op, run) = cpu_parity_of(&m, a.numerics.into(), &a.prompt_ids, a.tokens)?;
+    let (op, run) = parity_of(&m, a.target.target()?, &a.prompt_ids, a.tokens)?;
     if a.json {
         print_json(&[&op, &run]);
     } else {

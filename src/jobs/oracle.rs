@@ -2,8 +2,7 @@
 //! `ci/oracle.py` wrote with transformers on the same weights, and the
 //! references built into the binary for the default models.
 
-use crate::backend::cpu::CpuBackend;
-use crate::backend::AttnPath;
+use crate::backend::{AttnPath, Backend};
 use crate::engine::generate::GenerateOptions;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -11,7 +10,7 @@ use crate::ident::BackendKind;
 use crate::model::Model;
 use crate::progress::Progress;
 use crate::verify::case::{Case, Key, Op};
-use crate::verify::reference::{judge, Reference, ReferenceReport};
+use crate::verify::reference::{judge_with_ties, Reference, ReferenceReport};
 
 /// The transformers references built into the binary for the default
 /// models, so `lockstep verify` runs anywhere without the repository.
@@ -57,29 +56,58 @@ pub fn oracle_case(reference: &Reference) -> Case {
 /// `e` (the CPU reference in the arithmetic the reference's dtype calls for)
 /// teacher-forced on the reference's tokens and greedily from its prompt,
 /// both judged against the reference.
-pub fn compare_on(e: &Engine<CpuBackend>, reference: &Reference) -> Result<ReferenceReport> {
+pub fn compare_on<B: Backend>(e: &Engine<B>, reference: &Reference) -> Result<ReferenceReport> {
     let want = reference.dtype.numerics();
-    if e.backend.numerics != want {
+    if e.backend.numerics() != want {
         return Err(Error::invalid(
             "reference comparison",
             format!(
-                "a {} reference is compared with the {want} reference, not {}",
-                reference.dtype, e.backend.numerics
+                "a {} reference is compared with a run in {want}, not {} ({})",
+                reference.dtype,
+                e.backend.numerics(),
+                e.backend.kind()
             ),
         ));
     }
+    e.backend.record_routing(true);
     let logits = e.teacher_forced(
         &reference.teacher_tokens(),
         AttnPath::Graph,
         &mut Default::default(),
-    )?;
+    );
+    let log = e.backend.take_routing_log();
+    e.backend.record_routing(false);
+    let logits = logits?;
+    let ties = super::accelerator::nearest_ties(&log, logits.len());
     let opts = GenerateOptions {
         max_tokens: reference.tokens.len(),
         ..Default::default()
     };
     let mut p = Progress::new("greedy", reference.tokens.len());
     let ours = e.generate(&reference.prompt, &opts, &mut |i| p.set(i))?;
-    judge(reference, &logits[reference.prompt.len() - 1..], &ours)
+    let from = reference.prompt.len() - 1;
+    judge_with_ties(
+        reference,
+        &logits[from..],
+        &ours,
+        ties.get(from..).unwrap_or_default(),
+    )
+}
+
+/// `compare_on` for a model loaded on `target`.
+pub fn compare_with_reference_on(
+    reference: &Reference,
+    model: &Model,
+    target: super::fixture::Target,
+) -> Result<ReferenceReport> {
+    struct Job<'a>(&'a Reference);
+    impl super::fixture::EngineJob for Job<'_> {
+        type Output = ReferenceReport;
+        fn run<B: Backend>(self, e: &Engine<B>) -> Result<ReferenceReport> {
+            compare_on(e, self.0)
+        }
+    }
+    super::fixture::run_on(model, target, Job(reference))
 }
 
 /// `compare_on` for a model loaded here.

@@ -186,10 +186,60 @@ pub fn cpu_parity_on(
     truth: &Engine<CpuBackend>,
     tokens: &[u32],
 ) -> Result<(ParityReport, ParityReport)> {
-    let numerics = e.backend.numerics;
+    parity_on(e, truth, tokens)
+}
+
+/// Both levels on any engine `e` against `truth`: the op contract in its
+/// arithmetic, the layer level truth-relative (or the strict f64 bound).
+pub fn parity_on<B: Backend>(
+    e: &Engine<B>,
+    truth: &Engine<CpuBackend>,
+    tokens: &[u32],
+) -> Result<(ParityReport, ParityReport)> {
+    let numerics = e.backend.numerics();
     let op = op_parity_on(e, truth, tokens, op_tolerance(numerics))?;
     let strict = (numerics == Numerics::F64).then_some(Tol::FusedVsGraphF64Rms);
     Ok((op, layer_parity_on(e, truth, tokens, strict)?))
+}
+
+/// `lockstep parity` on `target`: `prompt` followed by greedy tokens of the
+/// CPU reference's bf16 graph path up to `tokens` in all (the same sequence
+/// whatever runs it), truth the CPU reference in f64.
+pub fn parity_of(
+    model: &Model,
+    target: super::fixture::Target,
+    prompt: &[u32],
+    tokens: usize,
+) -> Result<(ParityReport, ParityReport)> {
+    use super::fixture::{run_on, EngineJob, Target};
+    struct Job<'a> {
+        truth: &'a Engine<CpuBackend>,
+        seq: &'a [u32],
+    }
+    impl EngineJob for Job<'_> {
+        type Output = (ParityReport, ParityReport);
+        fn run<B: Backend>(self, e: &Engine<B>) -> Result<Self::Output> {
+            parity_on(e, self.truth, self.seq)
+        }
+    }
+    let bf16 = super::load_cpu(model, Numerics::Bf16)?;
+    let truth = super::load_cpu(model, Numerics::F64)?;
+    let seq = super::continuation(&bf16, prompt, tokens.saturating_sub(prompt.len()))?;
+    match target {
+        Target::Cpu(Numerics::Bf16) => parity_on(&bf16, &truth, &seq),
+        Target::Cpu(Numerics::F64) => parity_on(&truth, &truth, &seq),
+        other => {
+            drop(bf16);
+            run_on(
+                model,
+                other,
+                Job {
+                    truth: &truth,
+                    seq: &seq,
+                },
+            )
+        }
+    }
 }
 
 /// `cpu_parity_on` for a model loaded here, with `faults` planted in the
@@ -204,23 +254,4 @@ pub fn cpu_parity(
     let engine = super::load(model, CpuBackend::with_faults(numerics, faults))?;
     let truth = super::load_cpu(model, Numerics::F64)?;
     cpu_parity_on(&engine, &truth, tokens)
-}
-
-/// `lockstep parity`: both levels on the CPU reference in `numerics` for
-/// `prompt` followed by greedy tokens of the bf16 graph path up to `tokens`
-/// in all (the same continuation whatever is compared), truth in f64.
-pub fn cpu_parity_of(
-    model: &Model,
-    numerics: Numerics,
-    prompt: &[u32],
-    tokens: usize,
-) -> Result<(ParityReport, ParityReport)> {
-    let bf16 = super::load_cpu(model, Numerics::Bf16)?;
-    let truth = super::load_cpu(model, Numerics::F64)?;
-    let seq = super::continuation(&bf16, prompt, tokens.saturating_sub(prompt.len()))?;
-    let e = match numerics {
-        Numerics::Bf16 => &bf16,
-        Numerics::F64 => &truth,
-    };
-    cpu_parity_on(e, &truth, &seq)
 }

@@ -203,11 +203,22 @@ pub struct ReferenceReport {
     /// The smaller of the two sides' top-1/top-2 margins at the divergence.
     pub divergence_margin: Option<f32>,
     pub near_tie_tolerance: (Tol, f64),
+    /// MoE models: the first step past the logits bound, excused by our
+    /// run's routing decision nearest a tie there (within
+    /// `moe_routing_near_tie_bf16`): (step, gap, layer). A flipped expert
+    /// moves that step and, through the context, the later ones: neither
+    /// they nor a token change from there on are judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_near_tie: Option<(usize, f32, usize)>,
     pub pass: bool,
 }
 
-/// Which CPU arithmetic a reference is compared with, and its tolerances.
-pub fn tolerance_names(reference: &Reference) -> (Tol, Tol) {
+/// The tolerances a reference is judged by on `backend`: the arithmetic
+/// its dtype calls for, and for a bfloat16 reference run on an accelerator
+/// that accelerator's own bound against the CPU reference's bf16 mode (the
+/// same argument: another bf16 implementation, its own summation order).
+pub fn tolerance_names(reference: &Reference, backend: crate::ident::BackendKind) -> (Tol, Tol) {
+    use crate::ident::BackendKind;
     match reference.dtype {
         // Token changes are judged on lockstep's recorded step margins,
         // which are f32 in either run: the f32 near-tie bound applies.
@@ -220,7 +231,12 @@ pub fn tolerance_names(reference: &Reference) -> (Tol, Tol) {
             Tol::NearTieMarginF32,
         ),
         RefDtype::Bfloat16 => (
-            Tol::CpuBf16VsTransformersBf16LogitsRelRms,
+            match backend {
+                BackendKind::Cpu => Tol::CpuBf16VsTransformersBf16LogitsRelRms,
+                BackendKind::Mlx => Tol::MlxBf16VsCpuBf16LogitsRelRms,
+                BackendKind::MlxGpu => Tol::MlxGpuBf16VsCpuBf16LogitsRelRms,
+                BackendKind::Cuda => Tol::CudaVsCpuBf16LogitsRelRms,
+            },
             Tol::NearTieMarginBf16,
         ),
     }
@@ -234,6 +250,17 @@ pub fn judge(
     reference: &Reference,
     teacher_logits: &[Vec<f64>],
     ours: &RecordedRun,
+) -> Result<ReferenceReport> {
+    judge_with_ties(reference, teacher_logits, ours, &[])
+}
+
+/// `judge`, with `ties[i]` our teacher-forced row i's routing decision
+/// nearest a tie (gap, layer) for MoE models (empty: none excused).
+pub fn judge_with_ties(
+    reference: &Reference,
+    teacher_logits: &[Vec<f64>],
+    ours: &RecordedRun,
+    ties: &[Option<(f32, usize)>],
 ) -> Result<ReferenceReport> {
     if ours.prompt != reference.prompt {
         return Err(Error::invalid(
@@ -251,10 +278,25 @@ pub fn judge(
         ));
     }
     let steps = compare_steps(reference, teacher_logits)?;
-    let (rel_name, tie_name) = tolerance_names(reference);
+    let (rel_name, tie_name) = tolerance_names(reference, ours.fingerprint.backend);
     let (rel_tol, tie_tol) = (tol(rel_name), tol(tie_name));
-    let worst = steps.iter().map(|s| s.diff.rel_rms).fold(0.0, f64::max);
-    let div = first_divergence(&ours.tokens, &reference.tokens);
+    let near = tol(Tol::MoeRoutingNearTieBf16);
+    let outside = steps
+        .iter()
+        .position(|s| s.diff.rel_rms.is_nan() || s.diff.rel_rms > rel_tol || !s.diff.finite_ok());
+    let routing_near_tie = outside.and_then(|i| match ties.get(i) {
+        Some(&Some((gap, layer))) if f64::from(gap) <= near && steps[i].diff.finite_ok() => {
+            Some((i, gap, layer))
+        }
+        _ => None,
+    });
+    let judged = routing_near_tie.map_or(steps.len(), |t| t.0);
+    let worst = steps[..judged]
+        .iter()
+        .map(|s| s.diff.rel_rms)
+        .fold(0.0, f64::max);
+    let div = first_divergence(&ours.tokens, &reference.tokens)
+        .filter(|d| routing_near_tie.is_none_or(|t| d.step < t.0));
     // A step without two recorded top entries on either side has no margin
     // to excuse a divergence there (NaN: no near-tie rule accepts it).
     let margin = div.as_ref().map(|d| {
@@ -277,7 +319,8 @@ pub fn judge(
         dtype: reference.dtype,
         reference_device: reference.device.clone(),
         ours: ours.fingerprint.label(),
-        pass: worst <= rel_tol && tokens_ok && steps.iter().all(|s| s.diff.finite_ok()),
+        pass: worst <= rel_tol && tokens_ok && steps[..judged].iter().all(|s| s.diff.finite_ok()),
+        routing_near_tie,
         steps,
         worst_rel_rms: worst,
         rel_rms_tolerance: (rel_name, rel_tol),
@@ -312,6 +355,12 @@ impl ReferenceReport {
             "worst rel_rms {:.3e} ({} = {:e})",
             self.worst_rel_rms, self.rel_rms_tolerance.0, self.rel_rms_tolerance.1
         );
+        if let Some((step, gap, layer)) = self.routing_near_tie {
+            let _ = writeln!(
+                s,
+                "MoE routing near-tie at step {step} (layer {layer}, gap {gap:.2e}): that step and the later ones are not judged"
+            );
+        }
         match (&self.first_divergence, self.divergence_margin) {
             (Some(d), Some(m)) => {
                 let _ = writeln!(
@@ -325,9 +374,14 @@ impl ReferenceReport {
                     self.near_tie_tolerance.1
                 );
             }
-            _ => {
-                let _ = writeln!(s, "greedy tokens agree for all {} steps", self.steps.len());
-            }
+            _ => match self.routing_near_tie {
+                Some((step, ..)) => {
+                    let _ = writeln!(s, "greedy tokens agree for the {step} steps judged");
+                }
+                None => {
+                    let _ = writeln!(s, "greedy tokens agree for all {} steps", self.steps.len());
+                }
+            },
         }
         s
     }
