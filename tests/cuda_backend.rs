@@ -528,7 +528,7 @@ fn every_planted_kernel_fault_fails_a_verify_row() {
             "decode(",
             "position=",
             "logits(",
-            "bf16,tokens=32)",
+            "numerics=bf16,tokens=32",
             "golden(",
             "layout(",
         ]

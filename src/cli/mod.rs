@@ -24,6 +24,11 @@ use clap::{Parser, Subcommand};
     about = "Deterministic-parity verification for Qwen3 inference"
 )]
 pub struct Cli {
+    /// Lay these tolerances over the committed registry for this run
+    /// (`{"tolerances": [{"name", "value", "reason"}]}`); each override is
+    /// printed, and carried in verify's report.
+    #[arg(long, global = true)]
+    pub tolerances: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub cmd: Cmd,
 }

@@ -63,11 +63,18 @@ pub fn run(a: Args) -> Result<()> {
             "backends": backends,
             "results": rows,
             "filtered_out": filtered,
+            "tolerance_overrides": lockstep::verify::tolerances::overrides(),
         }));
     } else {
         println!("lockstep {} verify", env!("CARGO_PKG_VERSION"));
         for b in &backends {
             println!("  {}/{} on {}", b.backend, b.numerics, b.device);
+        }
+        for o in lockstep::verify::tolerances::overrides() {
+            println!(
+                "  TOLERANCE OVERRIDDEN ({}): {} = {:e} instead of {:e}: {}",
+                o.file, o.name, o.value, o.committed, o.reason
+            );
         }
         print!("{}", summary::to_text(&results));
         if filtered > 0 {

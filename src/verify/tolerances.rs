@@ -173,18 +173,108 @@ impl Registry {
     }
 }
 
-/// The committed registry, checked against `Tol` on first use.
+static REGISTRY: OnceLock<Registry> = OnceLock::new();
+static OVERRIDES: OnceLock<Vec<Override>> = OnceLock::new();
+
+/// The committed registry, checked against `Tol` on first use, with this
+/// process's overrides (`apply_overrides`) laid over it.
 pub fn registry() -> &'static Registry {
-    static R: OnceLock<Registry> = OnceLock::new();
-    R.get_or_init(|| {
-        let r = Registry::parse(EMBEDDED).expect("committed tolerances.json is valid");
+    REGISTRY.get_or_init(|| {
+        let mut r = Registry::parse(EMBEDDED).expect("committed tolerances.json is valid");
         let (missing, unknown) = r.mismatches();
         assert!(
             missing.is_empty() && unknown.is_empty(),
             "tolerances.json and verify::tolerances::Tol disagree: missing {missing:?}, not in Tol {unknown:?}"
         );
+        for o in OVERRIDES.get().map_or(&[][..], Vec::as_slice) {
+            if let Some(t) = r.tolerances.iter_mut().find(|t| t.name == o.name) {
+                t.value = o.value;
+                t.reason = format!("OVERRIDDEN from {} ({}): {}", o.committed, o.file, o.reason);
+            }
+        }
         r
     })
+}
+
+/// One committed value replaced for this process (`--tolerances FILE`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Override {
+    pub name: String,
+    pub committed: f64,
+    pub value: f64,
+    pub reason: String,
+    /// The file it came from.
+    pub file: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverrideEntry {
+    name: String,
+    value: f64,
+    reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverrideFile {
+    tolerances: Vec<OverrideEntry>,
+}
+
+/// Lays the tolerances of `path` (`{"tolerances": [{"name", "value",
+/// "reason"}]}`) over the committed registry for the rest of the process.
+/// Every entry must name a tolerance the code knows, once, with a finite
+/// non-negative value and a reason. Refused once any tolerance has been
+/// read, or a second time: a run judges by one registry throughout.
+pub fn apply_overrides(path: &std::path::Path) -> Result<&'static [Override]> {
+    let file = path.display().to_string();
+    let text = crate::util::read_text_bounded(path, crate::util::limits::CONFIG)?;
+    let f: OverrideFile = serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let committed = Registry::parse(EMBEDDED)?;
+    let mut out: Vec<Override> = Vec::new();
+    for e in f.tolerances {
+        let bad = |why: String| Error::invalid(format!("{file}: tolerance `{}`", e.name), why);
+        let t = committed
+            .get(&e.name)
+            .ok_or_else(|| bad("is not in the registry (docs/tolerances.md lists them)".into()))?;
+        if !(e.value.is_finite() && e.value >= 0.0) {
+            return Err(bad(format!(
+                "value {} is not finite and non-negative",
+                e.value
+            )));
+        }
+        if e.reason.trim().is_empty() {
+            return Err(bad("needs a reason".into()));
+        }
+        if out.iter().any(|o| o.name == e.name) {
+            return Err(bad("is overridden twice".into()));
+        }
+        out.push(Override {
+            committed: t.value,
+            name: e.name,
+            value: e.value,
+            reason: e.reason,
+            file: file.clone(),
+        });
+    }
+    if REGISTRY.get().is_some() {
+        return Err(Error::invalid(
+            file,
+            "tolerance overrides must be applied before any tolerance is read",
+        ));
+    }
+    OVERRIDES
+        .set(out)
+        .map_err(|_| Error::invalid(file, "tolerance overrides were applied already"))?;
+    Ok(overrides())
+}
+
+/// This process's overrides (empty without `--tolerances`).
+pub fn overrides() -> &'static [Override] {
+    OVERRIDES.get().map_or(&[], Vec::as_slice)
 }
 
 /// A tolerance's committed value.
