@@ -32,6 +32,8 @@ mod fused;
 #[cfg(all(feature = "mlx", any(target_os = "macos", feature = "mlx-metal-check")))]
 mod metal;
 #[cfg(feature = "mlx")]
+mod moe;
+#[cfg(feature = "mlx")]
 mod open;
 #[cfg(feature = "mlx")]
 mod ops;
