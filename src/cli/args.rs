@@ -222,3 +222,10 @@ pub fn print_json(v: &impl serde::Serialize) {
         serde_json::to_string_pretty(v).expect("results serialise")
     );
 }
+
+/// The head of a run's text output: model, run and prompt.
+pub fn print_run_head(fp: &lockstep::engine::record::Fingerprint, prompt: &[u32]) {
+    println!("model    {} ({})", fp.model_origin, fp.model_hash);
+    println!("run      {}", fp.label());
+    println!("prompt   {prompt:?}");
+}

@@ -1,6 +1,6 @@
 //! `lockstep generate`: greedy generation on one backend and path.
 
-use super::args::{print_json, PathArg, TargetArgs};
+use super::args::{print_json, print_run_head, PathArg, TargetArgs};
 use lockstep::backend::Backend;
 use lockstep::engine::generate::GenerateOptions;
 use lockstep::engine::record::RecordedRun;
@@ -82,12 +82,7 @@ pub fn run(a: Args) -> Result<()> {
         print_json(&run);
         return Ok(());
     }
-    println!(
-        "model    {} ({})",
-        run.fingerprint.model_origin, run.fingerprint.model_hash
-    );
-    println!("run      {}", run.fingerprint.label());
-    println!("prompt   {:?}", run.prompt);
+    print_run_head(&run.fingerprint, &run.prompt);
     println!("tokens   {:?}", run.tokens);
     if let Some(d) = m
         .tokenizer_path()

@@ -2,7 +2,7 @@
 //! scored token's log-probability and rank, the row's top-k and margin, and
 //! (with --json) the full rows at the run's own precision.
 
-use super::args::{print_json, PathArg, TargetArgs};
+use super::args::{print_json, print_run_head, PathArg, TargetArgs};
 use lockstep::backend::Backend;
 use lockstep::engine::record::ScoredRun;
 use lockstep::engine::Engine;
@@ -62,12 +62,7 @@ pub fn run(a: Args) -> Result<()> {
         print_json(&run);
         return Ok(());
     }
-    println!(
-        "model    {} ({})",
-        run.fingerprint.model_origin, run.fingerprint.model_hash
-    );
-    println!("run      {}", run.fingerprint.label());
-    println!("prompt   {:?}", run.prompt);
+    print_run_head(&run.fingerprint, &run.prompt);
     println!("step  token  logprob      rank  greedy  margin");
     for (i, s) in run.steps.iter().enumerate() {
         println!(

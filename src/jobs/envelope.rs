@@ -73,16 +73,8 @@ fn one_run<B: Backend>(
     tokens: &[u32],
     inputs: &[LayerQkv],
 ) -> Result<(Vec<f64>, Option<GreedyRun>)> {
-    let positions: Vec<usize> = (0..tokens.len()).collect();
     Ok(match level {
-        EnvelopeLevel::Op => {
-            let mut r = Vec::new();
-            for l in inputs {
-                let qkv = e.attention_inputs_from_host(l.layer, &l.input, &positions, path)?;
-                r.extend(qkv.concat());
-            }
-            (r, None)
-        }
+        EnvelopeLevel::Op => (qkv_from_inputs(e, inputs, tokens.len(), path)?, None),
         EnvelopeLevel::Logits => (
             e.teacher_forced(tokens, path, &mut Default::default())?
                 .concat(),
@@ -115,6 +107,25 @@ fn one_run<B: Backend>(
             )
         }
     })
+}
+
+/// Every layer's q, k, v on `path` from its recorded input (`tokens` rows
+/// at positions 0..), flattened layer after layer.
+fn qkv_from_inputs<B: Backend>(
+    e: &Engine<B>,
+    inputs: &[LayerQkv],
+    tokens: usize,
+    path: AttnPath,
+) -> Result<Vec<f64>> {
+    let positions: Vec<usize> = (0..tokens).collect();
+    let mut r = Vec::new();
+    for l in inputs {
+        r.extend(
+            e.attention_inputs_from_host(l.layer, &l.input, &positions, path)?
+                .concat(),
+        );
+    }
+    Ok(r)
 }
 
 /// Op level holds each layer's input fixed (recorded once), so the spread
@@ -216,18 +227,7 @@ pub fn containment_of<B: Backend>(
                 None => None,
                 Some(t) => Some(match level {
                     EnvelopeLevel::Op => {
-                        let positions: Vec<usize> = (0..tokens.len()).collect();
-                        let mut r = Vec::new();
-                        for l in &inputs {
-                            let qkv = t.attention_inputs_from_host(
-                                l.layer,
-                                &l.input,
-                                &positions,
-                                AttnPath::Graph,
-                            )?;
-                            r.extend(qkv.concat());
-                        }
-                        r
+                        qkv_from_inputs(t, &inputs, tokens.len(), AttnPath::Graph)?
                     }
                     _ => t
                         .teacher_forced(tokens, AttnPath::Graph, &mut Default::default())?
