@@ -6,6 +6,15 @@ mod cli;
 use clap::Parser;
 
 fn main() {
+    // Output piped into a reader that stops early (`| head`) ends the
+    // process quietly, as other command-line tools do, instead of a panic
+    // in println! (Rust starts with SIGPIPE ignored).
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default disposition before any thread
+    // starts; no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = cli::Cli::parse();
     if let Some(path) = &args.tolerances {
         match lockstep::verify::tolerances::apply_overrides(path) {
