@@ -64,6 +64,16 @@ pub enum Error {
         index: usize,
         value: f64,
     },
+    /// A model dimension that one backend's kernels cannot take, refused
+    /// before anything is uploaded (the CPU reference takes every shape).
+    #[error("{model}: config field `{field}` = {value}: the {backend} backend does not take it (supported: {supported})")]
+    UnsupportedShape {
+        model: String,
+        backend: BackendKind,
+        field: &'static str,
+        value: usize,
+        supported: &'static str,
+    },
     #[error(
         "unknown preset `{0}`; known presets: tiny, tiny-moe, qwen3-0.6b, qwen3-8b, qwen3-30b-a3b"
     )]

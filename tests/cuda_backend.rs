@@ -452,6 +452,45 @@ fn memory_faults_name_the_model_and_the_allocation() {
     );
 }
 
+/// A head width or hidden size the kernels cannot take is refused before
+/// anything is uploaded, naming the field, its value and the supported set;
+/// widths that do not divide the 256-thread block (48, 80) load.
+#[test]
+fn shapes_the_kernels_cannot_take_are_refused_before_upload() {
+    let Some((_g, mut be)) = open::<Cuda>(&t(
+        "shapes_the_kernels_cannot_take_are_refused_before_upload",
+    )) else {
+        return;
+    };
+    for (field, value) in [("head_dim", 36), ("head_dim", 264), ("hidden_size", 68)] {
+        let mut m = Model::open("synth:tiny").unwrap();
+        match field {
+            "head_dim" => m.config.head_dim = value,
+            _ => m.config.hidden_size = value,
+        }
+        let mut uploaded = 0;
+        let msg = match Engine::load_with_progress(&m, be, &mut |done, _| uploaded = done) {
+            Ok(_) => panic!("{field} {value} loaded"),
+            Err(e) => e.to_string(),
+        };
+        println!("{msg}");
+        assert_eq!(
+            uploaded, 0,
+            "{field} {value}: {uploaded} tensors uploaded before the refusal"
+        );
+        assert!(
+            msg.contains(&format!("`{field}` = {value}")) && msg.contains("supported"),
+            "{msg}"
+        );
+        be = CudaBackend::new(0).unwrap();
+    }
+    let mut m = Model::open("synth:tiny").unwrap();
+    for hd in [48, 80] {
+        m.config.head_dim = hd;
+        assert!(be.unsupported_dim(&m.config).is_none(), "head_dim {hd}");
+    }
+}
+
 /// The decode fusions (residual add + RMSNorm; gate and up products +
 /// SwiGLU in one pass) give the bits of the separate ops.
 #[test]

@@ -93,6 +93,15 @@ pub struct ExpertWeights<W> {
     pub down: W,
 }
 
+/// A config field whose value a backend's kernels do not take, with the
+/// values they do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnsupportedDim {
+    pub field: &'static str,
+    pub value: usize,
+    pub supported: &'static str,
+}
+
 pub trait Backend {
     type Tensor;
     type Weight;
@@ -319,6 +328,13 @@ pub trait Backend {
 
     /// Drops the recorded step.
     fn release_step(&self) {}
+
+    /// The first model dimension this backend's kernels cannot take, if
+    /// any: the engine refuses such a model before uploading anything,
+    /// rather than failing at the first kernel that meets it.
+    fn unsupported_dim(&self, _cfg: &crate::model::config::Qwen3Config) -> Option<UnsupportedDim> {
+        None
+    }
 
     /// Free memory on the device in bytes, when the backend can tell: the
     /// engine refuses a model that cannot fit before uploading anything.

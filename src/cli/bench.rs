@@ -96,11 +96,10 @@ pub fn run(a: Args) -> Result<()> {
             let pipelined: Vec<bool> = a
                 .mlx_pipeline
                 .map_or(vec![true], |p| p.into_iter().map(Into::into).collect());
-            let routing: Vec<_> = a
-                .mlx_moe_routing
-                .map_or(vec![lockstep::backend::mlx::MlxMoeRouting::Host], |r| {
-                    r.into_iter().map(Into::into).collect()
-                });
+            let routing: Vec<_> = a.mlx_moe_routing.map_or(
+                vec![lockstep::backend::mlx::MlxMoeRouting::default_for(device)],
+                |r| r.into_iter().map(Into::into).collect(),
+            );
             mlx_bench(
                 &model,
                 device,

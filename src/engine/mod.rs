@@ -161,6 +161,15 @@ impl<B: Backend> Engine<B> {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
         let cfg = model.config.clone();
+        if let Some(d) = backend.unsupported_dim(&cfg) {
+            return Err(Error::UnsupportedShape {
+                model: model.origin.clone(),
+                backend: backend.kind(),
+                field: d.field,
+                value: d.value,
+                supported: d.supported,
+            });
+        }
         if let Some(free) = backend.free_memory() {
             let need = resident_bytes(&cfg);
             if need > free {

@@ -23,7 +23,7 @@ use super::moe::ExpertTables;
 use super::pool::Pools;
 use super::tensor::{CudaCache, CudaTensor, CudaWeight};
 use super::{CudaOptions, ReductionMode};
-use crate::backend::{AttnDims, Backend, DeviceInfo, MoeWeights};
+use crate::backend::{AttnDims, Backend, DeviceInfo, MoeWeights, UnsupportedDim};
 use crate::error::{Error, Result};
 use crate::model::safetensors::HostTensor;
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
@@ -389,6 +389,28 @@ impl Backend for CudaBackend {
 
     fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(err("synchronize"))
+    }
+
+    /// Attention and the fused kernel load keys and weights 16 bytes at a
+    /// time and give one block of BLOCK threads to a head; any such width
+    /// works, including ones that do not divide the block (48, 80, 96).
+    fn unsupported_dim(&self, cfg: &crate::model::config::Qwen3Config) -> Option<UnsupportedDim> {
+        let hd = cfg.head_dim;
+        if hd % 8 != 0 || hd > BLOCK as usize {
+            return Some(UnsupportedDim {
+                field: "head_dim",
+                value: hd,
+                supported: "a multiple of 8 up to 256",
+            });
+        }
+        if cfg.hidden_size % 8 != 0 {
+            return Some(UnsupportedDim {
+                field: "hidden_size",
+                value: cfg.hidden_size,
+                supported: "a multiple of 8",
+            });
+        }
+        None
     }
 
     fn free_memory(&self) -> Option<usize> {

@@ -105,7 +105,7 @@ impl MlxBackend {
             cuda_kernel,
             fused_with,
             pipelined: std::cell::Cell::new(true),
-            moe_routing: std::cell::Cell::new(super::MlxMoeRouting::Host),
+            moe_routing: std::cell::Cell::new(super::MlxMoeRouting::default_for(device)),
             faults,
             fused: RefCell::new(BTreeMap::new()),
             pending: RefCell::new(Vec::new()),

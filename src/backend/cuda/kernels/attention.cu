@@ -96,7 +96,8 @@ extern "C" __global__ void attn_exp_bf16(
 // (fast mode): partials are added into the f32 accumulator O with atomics,
 // in arrival order, and the last block rounds O. Threads split into
 // blockDim / head_dim key groups (each owns one output element of a group),
-// combined in group order.
+// combined in group order. When head_dim does not divide the block (48, 80,
+// 96) the threads past the last whole group compute a share nobody reads.
 extern "C" __global__ void attn_out_bf16(
     const float* S, const float* Z, const bf16_t* vc, float* P, float* O, bf16_t* out,
     unsigned int* counters, const int* pos,
