@@ -22,7 +22,8 @@
 # the same weights; BENCH_PRESETS; their greedy tokens compared), big (the
 # ignored large-model test: op level at BIG_MODELS, logits vs the CPU for
 # dense ones), bench-big (MLX decode of BIG_BENCH, shorter; MoE routed on
-# BIG_MOE_ROUTING, host,device by default), bench-big-cuda
+# BIG_MOE_ROUTING, host,device by default), dumps (trace on CUDA, MLX-GPU
+# and transformers for compare --theirs), bench-big-cuda
 # (the CUDA backend's, likewise), kernels
 # (Nsight Compute: kernels and GPU time per decode step of qwen3-0.6b, per
 # path), cpu-tests (MLX's CPU device of the CUDA build: does it reproduce
@@ -140,6 +141,31 @@ PY
         step $L bench --backend mlx-gpu --model synth:$preset --warmup 8 --tokens 64 --repeats 2 \
           --mlx-moe-routing ${BIG_MOE_ROUTING:-host,device} --out "$OUT/bench-mlx-$preset.json"
       done ;;
+    dumps)
+      # Worked examples of `compare --theirs`: lockstep's CUDA backend and
+      # MLX's GPU (lockstep trace) and transformers in bfloat16 on the GPU
+      # (ci/hf_dump.py), on DUMP_MODELS, brought back to be compared on the
+      # build machine: one $OUT/dumps-MODEL.tgz each (run this stage
+      # without `archive`, which would pack them into one file). A synthetic
+      # model keeps layers DUMP_LAYERS and four tokens (its logits rows are
+      # 151936 wide).
+      for spec in ${DUMP_MODELS:-tests/checkpoints/dense-hd80-gqa4-tied tests/checkpoints/moe-no-renorm-sparse2 synth:qwen3-0.6b}; do
+        name=$(basename "${spec#synth:}")
+        dir=$spec; lay=(); ids=1,5,9,17,33,65,129,257
+        case $spec in synth:*)
+          dir=/tmp/lockstep-$name; [ -d $dir ] || step $L synth --preset $name --out $dir
+          lay=(--layers ${DUMP_LAYERS:-0,27}); ids=1,5,9,17 ;;
+        esac
+        hash=$($L info --model $dir --json | python3 -c "import json,sys; print(json.load(sys.stdin)['model_hash'])")
+        d=/tmp/dumps-$name; rm -rf $d; mkdir -p $d
+        step $L trace --model $dir --prompt-ids $ids --backend cuda "${lay[@]}" --path fused --out $d/cuda-fused
+        step $L trace --model $dir --prompt-ids $ids --backend cuda "${lay[@]}" --out $d/cuda-graph
+        step $L trace --model $dir --prompt-ids $ids --backend mlx --device gpu "${lay[@]}" --path fused --out $d/mlx-gpu-fused
+        step timeout 300 python3 ci/hf_dump.py --model $dir --model-hash $hash --tokens $ids --dtype bfloat16 \
+          "${lay[@]}" --out $d/transformers-bf16
+        tar czf "$OUT/dumps-$name.tgz" -C /tmp "dumps-$name"
+      done
+      ls -la "$OUT" ;;
     bench-big-cuda)
       # The CUDA backend on BIG_BENCH, as bench-big times MLX.
       for preset in ${BIG_BENCH:-qwen3-30b-a3b}; do

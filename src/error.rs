@@ -26,6 +26,12 @@ pub enum Error {
         field: String,
         problem: String,
     },
+    #[error("{path}: dump field `{field}`: {problem}")]
+    DumpField {
+        path: PathBuf,
+        field: String,
+        problem: String,
+    },
     #[error("{path}: unsupported architecture {found:?}; lockstep runs Qwen3ForCausalLM and Qwen3MoeForCausalLM")]
     UnsupportedArchitecture { path: PathBuf, found: Vec<String> },
     #[error("{path}: safetensors: {problem}")]

@@ -173,6 +173,22 @@ fn a_tensor_of_an_unsupported_dtype_is_named() {
     );
 }
 
+/// F64 parses (trace dumps use it) but is no weight dtype: a checkpoint
+/// in it is refused when opened, naming the tensor and the dtypes taken.
+#[test]
+fn float64_weights_are_refused_by_name() {
+    let dir = tiny_folder_with(
+        "err-f64",
+        lockstep::model::safetensors::Dtype::F64,
+        |_, _| {},
+    );
+    let e = open_err(&dir);
+    assert!(
+        e.contains("F64") && e.contains("BF16, F16 or F32") && e.contains("tensor `"),
+        "{e}"
+    );
+}
+
 #[test]
 fn overlapping_tensor_offsets_are_refused() {
     let dir = synth_folder("err-overlap", "tiny", 0);
@@ -371,6 +387,7 @@ fn tiny_folder_with(
             edit(&t.name, &mut v);
             Ok(match dtype {
                 Dtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                Dtype::F64 => v.iter().flat_map(|&x| f64::from(x).to_le_bytes()).collect(),
                 _ => v
                     .iter()
                     .flat_map(|&x| lockstep::util::bf16_bits(x).to_le_bytes())

@@ -5,6 +5,7 @@
 mod args;
 mod bench;
 mod compare_reference;
+mod dumps;
 mod env;
 mod envelope;
 mod generate;
@@ -13,6 +14,7 @@ mod info;
 mod parity;
 mod score;
 mod synth;
+mod trace;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -67,6 +69,14 @@ pub enum Cmd {
     /// token's log-probability and rank, top-k and margin; full rows at the
     /// run's own precision with --json.
     Score(score::Args),
+    /// Every layer's intermediate tensors of one teacher-forced pass, as a
+    /// dump (docs/dump-format.md).
+    Trace(trace::Args),
+    /// Two dumps op by op: where they part, and which side is nearer truth.
+    Bisect(dumps::BisectArgs),
+    /// Another engine's dump against lockstep's f64 truth and bf16-faithful
+    /// reference on exactly its input.
+    Compare(dumps::CompareArgs),
 }
 
 pub fn run(cmd: Cmd) -> lockstep::error::Result<()> {
@@ -82,5 +92,8 @@ pub fn run(cmd: Cmd) -> lockstep::error::Result<()> {
         Cmd::Info(a) => info::run(a),
         Cmd::CompareReference(a) => compare_reference::run(a),
         Cmd::Score(a) => score::run(a),
+        Cmd::Trace(a) => trace::run(a),
+        Cmd::Bisect(a) => dumps::bisect(a),
+        Cmd::Compare(a) => dumps::compare(a),
     }
 }

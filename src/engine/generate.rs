@@ -39,7 +39,7 @@ impl<B: Backend> Engine<B> {
         )
     }
 
-    fn check_prompt(&self, prompt: &[u32], extra: usize) -> Result<()> {
+    pub(super) fn check_prompt(&self, prompt: &[u32], extra: usize) -> Result<()> {
         if prompt.is_empty() {
             return Err(Error::Prompt("the prompt holds no tokens".into()));
         }

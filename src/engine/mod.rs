@@ -4,8 +4,10 @@
 //! steps with shapes. The engine produces recorded runs (see `record`), the
 //! only thing the verification layer consumes.
 
+pub mod dump;
 pub mod generate;
 pub mod record;
+pub mod trace;
 
 use crate::backend::{AttnDims, AttnPath, Backend, MoeWeights};
 use crate::error::{Error, Result};

@@ -15,6 +15,7 @@ pub mod layout;
 pub mod oracle;
 pub mod parity;
 pub mod score;
+pub mod trace;
 pub mod verify;
 
 pub use accelerator::Accelerator;

@@ -119,6 +119,14 @@ impl Model {
                 path: weight_file(),
                 tensor: spec.name.clone(),
             })?;
+            if t.dtype == Dtype::F64 {
+                return Err(Error::WeightDtype {
+                    path: path.to_path_buf(),
+                    tensor: spec.name.clone(),
+                    expected: "BF16, F16 or F32".into(),
+                    got: "F64".into(),
+                });
+            }
             if t.shape != spec.shape {
                 return Err(Error::WeightShape {
                     path: path.to_path_buf(),

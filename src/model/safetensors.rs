@@ -16,6 +16,8 @@ pub enum Dtype {
     BF16,
     F16,
     F32,
+    /// Trace dumps only (f64 numerics); model weights in it are refused.
+    F64,
 }
 
 impl Dtype {
@@ -23,6 +25,7 @@ impl Dtype {
         match self {
             Dtype::BF16 | Dtype::F16 => 2,
             Dtype::F32 => 4,
+            Dtype::F64 => 8,
         }
     }
 
@@ -31,6 +34,7 @@ impl Dtype {
             Dtype::BF16 => "BF16",
             Dtype::F16 => "F16",
             Dtype::F32 => "F32",
+            Dtype::F64 => "F64",
         }
     }
 
@@ -39,6 +43,7 @@ impl Dtype {
             "BF16" => Some(Dtype::BF16),
             "F16" => Some(Dtype::F16),
             "F32" => Some(Dtype::F32),
+            "F64" => Some(Dtype::F64),
             _ => None,
         }
     }
@@ -58,11 +63,12 @@ impl HostTensor<'_> {
         self.shape.iter().product()
     }
 
-    /// Value `i` widened to f32 (exact for all three dtypes).
+    /// Value `i` as f32 (exact for the three weight dtypes; F64 rounds).
     #[inline]
     pub fn get_f32(&self, i: usize) -> f32 {
         let b = &self.bytes;
         match self.dtype {
+            Dtype::F64 => self.get_f64(i) as f32,
             Dtype::BF16 => {
                 f32::from_bits((u16::from_le_bytes([b[2 * i], b[2 * i + 1]]) as u32) << 16)
             }
@@ -71,6 +77,22 @@ impl HostTensor<'_> {
             }
             Dtype::F32 => f32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]),
         }
+    }
+
+    /// Value `i` widened to f64 (exact for every dtype).
+    #[inline]
+    pub fn get_f64(&self, i: usize) -> f64 {
+        match self.dtype {
+            Dtype::F64 => {
+                let b = &self.bytes[8 * i..8 * i + 8];
+                f64::from_le_bytes(b.try_into().expect("8 bytes"))
+            }
+            _ => self.get_f32(i) as f64,
+        }
+    }
+
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        (0..self.numel()).map(|i| self.get_f64(i)).collect()
     }
 
     pub fn to_f32_vec(&self) -> Vec<f32> {

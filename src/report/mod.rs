@@ -149,3 +149,66 @@ pub fn write_envelope_report(
     written.push(jp);
     Ok(written)
 }
+
+/// Along depth, each layer's output: A against B (relative RMS), each
+/// against truth when given, and the tolerance line; None when the dumps
+/// hold no layer outputs.
+pub fn bisect_plot(b: &crate::verify::bisect::Bisection) -> Option<String> {
+    use crate::engine::trace::TraceOp;
+    let rows: Vec<_> = b
+        .rows
+        .iter()
+        .filter(|r| r.op == TraceOp::Output && r.a_vs_b.is_some())
+        .collect();
+    if rows.is_empty() {
+        return None;
+    }
+    let labels: Vec<String> = rows.iter().map(|r| r.label()).collect();
+    let rel = |f: &dyn Fn(&crate::verify::bisect::OpRow) -> Option<f64>| {
+        rows.iter().map(|r| f(r).unwrap_or(0.0)).collect::<Vec<_>>()
+    };
+    let mut series = vec![
+        ("A vs B", rel(&|r| r.a_vs_b.map(|d| d.rel_rms))),
+        (b.tolerance.name(), vec![b.limit; rows.len()]),
+    ];
+    if b.truth.is_some() {
+        series.push(("A vs truth", rel(&|r| r.a_vs_truth.map(|d| d.rel_rms))));
+        series.push(("B vs truth", rel(&|r| r.b_vs_truth.map(|d| d.rel_rms))));
+    }
+    Some(svg::log_line_chart(
+        &format!("{} vs {}: layer outputs", b.a, b.b),
+        "relative RMS",
+        &labels,
+        &series,
+    ))
+}
+
+/// Along depth, each layer's output: their RMS error against truth, the
+/// bf16-faithful reference's, and the pass line (factor x reference).
+pub fn theirs_plot(r: &crate::verify::bisect::TheirsReport) -> Option<String> {
+    use crate::engine::trace::TraceOp;
+    let rows: Vec<_> = r
+        .rows
+        .iter()
+        .filter(|x| x.op == TraceOp::Output && x.theirs_vs_truth.is_some())
+        .collect();
+    if rows.is_empty() {
+        return None;
+    }
+    let labels: Vec<String> = rows.iter().map(|x| x.label()).collect();
+    let rms = |f: &dyn Fn(&crate::verify::bisect::TheirsRow) -> Option<f64>| {
+        rows.iter().map(|x| f(x).unwrap_or(0.0)).collect::<Vec<_>>()
+    };
+    let reference = rms(&|x| x.reference_vs_truth.map(|d| d.rms));
+    let line = reference.iter().map(|v| v * r.factor).collect();
+    Some(svg::log_line_chart(
+        &format!("{} against f64 truth: layer outputs", r.theirs),
+        "RMS error against truth",
+        &labels,
+        &[
+            ("theirs", rms(&|x| x.theirs_vs_truth.map(|d| d.rms))),
+            ("lockstep bf16 reference", reference),
+            ("truth_relative_factor x reference", line),
+        ],
+    ))
+}

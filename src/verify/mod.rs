@@ -1,6 +1,7 @@
 //! Verification over recorded runs: metrics, the tolerance registry, and
 //! comparison against external references. Never reaches into a backend.
 
+pub mod bisect;
 pub mod case;
 pub mod checks;
 pub mod containment;
