@@ -158,27 +158,37 @@ fn a_selection_keeps_only_the_asked_layers_ops_and_rows() {
     }
 }
 
-/// Rewrites `dir`'s tensors with `edit` applied to tensor `name`.
-fn perturb(src: &Path, dst: &Path, name: &str, edit: impl Fn(&mut [f64])) {
+/// Copies the dump `src` to `dst`, tensor `name` renamed `to` and its
+/// values passed through `edit`.
+fn rewrite(src: &Path, dst: &Path, name: &str, to: &str, edit: impl Fn(&mut [f64])) {
     std::fs::create_dir_all(dst).unwrap();
     std::fs::copy(src.join(MANIFEST), dst.join(MANIFEST)).unwrap();
     let f = SafeFile::open(&src.join(TENSORS)).unwrap();
-    let names: Vec<String> = f.names().cloned().collect();
-    let specs: Vec<TensorSpec> = names
-        .iter()
+    let named = |n: &str| {
+        if n == name {
+            to.to_string()
+        } else {
+            n.to_string()
+        }
+    };
+    let specs: Vec<TensorSpec> = f
+        .names()
         .map(|n| {
             let t = f.tensor(n).unwrap();
             TensorSpec {
-                name: n.clone(),
+                name: named(n),
                 dtype: t.dtype,
                 shape: t.shape.clone(),
             }
         })
         .collect();
-    write_file(&dst.join(TENSORS), &specs, &Default::default(), |s| {
-        let t = f.tensor(&s.name).unwrap();
+    let sources: Vec<String> = f.names().cloned().collect();
+    let mut next = sources.iter();
+    write_file(&dst.join(TENSORS), &specs, &Default::default(), |_| {
+        let n = next.next().unwrap();
+        let t = f.tensor(n).unwrap();
         let mut v = t.to_f64_vec();
-        if s.name == name {
+        if n == name {
             edit(&mut v);
         }
         Ok(match t.dtype {
@@ -187,6 +197,17 @@ fn perturb(src: &Path, dst: &Path, name: &str, edit: impl Fn(&mut [f64])) {
         })
     })
     .unwrap();
+}
+
+fn perturb(src: &Path, dst: &Path, name: &str, edit: impl Fn(&mut [f64])) {
+    rewrite(src, dst, name, name, edit)
+}
+
+/// The first op where `a` parts from `b` (both dumps of `spec`).
+fn first_outside(a: &Path, b: &Path, spec: &str) -> Option<String> {
+    let r = bisect(&open(a, spec).unwrap(), &open(b, spec).unwrap(), None).unwrap();
+    println!("{}", r.to_markdown());
+    r.first_outside
 }
 
 /// lockstep's own fused-path dump, judged as another engine's, is ordinary
@@ -222,27 +243,10 @@ fn compare_theirs_passes_a_correct_dump_and_locates_a_perturbed_op() {
                 r.to_markdown()
             );
             assert!(!r.pass);
-            let b = bisect(
-                &open(&bad, spec).unwrap(),
-                &open(&clean, spec).unwrap(),
-                None,
-            )
-            .unwrap();
-            assert_eq!(
-                b.first_outside.as_deref(),
-                Some(name.as_str()),
-                "{}",
-                b.to_markdown()
-            );
+            assert_eq!(first_outside(&bad, &clean, spec), Some(name.clone()));
         }
         // Control for bisect: the clean dump against itself parts nowhere.
-        let b = bisect(
-            &open(&clean, spec).unwrap(),
-            &open(&clean, spec).unwrap(),
-            None,
-        )
-        .unwrap();
-        assert_eq!(b.first_outside, None);
+        assert_eq!(first_outside(&clean, &clean, spec), None);
     }
 }
 
@@ -261,17 +265,9 @@ fn bisect_names_a_changed_expert_choice() {
     perturb(&clean, &bad, "layers.0.experts", |v| {
         v[0] = if v[0] == 0.0 { 1.0 } else { 0.0 }
     });
-    let b = bisect(
-        &open(&bad, spec).unwrap(),
-        &open(&clean, spec).unwrap(),
-        None,
-    )
-    .unwrap();
     assert_eq!(
-        b.first_outside.as_deref(),
-        Some("layers.0.experts"),
-        "{}",
-        b.to_markdown()
+        first_outside(&bad, &clean, spec).as_deref(),
+        Some("layers.0.experts")
     );
 }
 
@@ -377,7 +373,6 @@ fn hostile_dumps_are_refused_by_name() {
         );
     }
     // Tensor names and shapes.
-    let f = SafeFile::open(&clean.join(TENSORS)).unwrap();
     for (name, from, to, want) in [
         ("bad-name", "logits", "logitz", "not a dump name"),
         ("bad-layer", "layers.0.q", "layers.9.q", "layers"),
@@ -395,26 +390,7 @@ fn hostile_dumps_are_refused_by_name() {
         ),
     ] {
         let dst = scratch(&format!("hostile-{name}"));
-        std::fs::copy(clean.join(MANIFEST), dst.join(MANIFEST)).unwrap();
-        let names: Vec<String> = f.names().cloned().collect();
-        let specs: Vec<TensorSpec> = names
-            .iter()
-            .map(|n| {
-                let t = f.tensor(n).unwrap();
-                TensorSpec {
-                    name: if n == from { to.into() } else { n.clone() },
-                    dtype: t.dtype,
-                    shape: t.shape.clone(),
-                }
-            })
-            .collect();
-        let renamed: std::collections::BTreeMap<String, String> =
-            [(to.to_string(), from.to_string())].into();
-        write_file(&dst.join(TENSORS), &specs, &Default::default(), |s| {
-            let n = renamed.get(&s.name).unwrap_or(&s.name);
-            Ok(f.tensor(n).unwrap().bytes.to_vec())
-        })
-        .unwrap();
+        rewrite(&clean, &dst, from, to, |_| {});
         let msg = open(&dst, spec)
             .err()
             .map(|e| e.to_string())

@@ -24,16 +24,25 @@ pub struct Args {
     /// Also write the table as markdown to this file.
     #[arg(long)]
     markdown: Option<PathBuf>,
+    /// Write verify.md (the table, linking each row's report), verify.json
+    /// and, per parity or envelope row, its report with plots, here.
+    #[arg(long)]
+    report: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let filter = Filter::new(a.filter);
     let json = a.json;
-    let (results, filtered) = lockstep::jobs::verify::verify(&a.root, &filter, &mut |r| {
-        if !json {
-            eprintln!("{:<14} {:<60} {:?}", r.check.name(), r.case.id(), r.status);
-        }
-    })?;
+    let (results, filtered, kept) = lockstep::jobs::verify::verify_keeping(
+        &a.root,
+        &filter,
+        &mut |r| {
+            if !json {
+                eprintln!("{:<14} {:<60} {:?}", r.check.name(), r.case.id(), r.status);
+            }
+        },
+        a.report.is_some(),
+    )?;
     let ran_cuda = results
         .iter()
         .any(|r| r.case.backend == BackendKind::Cuda && !matches!(r.status, Status::Skipped(_)));
@@ -84,6 +93,10 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(p) = a.markdown {
         std::fs::write(&p, summary::to_markdown(&results)).map_err(|e| Error::io(&p, e))?;
     }
+    if let Some(dir) = &a.report {
+        write_report(dir, &results, &kept)?;
+        eprintln!("report: {}", dir.join("verify.md").display());
+    }
     if results.is_empty() {
         return Err(Error::invalid("--filter", "no row matches"));
     }
@@ -91,4 +104,33 @@ pub fn run(a: Args) -> Result<()> {
         0 => Ok(()),
         n => Err(Error::invalid("verify", format!("{n} check(s) failed"))),
     }
+}
+
+/// verify.md (the table, then a link per row with a report), verify.json,
+/// and each kept parity report or envelope with its plots, named by row.
+fn write_report(
+    dir: &std::path::Path,
+    results: &[lockstep::verify::summary::CheckResult],
+    kept: &[(usize, lockstep::jobs::verify::Artifact)],
+) -> Result<()> {
+    use lockstep::jobs::verify::Artifact;
+    use lockstep::report::{write_envelope_report, write_parity_report};
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut md = format!(
+        "# lockstep {} verify\n\n{}\n## Row reports\n\n",
+        env!("CARGO_PKG_VERSION"),
+        summary::to_markdown(results)
+    );
+    for (i, a) in kept {
+        let stem = format!("row-{}", i + 1);
+        match a {
+            Artifact::Parity(p) => write_parity_report(dir, &stem, &[p.as_ref()])?,
+            Artifact::Envelope(e) => write_envelope_report(dir, &stem, &[e.as_ref()], 0)?,
+        };
+        md += &format!("- [{}: {}]({stem}.md)\n", i + 1, results[*i].case.id());
+    }
+    lockstep::util::write_atomically(&dir.join("verify.md"), |w| {
+        std::io::Write::write_all(w, md.as_bytes())
+    })?;
+    lockstep::util::write_json_atomically(&dir.join("verify.json"), &results)
 }

@@ -8,7 +8,7 @@
 
 use super::golden::{against_committed, golden_cases, golden_run_on};
 use super::parity::op_parity_on;
-use super::verify::Rows;
+use super::verify::{Artifact, Rows};
 use super::{envelope_of, EnvelopeLevel, Fixture};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::{CudaBackend, CudaOptions};
@@ -350,12 +350,15 @@ pub fn accelerator_rows<A: Accelerator>(
             Ok(decode_row(&r))
         })?;
     }
-    rows.run(super::parity::op_case(e, seq.len()), |_| {
+    rows.run_kept(super::parity::op_case(e, seq.len()), |_| {
         let op = op_parity_on(e, &fx.truth, seq, Tol::FusedVsGraphRms)?;
-        Ok(parity_row(&op, Check::ParityOp))
+        Ok((
+            parity_row(&op, Check::ParityOp),
+            Artifact::Parity(Box::new(op)),
+        ))
     })?;
     for position in super::parity::DECODE_POSITIONS {
-        rows.run(super::parity::decode_op_case(e, position), |_| {
+        rows.run_kept(super::parity::decode_op_case(e, position), |_| {
             let op = super::parity::decode_op_parity_on(
                 e,
                 &fx.truth,
@@ -363,7 +366,10 @@ pub fn accelerator_rows<A: Accelerator>(
                 position,
                 Tol::FusedVsGraphRms,
             )?;
-            Ok(parity_row(&op, Check::ParityOp))
+            Ok((
+                parity_row(&op, Check::ParityOp),
+                Artifact::Parity(Box::new(op)),
+            ))
         })?;
     }
     rows.run(super::layout::layout_case(e), |_| {
@@ -371,9 +377,9 @@ pub fn accelerator_rows<A: Accelerator>(
     })?;
     for path in AttnPath::ALL {
         let case = super::envelope::envelope_case(e, EnvelopeLevel::Logits, path, seq.len());
-        rows.run(case, |_| {
+        rows.run_kept(case, |_| {
             let env = envelope_of(e, EnvelopeLevel::Logits, path, seq, A::ENVELOPE_RUNS)?;
-            Ok(envelope_row(&env))
+            Ok((envelope_row(&env), Artifact::Envelope(Box::new(env))))
         })?;
     }
     for g in golden_cases(A::KIND)

@@ -28,6 +28,18 @@ use std::path::Path;
 /// Runs per CPU envelope in `verify`.
 pub const ENVELOPE_RUNS: usize = 20;
 
+/// The full result behind a row, kept for `verify --report` (plots and
+/// per-row reports) when asked for.
+#[derive(Debug, Clone)]
+pub enum Artifact {
+    Parity(Box<crate::verify::parity::ParityReport>),
+    Envelope(Box<Envelope>),
+}
+
+/// A run's rows, how many the filter left out, and the kept artifacts by
+/// row index.
+pub type VerifyRun = (Vec<CheckResult>, usize, Vec<(usize, Artifact)>);
+
 /// Collects the rows of one run: skips those the filter does not match,
 /// hands each result to the caller as it lands.
 pub struct Rows<'a> {
@@ -36,6 +48,8 @@ pub struct Rows<'a> {
     out: Vec<CheckResult>,
     /// Rows the filter left out (of the backends it let open).
     filtered_out: usize,
+    /// (row index, artifact) when kept.
+    kept: Option<Vec<(usize, Artifact)>>,
 }
 
 impl<'a> Rows<'a> {
@@ -45,7 +59,14 @@ impl<'a> Rows<'a> {
             on_check,
             out: Vec::new(),
             filtered_out: 0,
+            kept: None,
         }
+    }
+
+    /// Keeps the artifacts of the rows that have them (`run_kept`).
+    pub fn keeping_artifacts(mut self) -> Self {
+        self.kept = Some(Vec::new());
+        self
     }
 
     pub fn wants(&self, case: &Case) -> bool {
@@ -69,6 +90,25 @@ impl<'a> Rows<'a> {
         Ok(())
     }
 
+    /// `run` for a row whose full result is worth keeping for reports.
+    pub fn run_kept(
+        &mut self,
+        case: Case,
+        job: impl FnOnce(Case) -> Result<(CheckResult, Artifact)>,
+    ) -> Result<()> {
+        if !self.wants(&case) {
+            self.leave_out();
+            return Ok(());
+        }
+        let (r, a) = job(case)?;
+        (self.on_check)(&r);
+        if let Some(k) = self.kept.as_mut() {
+            k.push((self.out.len(), a));
+        }
+        self.out.push(r);
+        Ok(())
+    }
+
     pub fn finish(self) -> Vec<CheckResult> {
         self.out
     }
@@ -79,18 +119,24 @@ fn cpu_rows(fx: &Fixture, golden_root: &Path, rows: &mut Rows) -> Result<()> {
     let seq = &fx.seq;
     for numerics in Numerics::ALL {
         let e = fx.cpu(numerics);
-        rows.run(op_case(e, seq.len()), |_| {
+        rows.run_kept(op_case(e, seq.len()), |_| {
             let op = op_parity_on(e, &fx.truth, seq, op_tolerance(numerics))?;
-            Ok(parity_row(&op, Check::ParityOp))
+            Ok((
+                parity_row(&op, Check::ParityOp),
+                Artifact::Parity(Box::new(op)),
+            ))
         })?;
-        rows.run(layers_case(e, seq.len()), |_| {
+        rows.run_kept(layers_case(e, seq.len()), |_| {
             let strict = (numerics == Numerics::F64).then_some(Tol::FusedVsGraphF64Rms);
             let run = layer_parity_on(e, &fx.truth, seq, strict)?;
-            Ok(parity_row(&run, Check::ParityLayers))
+            Ok((
+                parity_row(&run, Check::ParityLayers),
+                Artifact::Parity(Box::new(run)),
+            ))
         })?;
     }
     for position in super::parity::DECODE_POSITIONS {
-        rows.run(super::parity::decode_op_case(&fx.bf16, position), |_| {
+        rows.run_kept(super::parity::decode_op_case(&fx.bf16, position), |_| {
             let op = super::parity::decode_op_parity_on(
                 &fx.bf16,
                 &fx.truth,
@@ -98,7 +144,10 @@ fn cpu_rows(fx: &Fixture, golden_root: &Path, rows: &mut Rows) -> Result<()> {
                 position,
                 op_tolerance(Numerics::Bf16),
             )?;
-            Ok(parity_row(&op, Check::ParityOp))
+            Ok((
+                parity_row(&op, Check::ParityOp),
+                Artifact::Parity(Box::new(op)),
+            ))
         })?;
     }
     rows.run(super::layout::layout_case(&fx.bf16), |_| {
@@ -137,7 +186,12 @@ fn cpu_rows(fx: &Fixture, golden_root: &Path, rows: &mut Rows) -> Result<()> {
             continue;
         }
         let env = envelope_of(&fx.bf16, EnvelopeLevel::Logits, path, seq, ENVELOPE_RUNS)?;
-        rows.run(case, |_| Ok(envelope_row(&env)))?;
+        rows.run_kept(case, |_| {
+            Ok((
+                envelope_row(&env),
+                Artifact::Envelope(Box::new(env.clone())),
+            ))
+        })?;
         if path == AttnPath::Graph {
             graph_env = Some(env);
         }
@@ -206,7 +260,22 @@ pub fn verify(
     filter: &Filter,
     on_check: &mut dyn FnMut(&CheckResult),
 ) -> Result<(Vec<CheckResult>, usize)> {
+    let (results, filtered, _) = verify_keeping(golden_root, filter, on_check, false)?;
+    Ok((results, filtered))
+}
+
+/// `verify`, and with `keep` the full parity reports and envelopes behind
+/// the rows that have them, by row index (`verify --report`).
+pub fn verify_keeping(
+    golden_root: &Path,
+    filter: &Filter,
+    on_check: &mut dyn FnMut(&CheckResult),
+    keep: bool,
+) -> Result<VerifyRun> {
     let mut rows = Rows::new(filter, on_check);
+    if keep {
+        rows = rows.keeping_artifacts();
+    }
     for preset in DEFAULT_PRESETS {
         let fx = Fixture::preset(preset)?;
         cpu_rows(&fx, golden_root, &mut rows)?;
@@ -215,5 +284,6 @@ pub fn verify(
         rows_of::<Cuda>(&fx, golden_root, &mut rows)?;
     }
     let filtered = rows.filtered_out;
-    Ok((rows.finish(), filtered))
+    let kept = rows.kept.take().unwrap_or_default();
+    Ok((rows.finish(), filtered, kept))
 }

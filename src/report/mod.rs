@@ -25,14 +25,28 @@ pub fn depth_plot(rep: &ParityReport, tensor: &str) -> String {
             .map(|r| f(r.1).unwrap_or(0.0))
             .collect::<Vec<_>>()
     };
+    let graph_truth = get(&|t| t.graph_vs_truth.map(|d| d.rms));
+    // The rule's line: the absolute limit, or factor x graph-truth.
+    let (rule_name, rule_line) = match rep.rule {
+        // The legend column holds about 20 characters; the report names
+        // the tolerance.
+        crate::verify::parity::ParityRule::Rms { limit, .. } => {
+            (format!("limit {limit:e}"), vec![limit; labels.len()])
+        }
+        crate::verify::parity::ParityRule::TruthRelative { factor } => (
+            format!("{factor} x graph-truth"),
+            graph_truth.iter().map(|v| v * factor).collect(),
+        ),
+    };
     svg::log_line_chart(
         &format!("{} ({tensor})", rep.case),
         "RMS difference",
         &labels,
         &[
             ("fused vs graph", get(&|t| Some(t.fused_vs_graph.rms))),
-            ("graph vs truth", get(&|t| t.graph_vs_truth.map(|d| d.rms))),
+            ("graph vs truth", graph_truth),
             ("fused vs truth", get(&|t| t.fused_vs_truth.map(|d| d.rms))),
+            (rule_name.as_str(), rule_line),
         ],
     )
 }
@@ -45,8 +59,9 @@ pub fn ulp_histogram_plot(env: &Envelope) -> String {
         .collect();
     svg::bar_chart(
         &format!("{}: ULP distance vs run 0", env.case),
-        "elements",
+        "elements (log scale)",
         &bars,
+        true,
     )
 }
 
@@ -70,6 +85,7 @@ pub fn divergence_plot(env: &Envelope, steps: usize) -> Option<String> {
         &format!("{}: first divergent step vs run 0", env.case),
         "runs",
         &bars,
+        false,
     ))
 }
 
@@ -167,16 +183,23 @@ pub fn bisect_plot(b: &crate::verify::bisect::Bisection) -> Option<String> {
     let rel = |f: &dyn Fn(&crate::verify::bisect::OpRow) -> Option<f64>| {
         rows.iter().map(|r| f(r).unwrap_or(0.0)).collect::<Vec<_>>()
     };
+    let limit = format!("limit {}", b.limit);
     let mut series = vec![
         ("A vs B", rel(&|r| r.a_vs_b.map(|d| d.rel_rms))),
-        (b.tolerance.name(), vec![b.limit; rows.len()]),
+        (limit.as_str(), vec![b.limit; rows.len()]),
     ];
     if b.truth.is_some() {
         series.push(("A vs truth", rel(&|r| r.a_vs_truth.map(|d| d.rel_rms))));
         series.push(("B vs truth", rel(&|r| r.b_vs_truth.map(|d| d.rel_rms))));
     }
     Some(svg::log_line_chart(
-        &format!("{} vs {}: layer outputs", b.a, b.b),
+        &format!(
+            "{} vs {}: layer outputs ({} = {})",
+            b.a,
+            b.b,
+            b.tolerance.name(),
+            b.limit
+        ),
         "relative RMS",
         &labels,
         &series,
@@ -201,14 +224,15 @@ pub fn theirs_plot(r: &crate::verify::bisect::TheirsReport) -> Option<String> {
     };
     let reference = rms(&|x| x.reference_vs_truth.map(|d| d.rms));
     let line = reference.iter().map(|v| v * r.factor).collect();
+    let pass_line = format!("{} x reference", r.factor);
     Some(svg::log_line_chart(
         &format!("{} against f64 truth: layer outputs", r.theirs),
         "RMS error against truth",
         &labels,
         &[
             ("theirs", rms(&|x| x.theirs_vs_truth.map(|d| d.rms))),
-            ("lockstep bf16 reference", reference),
-            ("truth_relative_factor x reference", line),
+            ("bf16 reference", reference),
+            (pass_line.as_str(), line),
         ],
     ))
 }
