@@ -291,3 +291,67 @@ fn sharded_indexes_never_panic() {
         })
         .unwrap();
 }
+
+/// Dumps (docs/dump-format.md): byte mutations of a real manifest and of its
+/// tensors file; whatever `Dump::open` accepts then goes through `bisect`
+/// against the clean dump and through the judgement of `compare --theirs`
+/// (against the clean dump as reference and truth), which must not panic.
+/// Fails if no mutation opens (the target would test nothing).
+#[test]
+fn dumps_never_panic_through_bisect_and_judgement() {
+    use lockstep::backend::cpu::{CpuBackend, Numerics};
+    use lockstep::backend::AttnPath;
+    use lockstep::engine::dump::{Dump, MANIFEST, TENSORS};
+    use lockstep::engine::Engine;
+    use lockstep::model::Model;
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let (clean, dir) = (root.join("fuzz-dump-clean"), root.join("fuzz-dump"));
+    let _ = std::fs::remove_dir_all(&clean);
+    let e = Engine::load(
+        &Model::open("synth:tiny-moe").unwrap(),
+        CpuBackend::new(Numerics::Bf16),
+    )
+    .unwrap();
+    lockstep::jobs::trace::trace_to_dir(
+        &e,
+        &[1, 7, 42],
+        AttnPath::Graph,
+        Default::default(),
+        &clean,
+    )
+    .unwrap();
+    let good = Dump::open(&clean, &e.config, &e.model_hash).unwrap();
+    let seeds = [
+        std::fs::read(clean.join(MANIFEST)).unwrap(),
+        std::fs::read(clean.join(TENSORS)).unwrap(),
+    ];
+    std::fs::create_dir_all(&dir).unwrap();
+    let opened = std::cell::Cell::new(0usize);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: cases() / 4,
+        rng_seed: rng_seed(),
+        failure_persistence: None,
+        ..Default::default()
+    });
+    let strat = (0usize..2, prop::collection::vec(edit(), 1..4));
+    runner
+        .run(&strat, |(which, edits)| {
+            for (i, name) in [MANIFEST, TENSORS].iter().enumerate() {
+                let bytes = if i == which {
+                    apply(seeds[i].clone(), &edits)
+                } else {
+                    seeds[i].clone()
+                };
+                std::fs::write(dir.join(name), bytes).unwrap();
+            }
+            if let Ok(d) = Dump::open(&dir, &e.config, &e.model_hash) {
+                opened.set(opened.get() + 1);
+                let _ = lockstep::verify::bisect::bisect(&d, &good, Some(&good));
+                let _ = lockstep::verify::bisect::judge_theirs(&d, &good, &good);
+            }
+            Ok(())
+        })
+        .unwrap();
+    println!("{} of the mutated dumps opened", opened.get());
+    assert!(opened.get() > 0, "no mutated dump opened");
+}
