@@ -329,6 +329,20 @@ pub trait Backend {
     /// Drops the recorded step.
     fn release_step(&self) {}
 
+    /// Rows `start..start + rows` of `w` as a weight of their own that shares
+    /// `w`'s memory, when the backend can (the engine then keeps q, k and v
+    /// as views of the packed QKV weight instead of second copies); None
+    /// uploads them separately.
+    fn row_view(
+        &self,
+        _name: &str,
+        _w: &Self::Weight,
+        _start: usize,
+        _rows: usize,
+    ) -> Option<Self::Weight> {
+        None
+    }
+
     /// The first model dimension this backend's kernels cannot take, if
     /// any: the engine refuses such a model before uploading anything,
     /// rather than failing at the first kernel that meets it.

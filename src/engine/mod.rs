@@ -50,7 +50,8 @@ pub struct Engine<B: Backend> {
 }
 
 /// Bytes a model occupies on a backend that stores bf16: every tensor once,
-/// plus the packed QKV copy of each layer's q, k and v projections.
+/// plus the packed QKV copy of each layer's q, k and v projections (an
+/// upper bound on the CPU reference, whose q, k and v are views of it).
 pub fn resident_bytes(cfg: &Qwen3Config) -> usize {
     let qkv = cfg.num_hidden_layers * (cfg.q_dim() + 2 * cfg.kv_dim()) * cfg.hidden_size;
     2 * (crate::model::layout::parameter_count(cfg) + qkv)
@@ -235,14 +236,30 @@ impl<B: Backend> Engine<B> {
             let names = ["q_proj", "k_proj", "v_proj"].map(|n| format!("{p}.self_attn.{n}.weight"));
             let [tq, tk, tv] = [0, 1, 2].map(|i| ld.fetch(&names[i]));
             let (tq, tk, tv) = (tq?, tk?, tv?);
+            let qkv =
+                backend.upload_packed(&format!("{p}.self_attn.qkv_packed"), &[&tq, &tk, &tv])?;
+            // q, k and v: views of the packed rows where the backend has
+            // them, else copies of their own.
+            let (qd, kd) = (cfg.q_dim(), cfg.kv_dim());
+            let part =
+                |i: usize, t: &crate::model::safetensors::HostTensor, start, rows| match backend
+                    .row_view(&names[i], &qkv, start, rows)
+                {
+                    Some(w) => Ok(w),
+                    None => backend.upload(&names[i], t),
+                };
+            let (q, k, v) = (
+                part(0, &tq, 0, qd)?,
+                part(1, &tk, qd, kd)?,
+                part(2, &tv, qd + kd, kd)?,
+            );
             layers.push(Layer {
                 input_norm: ld.up(&format!("{p}.input_layernorm.weight"))?,
                 post_norm: ld.up(&format!("{p}.post_attention_layernorm.weight"))?,
-                q: backend.upload(&names[0], &tq)?,
-                k: backend.upload(&names[1], &tk)?,
-                v: backend.upload(&names[2], &tv)?,
-                qkv: backend
-                    .upload_packed(&format!("{p}.self_attn.qkv_packed"), &[&tq, &tk, &tv])?,
+                q,
+                k,
+                v,
+                qkv,
                 o: ld.up(&format!("{p}.self_attn.o_proj.weight"))?,
                 q_norm: ld.up(&format!("{p}.self_attn.q_norm.weight"))?,
                 k_norm: ld.up(&format!("{p}.self_attn.k_norm.weight"))?,

@@ -52,7 +52,10 @@ pub struct CpuWeight {
     pub name: String,
     pub rows: usize,
     pub cols: usize,
-    pub data: WeightData,
+    /// Shared by a packed weight and its row views (`Backend::row_view`).
+    pub data: std::sync::Arc<WeightData>,
+    /// The first of this weight's rows in `data`.
+    pub row0: usize,
 }
 
 impl CpuWeight {
@@ -60,7 +63,8 @@ impl CpuWeight {
     #[inline]
     pub fn row_f32(&self, r: usize, buf: &mut [f32]) {
         let c = self.cols;
-        match &self.data {
+        let r = self.row0 + r;
+        match &*self.data {
             WeightData::Bf16(v) => {
                 for (o, &b) in buf.iter_mut().zip(&v[r * c..(r + 1) * c]) {
                     *o = f32::from_bits((b as u32) << 16);
@@ -212,7 +216,20 @@ impl Backend for CpuBackend {
             name: name.to_string(),
             rows,
             cols,
-            data,
+            data: std::sync::Arc::new(data),
+            row0: 0,
+        })
+    }
+
+    /// A view of the packed rows: the same values as uploading the part
+    /// alone (a bf16 part widened to f32 is exact), without a second copy.
+    fn row_view(&self, name: &str, w: &CpuWeight, start: usize, rows: usize) -> Option<CpuWeight> {
+        (start + rows <= w.rows).then(|| CpuWeight {
+            name: name.to_string(),
+            rows,
+            cols: w.cols,
+            data: w.data.clone(),
+            row0: w.row0 + start,
         })
     }
 
@@ -374,5 +391,58 @@ impl Backend for CpuBackend {
 
     fn synchronize(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+    use crate::model::safetensors::{Dtype, HostTensor};
+    use std::borrow::Cow;
+
+    fn tensor(dtype: Dtype, rows: usize, cols: usize, seed: u32) -> HostTensor<'static> {
+        let vals: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i as u32).wrapping_mul(2654435761) ^ seed) % 1000)
+            .map(|h| h as f32 / 997.0 - 0.5)
+            .collect();
+        let bytes = match dtype {
+            Dtype::F32 => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            _ => vals
+                .iter()
+                .flat_map(|&v| crate::util::bf16_bits(v).to_le_bytes())
+                .collect(),
+        };
+        HostTensor {
+            dtype,
+            shape: vec![rows, cols],
+            bytes: Cow::Owned(bytes),
+        }
+    }
+
+    /// A row view holds exactly the values of the part uploaded alone, in
+    /// both numerics and for mixed dtypes, and shares the packed memory.
+    #[test]
+    fn row_views_equal_separate_uploads_and_share_memory() {
+        for numerics in Numerics::ALL {
+            let be = CpuBackend::new(numerics);
+            let parts = [
+                tensor(Dtype::BF16, 6, 8, 1),
+                tensor(Dtype::F32, 2, 8, 2),
+                tensor(Dtype::BF16, 2, 8, 3),
+            ];
+            let refs: Vec<&HostTensor> = parts.iter().collect();
+            let packed = be.upload_packed("qkv", &refs).unwrap();
+            let mut start = 0;
+            for (i, t) in parts.iter().enumerate() {
+                let alone = be.upload("part", t).unwrap();
+                let view = be.row_view("part", &packed, start, t.shape[0]).unwrap();
+                assert_eq!(view.to_f64(), alone.to_f64(), "{numerics:?} part {i}");
+                assert!(std::sync::Arc::ptr_eq(&view.data, &packed.data));
+                start += t.shape[0];
+            }
+            // Control: rows past the packed weight are refused.
+            assert!(be.row_view("past", &packed, 8, 3).is_none());
+        }
     }
 }
