@@ -417,3 +417,73 @@ fn hostile_dumps_are_refused_by_name() {
     // The manifest is typed: it deserialises into `Manifest`.
     let _: Manifest = serde_json::from_value(manifest_of(&clean)).unwrap();
 }
+
+/// `compare --theirs` on expert choices: a row routed to other experts at
+/// a confident router decision fails at that layer's `experts`; the same
+/// change where their router logits tie at the top-k boundary is excused
+/// as a near-tie (`moe_routing_near_tie_bf16`).
+#[test]
+fn compare_theirs_excuses_a_different_expert_choice_only_at_a_near_tie() {
+    let spec = "synth:tiny-moe";
+    let m = Model::open(spec).unwrap();
+    let clean = traced(
+        "routing-theirs",
+        spec,
+        Numerics::Bf16,
+        AttnPath::Graph,
+        Selection::default(),
+    );
+    let d = open(&clean, spec).unwrap();
+    let (logits, experts) = (
+        d.get(Some(0), TraceOp::RouterLogits).unwrap(),
+        d.get(Some(0), TraceOp::Experts).unwrap(),
+    );
+    let (n_exp, k) = (logits.len() / TOKENS.len(), experts.len() / TOKENS.len());
+    // The most confident row: the largest top-k boundary gap.
+    let f: Vec<f32> = logits.iter().map(|&v| v as f32).collect();
+    let rec = lockstep::backend::routing_record(&f, n_exp, k);
+    let row = (0..rec.len())
+        .max_by(|&a, &b| rec[a].boundary_gap.total_cmp(&rec[b].boundary_gap))
+        .unwrap();
+    println!("row {row}: gap {}", rec[row].boundary_gap);
+    assert!(rec[row].boundary_gap > 0.03);
+    let row_logits = &logits[row * n_exp..(row + 1) * n_exp];
+    let mut order: Vec<usize> = (0..n_exp).collect();
+    order.sort_by(|&a, &b| row_logits[b].total_cmp(&row_logits[a]));
+    let (last_in, first_out) = (order[k - 1], order[k]);
+    // Route the row to the first expert outside the top k instead.
+    let mut chosen: Vec<usize> = order[..k]
+        .iter()
+        .copied()
+        .filter(|&e| e != last_in)
+        .collect();
+    chosen.push(first_out);
+    chosen.sort_unstable();
+    let swap = |v: &mut [f64]| {
+        for (i, &e) in chosen.iter().enumerate() {
+            v[row * k + i] = e as f64;
+        }
+    };
+    let moved = scratch("routing-moved");
+    perturb(&clean, &moved, "layers.0.experts", swap);
+    let r = compare_theirs(&m, &moved).unwrap();
+    assert_eq!(
+        r.first_failing.as_deref(),
+        Some("layers.0.experts"),
+        "{}",
+        r.to_markdown()
+    );
+    // The same choice, with their router logits tied at the boundary.
+    let tied = scratch("routing-tied");
+    perturb(&moved, &tied, "layers.0.router_logits", |v| {
+        v[row * n_exp + last_in] = v[row * n_exp + first_out];
+    });
+    let r = compare_theirs(&m, &tied).unwrap();
+    let experts_row = r
+        .rows
+        .iter()
+        .find(|x| x.label() == "layers.0.experts")
+        .unwrap();
+    assert!(experts_row.pass, "{}", r.to_markdown());
+    assert_eq!(experts_row.theirs_routing.unwrap().near_ties, 1);
+}

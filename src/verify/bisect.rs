@@ -22,11 +22,15 @@ pub enum Nearer {
     Tie,
 }
 
-/// Routing ops: how many rows chose a different expert set (or weights).
+/// Routing ops: how many rows chose a different expert set.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct RoutingDiff {
     pub rows: usize,
     pub rows_differing: usize,
+    /// Of those, rows whose router choice was a near-tie
+    /// (`moe_routing_near_tie_bf16`), when router logits were at hand.
+    #[serde(default)]
+    pub near_ties: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -126,7 +130,39 @@ fn routing_diff(a: &[f64], b: &[f64], rows: usize) -> RoutingDiff {
     RoutingDiff {
         rows,
         rows_differing: differing,
+        near_ties: 0,
     }
+}
+
+/// Rows whose top-k boundary gap, in any of `logits` (router logits of
+/// `rows` rows), is at most `moe_routing_near_tie_bf16`.
+fn near_tie_rows(logits: &[Vec<f64>], rows: usize, top_k: usize) -> Vec<bool> {
+    let limit = tol(Tol::MoeRoutingNearTieBf16);
+    let mut tie = vec![false; rows];
+    for l in logits {
+        let experts = l.len() / rows.max(1);
+        if experts == 0 || top_k == 0 || top_k > experts {
+            continue;
+        }
+        let f: Vec<f32> = l.iter().map(|&v| v as f32).collect();
+        for (r, rec) in crate::backend::routing_record(&f, experts, top_k)
+            .iter()
+            .enumerate()
+        {
+            tie[r] |= f64::from(rec.boundary_gap) <= limit;
+        }
+    }
+    tie
+}
+
+/// `routing_diff`, counting the differing rows that are near-ties.
+fn routing_diff_with_ties(a: &[f64], b: &[f64], rows: usize, tie: &[bool]) -> RoutingDiff {
+    let w = a.len() / rows.max(1);
+    let mut d = routing_diff(a, b, rows);
+    d.near_ties = (0..rows)
+        .filter(|&r| a[r * w..(r + 1) * w] != b[r * w..(r + 1) * w] && tie[r])
+        .count();
+    d
 }
 
 fn nearer(da: &Diff, db: &Diff) -> Nearer {
@@ -263,8 +299,9 @@ pub struct TheirsReport {
 /// Their error is ordinary bf16 error at an op when its RMS against truth is
 /// at most `truth_relative_factor` times lockstep's bf16-faithful
 /// reference's on the same input, and its relative RMS stays below
-/// `truth_rel_rms_ceiling`. Routing passes when no more rows part from
-/// truth's choice than the reference's (a near-tie flips a few for it too).
+/// `truth_rel_rms_ceiling`. Routing passes when every row whose experts
+/// part from truth's choice is a near-tie there (`moe_routing_near_tie_bf16`,
+/// by truth's router logits and theirs when their dump has them).
 pub fn judge_theirs(theirs: &Dump, reference: &Dump, truth: &Dump) -> Result<TheirsReport> {
     check_aligned(theirs, reference)?;
     check_aligned(theirs, truth)?;
@@ -283,13 +320,25 @@ pub fn judge_theirs(theirs: &Dump, reference: &Dump, truth: &Dump) -> Result<The
             truth.get(layer, op).expect("listed"),
         );
         let row = if op.is_routing() {
-            let (tr, rr) = (routing_diff(&x, &t, rows_n), routing_diff(&r, &t, rows_n));
+            let top_k = x.len() / rows_n.max(1);
+            let logits: Vec<Vec<f64>> = [
+                truth.get(layer, TraceOp::RouterLogits),
+                theirs.get(layer, TraceOp::RouterLogits),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            let tie = near_tie_rows(&logits, rows_n, top_k);
+            let (tr, rr) = (
+                routing_diff_with_ties(&x, &t, rows_n, &tie),
+                routing_diff_with_ties(&r, &t, rows_n, &tie),
+            );
             TheirsRow {
                 layer,
                 op,
                 theirs_vs_truth: None,
                 reference_vs_truth: None,
-                pass: tr.rows_differing <= rr.rows_differing,
+                pass: tr.rows_differing == tr.near_ties,
                 judged: true,
                 theirs_routing: Some(tr),
                 reference_routing: Some(rr),
