@@ -522,6 +522,31 @@ pub fn bfloat16_references_hold<A: Accelerator>(test: &str) {
     }
 }
 
+/// Batched decode: each sequence of a mixed batch (other lengths, joining
+/// mid-way, other slots) gives bitwise the logits it gives alone, on both
+/// paths, dense and MoE.
+pub fn batched_decode_is_batch_invariant<A: Accelerator>(test: &str) {
+    let Some((_lock, be)) = open::<A>(test) else {
+        return;
+    };
+    let mut be = Some(be);
+    for preset in ["tiny", "tiny-moe"] {
+        let m = Model::open(&format!("synth:{preset}")).unwrap();
+        let e = load(&m, be.take().unwrap()).unwrap();
+        for path in AttnPath::ALL {
+            for plan in [
+                common::batch_plan(4, vec![0, 1, 2, 3], vec![0, 0, 0, 0]),
+                common::batch_plan(5, vec![4, 2, 0, 1, 3], vec![0, 2, 0, 4, 1]),
+            ] {
+                let r = lockstep::jobs::batch::batch_invariance(&e, &plan, path).unwrap();
+                println!("{preset}: {}", r.to_text());
+                assert!(r.bitwise, "{preset}\n{}", r.to_text());
+            }
+        }
+        be = Some(e.backend);
+    }
+}
+
 macro_rules! accelerator_suite {
     ($name:ident, $backend:ty, op_presets = [$($preset:literal),*]) => {
         mod $name {
@@ -611,6 +636,11 @@ macro_rules! accelerator_suite {
             #[test]
             fn single_row_fused_and_graph_meet_the_op_contract_at_decode_positions() {
                 single_row_ops_meet_the_contract_at_decode_positions::<A>(&t("single_row_fused_and_graph_meet_the_op_contract_at_decode_positions"));
+            }
+
+            #[test]
+            fn batched_decode_gives_each_sequence_its_bits_alone() {
+                batched_decode_is_batch_invariant::<A>(&t("batched_decode_gives_each_sequence_its_bits_alone"));
             }
 
             #[test]

@@ -254,6 +254,25 @@ pub trait Backend {
     /// Rows `start..start + n`.
     fn rows(&self, x: &Self::Tensor, start: usize, n: usize) -> Result<Self::Tensor>;
 
+    /// The rows of `parts`, in order, as one tensor (a batched step's
+    /// per-sequence attention outputs). The default goes through the host:
+    /// exact (activations are stored values), not fast.
+    fn concat_rows(&self, parts: &[Self::Tensor]) -> Result<Self::Tensor> {
+        let mut data = Vec::new();
+        let (mut rows, mut width) = (0, None);
+        for p in parts {
+            let (v, [r, c]) = self.to_host(p)?;
+            if *width.get_or_insert(c) != c {
+                return Err(crate::error::Error::Engine {
+                    problem: format!("concat_rows: widths {} and {c}", width.unwrap_or(0)),
+                });
+            }
+            rows += r;
+            data.extend(v);
+        }
+        self.activation_from_host(&data, rows, width.unwrap_or(0))
+    }
+
     /// An activation from host values (rounded to the backend's storage type).
     fn activation_from_host(&self, data: &[f64], rows: usize, cols: usize) -> Result<Self::Tensor>;
 

@@ -4,6 +4,7 @@
 //! steps with shapes. The engine produces recorded runs (see `record`), the
 //! only thing the verification layer consumes.
 
+pub mod batch;
 pub mod dump;
 pub mod generate;
 pub mod record;

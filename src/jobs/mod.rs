@@ -6,6 +6,7 @@
 //! stub whose constructor says so (`backend::stub`).
 
 pub mod accelerator;
+pub mod batch;
 pub mod decode;
 pub mod divergence;
 pub mod envelope;

@@ -233,3 +233,24 @@ pub fn assert_large_model_parity<B: lockstep::backend::Backend>(
         assert!(w < tol(logits_tol), "{w:.3e}");
     }
 }
+
+/// `n` sequences of prompt lengths 3, 5, 7, ..., joining at `joins`, in
+/// slot `order`, 6 decode steps each (the batch-invariance checks).
+pub fn batch_plan(
+    n: usize,
+    order: Vec<usize>,
+    joins: Vec<usize>,
+) -> lockstep::jobs::batch::BatchPlan {
+    lockstep::jobs::batch::BatchPlan {
+        prompts: (0..n)
+            .map(|i| {
+                (0..(3 + 2 * i) as u32)
+                    .map(|t| 1 + (t * 37 + i as u32 * 11) % 400)
+                    .collect()
+            })
+            .collect(),
+        joins,
+        steps: 6,
+        order,
+    }
+}

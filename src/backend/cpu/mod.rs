@@ -124,6 +124,11 @@ pub struct Faults {
     /// run-to-run envelope, as a nondeterministic GPU mode has, for the
     /// containment rules' controls.
     pub graph_one_ulp_flip: bool,
+    /// `linear` over more than one row moves the last element of its first
+    /// output row by one ulp: a sequence's bits depend on what it is
+    /// batched with, as a kernel whose reduction split follows the batch
+    /// size makes them.
+    pub batch_dependent_linear: bool,
 }
 
 impl CpuBackend {
@@ -254,7 +259,12 @@ impl Backend for CpuBackend {
     }
 
     fn linear(&self, x: &CpuTensor, w: &CpuWeight) -> Result<CpuTensor> {
-        ops::linear(self.numerics, x, w)
+        let mut y = ops::linear(self.numerics, x, w)?;
+        if self.faults.batch_dependent_linear && y.rows > 1 && y.cols > 0 {
+            let last = y.cols - 1;
+            y.data[last] = ops::one_ulp_up(self.numerics, y.data[last]);
+        }
+        Ok(y)
     }
 
     fn rope(
@@ -352,6 +362,22 @@ impl Backend for CpuBackend {
 
     fn moe(&self, x: &CpuTensor, w: &MoeWeights<CpuWeight>) -> Result<CpuTensor> {
         ops::moe(self, x, w)
+    }
+
+    fn concat_rows(&self, parts: &[CpuTensor]) -> Result<CpuTensor> {
+        let cols = parts.first().map_or(0, |p| p.cols);
+        if let Some(p) = parts.iter().find(|p| p.cols != cols) {
+            return Err(shape_err(
+                "concat_rows",
+                format!("widths {cols} and {}", p.cols),
+            ));
+        }
+        let rows = parts.iter().map(|p| p.rows).sum();
+        Ok(CpuTensor::new(
+            rows,
+            cols,
+            parts.iter().flat_map(|p| p.data.iter().copied()).collect(),
+        ))
     }
 
     fn rows(&self, x: &CpuTensor, start: usize, n: usize) -> Result<CpuTensor> {

@@ -274,7 +274,7 @@ pub fn graph_flip(num: Numerics, x: &mut CpuTensor) {
     }
 }
 
-fn one_ulp_up(num: Numerics, v: f64) -> f64 {
+pub(super) fn one_ulp_up(num: Numerics, v: f64) -> f64 {
     match num {
         Numerics::Bf16 => {
             let b = crate::util::bf16_bits(v as f32) ^ 1;

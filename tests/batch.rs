@@ -1,0 +1,97 @@
+//! Batched decode on the CPU reference: a sequence decoded with others (of
+//! other lengths, joining mid-way, at other slots, dense and MoE, both
+//! paths) gives bitwise the logits it gives alone; a planted
+//! batch-dependent linear (negative control) is caught.
+
+mod common;
+
+use lockstep::backend::cpu::{CpuBackend, Faults, Numerics};
+use lockstep::backend::AttnPath;
+use lockstep::engine::Engine;
+use lockstep::jobs::batch::batch_invariance;
+use lockstep::model::Model;
+
+use common::batch_plan as plan;
+
+#[test]
+fn a_sequence_gives_the_same_bits_alone_and_in_any_batch() {
+    for spec in ["synth:tiny", "synth:tiny-moe"] {
+        for numerics in Numerics::ALL {
+            let e = Engine::load(&Model::open(spec).unwrap(), CpuBackend::new(numerics)).unwrap();
+            for path in AttnPath::ALL {
+                for p in [
+                    plan(1, vec![0], vec![0]),
+                    plan(4, vec![0, 1, 2, 3], vec![0, 0, 0, 0]),
+                    plan(4, vec![3, 1, 0, 2], vec![0, 2, 0, 5]),
+                    plan(8, (0..8).rev().collect(), vec![0, 1, 1, 3, 0, 4, 2, 0]),
+                ] {
+                    let r = batch_invariance(&e, &p, path).unwrap();
+                    assert!(r.bitwise, "{spec} {numerics:?}\n{}", r.to_text());
+                    // The plan did batch: some sequence stepped with others.
+                    if p.prompts.len() > 1 {
+                        assert!(r
+                            .sequences
+                            .iter()
+                            .any(|s| s.batch_sizes.iter().any(|&b| b > 1)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A linear whose output bits depend on the batch size is caught: the
+/// sequence in the first slot differs from its run alone, from the first
+/// batched step; alone (a batch of one) it is unaffected.
+#[test]
+fn a_batch_dependent_linear_is_caught() {
+    let faults = Faults {
+        batch_dependent_linear: true,
+        ..Default::default()
+    };
+    let e = Engine::load(
+        &Model::open("synth:tiny").unwrap(),
+        CpuBackend::with_faults(Numerics::Bf16, faults),
+    )
+    .unwrap();
+    let r = batch_invariance(&e, &plan(3, vec![0, 1, 2], vec![0, 0, 0]), AttnPath::Graph).unwrap();
+    println!("{}", r.to_text());
+    assert!(!r.bitwise);
+    assert_eq!(r.sequences[0].first_difference, Some(0));
+    // Control: alone, the same faulty engine is its own reference.
+    let one = batch_invariance(&e, &plan(1, vec![0], vec![0]), AttnPath::Graph).unwrap();
+    assert!(one.bitwise);
+}
+
+/// A batch of one equals the engine's ordinary decode (generate), so the
+/// alone side of the check is the decode users run.
+#[test]
+fn a_batch_of_one_is_the_ordinary_decode() {
+    use lockstep::engine::generate::GenerateOptions;
+    let e = Engine::load(
+        &Model::open("synth:tiny-moe").unwrap(),
+        CpuBackend::new(Numerics::Bf16),
+    )
+    .unwrap();
+    let prompt = [1u32, 7, 42, 99];
+    for path in AttnPath::ALL {
+        let opts = GenerateOptions {
+            max_tokens: 6,
+            path,
+            keep_logits: true,
+            ..Default::default()
+        };
+        let run = e.generate(&prompt, &opts, &mut |_| {}).unwrap();
+        let mut s = e.new_session(16).unwrap();
+        e.forward(&mut s, &prompt, path, false, &mut Default::default())
+            .unwrap();
+        for (t, step) in run.steps.iter().enumerate().skip(1) {
+            let row = e
+                .step_batch(&mut [&mut s], &[run.tokens[t - 1]], path)
+                .unwrap()
+                .remove(0);
+            let want: Vec<f32> = row.iter().map(|&v| v as f32).collect();
+            assert_eq!(step.logits.as_ref().unwrap(), &want, "{path:?} step {t}");
+        }
+    }
+}
