@@ -9,7 +9,7 @@
 //! Sequences join by being prefilled alone (`forward`) and then stepping
 //! with the others; they leave by not being passed.
 
-use super::{Engine, Mlp, Session};
+use super::{Engine, Session};
 use crate::backend::{AttnPath, Backend};
 use crate::error::{Error, Result};
 
@@ -47,7 +47,6 @@ impl<B: Backend> Engine<B> {
         let d = &self.dims;
         let mut x = be.embed(&self.embed, tokens)?;
         let mut h = self.attention_norm(0, &x)?;
-        let n_layers = self.layers.len();
         for (l, lw) in self.layers.iter().enumerate() {
             let (q, k, v) = self.attention_inputs(l, &h, &positions, path)?;
             let mut rows = Vec::with_capacity(n);
@@ -58,17 +57,11 @@ impl<B: Backend> Engine<B> {
             }
             let a = be.concat_rows(&rows)?;
             let (x1, h2) = be.add_rms_norm(&x, &be.linear(&a, &lw.o)?, &lw.post_norm, d.eps)?;
-            let m = match &lw.mlp {
-                Mlp::Dense { gate, up, down } => {
-                    be.linear(&be.gate_up_swiglu(&h2, gate, up)?, down)?
-                }
-                Mlp::Moe(w) => be.moe(&h2, w)?,
-            };
-            if l + 1 < n_layers {
-                let next = &self.layers[l + 1].input_norm;
-                (x, h) = be.add_rms_norm(&x1, &m, next, d.eps)?;
-            } else {
-                x = be.add(&x1, &m)?;
+            let m = self.mlp(l, &h2)?;
+            let (out, next) = self.residual_and_next_norm(l, &x1, &m)?;
+            x = out;
+            if let Some(next) = next {
+                h = next;
             }
         }
         for s in sessions.iter_mut() {

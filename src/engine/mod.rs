@@ -390,6 +390,33 @@ impl<B: Backend> Engine<B> {
         Ok([be.to_host(&q)?.0, be.to_host(&k)?.0, be.to_host(&v)?.0])
     }
 
+    /// Layer `layer`'s MLP (dense or MoE) on its normalised input.
+    pub(super) fn mlp(&self, layer: usize, h2: &B::Tensor) -> Result<B::Tensor> {
+        let be = &self.backend;
+        match &self.layers[layer].mlp {
+            Mlp::Dense { gate, up, down } => be.linear(&be.gate_up_swiglu(h2, gate, up)?, down),
+            Mlp::Moe(w) => be.moe(h2, w),
+        }
+    }
+
+    /// The layer's output (residual `x1` plus the MLP's `m`) and, but after
+    /// the last layer, the next layer's input norm of it, in one call.
+    pub(super) fn residual_and_next_norm(
+        &self,
+        layer: usize,
+        x1: &B::Tensor,
+        m: &B::Tensor,
+    ) -> Result<(B::Tensor, Option<B::Tensor>)> {
+        let be = &self.backend;
+        match self.layers.get(layer + 1) {
+            Some(next) => {
+                let (x, h) = be.add_rms_norm(x1, m, &next.input_norm, self.dims.eps)?;
+                Ok((x, Some(h)))
+            }
+            None => Ok((be.add(x1, m)?, None)),
+        }
+    }
+
     /// Input of layer `layer`'s attention: RMSNorm of the residual stream.
     pub fn attention_norm(&self, layer: usize, x: &B::Tensor) -> Result<B::Tensor> {
         self.backend
@@ -439,7 +466,6 @@ impl<B: Backend> Engine<B> {
         let positions: Vec<usize> = (session.pos..end).collect();
         // 1. x [n, hidden] = embedding rows; h = the first layer's input norm.
         let mut h = self.attention_norm(0, &x)?;
-        let n_layers = self.layers.len();
         for (l, lw) in self.layers.iter().enumerate() {
             // 2. q/k/v by the chosen path from h; cache append.
             let cache = &mut session.caches[l];
@@ -464,17 +490,11 @@ impl<B: Backend> Engine<B> {
             let (x1, h2) =
                 be.add_rms_norm(&x, &be.linear(&a, &lw.o)?, &lw.post_norm, self.dims.eps)?;
             // 4. MLP; residual add and the next layer's input norm.
-            let m = match &lw.mlp {
-                Mlp::Dense { gate, up, down } => {
-                    be.linear(&be.gate_up_swiglu(&h2, gate, up)?, down)?
-                }
-                Mlp::Moe(w) => be.moe(&h2, w)?,
-            };
-            if l + 1 < n_layers {
-                let next = &self.layers[l + 1].input_norm;
-                (x, h) = be.add_rms_norm(&x1, &m, next, self.dims.eps)?;
-            } else {
-                x = be.add(&x1, &m)?;
+            let m = self.mlp(l, &h2)?;
+            let (out, next) = self.residual_and_next_norm(l, &x1, &m)?;
+            x = out;
+            if let Some(next) = next {
+                h = next;
             }
             if let Some(c) = capture.layers.as_mut() {
                 let out = be.to_host(&x)?.0;

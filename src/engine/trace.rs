@@ -170,7 +170,6 @@ impl<B: Backend> Engine<B> {
         let mut x = be.embed(&self.embed, tokens)?;
         tap(be, sink, None, TraceOp::Embed, &x)?;
         let mut h = self.attention_norm(0, &x)?;
-        let n_layers = self.layers.len();
         for (l, lw) in self.layers.iter().enumerate() {
             let at = Some(l);
             tap(be, sink, at, TraceOp::InputNorm, &h)?;
@@ -203,9 +202,7 @@ impl<B: Backend> Engine<B> {
             tap(be, sink, at, TraceOp::AttnResidual, &x1)?;
             tap(be, sink, at, TraceOp::PostNorm, &h2)?;
             let m = match &lw.mlp {
-                Mlp::Dense { gate, up, down } => {
-                    be.linear(&be.gate_up_swiglu(&h2, gate, up)?, down)?
-                }
+                Mlp::Dense { .. } => self.mlp(l, &h2)?,
                 Mlp::Moe(w) => {
                     let want = [
                         TraceOp::RouterLogits,
@@ -243,15 +240,14 @@ impl<B: Backend> Engine<B> {
                             }
                         }
                     }
-                    be.moe(&h2, w)?
+                    self.mlp(l, &h2)?
                 }
             };
             tap(be, sink, at, TraceOp::Mlp, &m)?;
-            if l + 1 < n_layers {
-                let next = &self.layers[l + 1].input_norm;
-                (x, h) = be.add_rms_norm(&x1, &m, next, d.eps)?;
-            } else {
-                x = be.add(&x1, &m)?;
+            let (out, next) = self.residual_and_next_norm(l, &x1, &m)?;
+            x = out;
+            if let Some(next) = next {
+                h = next;
             }
             tap(be, sink, at, TraceOp::Output, &x)?;
         }
