@@ -463,38 +463,51 @@ pub fn single_row_ops_meet_the_contract_at_decode_positions<A: Accelerator>(test
 /// 80 and 256, odd vocabularies, an MoE model without renormalisation): the
 /// backend's bf16 logits against the CPU reference's on both paths. Every
 /// backend takes these shapes; a refusal fails.
-pub fn external_checkpoints_match_the_cpu_reference<A: Accelerator>(test: &str) {
+/// Opens the backend once and runs `check` on each model of `specs` loaded
+/// on it in turn (one device, one lock); skips as `open` does.
+fn on_each_model<A: Accelerator>(
+    test: &str,
+    specs: &[String],
+    mut check: impl FnMut(&Model, &Engine<A::Backend>),
+) {
     let Some((_lock, be)) = open::<A>(test) else {
         return;
     };
+    let mut be = Some(be);
+    for spec in specs {
+        let m = Model::open(spec).unwrap();
+        let e = load(&m, be.take().unwrap()).unwrap();
+        check(&m, &e);
+        be = Some(e.backend);
+    }
+}
+
+pub fn external_checkpoints_match_the_cpu_reference<A: Accelerator>(test: &str) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/checkpoints");
-    let mut dirs: Vec<_> = std::fs::read_dir(&root)
+    let mut dirs: Vec<String> = std::fs::read_dir(&root)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.is_dir())
+        .map(|p| p.to_str().unwrap().to_string())
         .collect();
     dirs.sort();
     assert!(dirs.len() >= 4, "{} checkpoints", dirs.len());
-    let mut be = Some(be);
-    for dir in dirs {
-        let m = Model::open(dir.to_str().unwrap()).unwrap();
-        let seq = common::prompt_and_continuation(&m, &PROMPT, 8).unwrap();
-        let cpu = load_cpu(&m, Numerics::Bf16).unwrap();
-        let e = load(&m, be.take().unwrap()).unwrap();
+    on_each_model::<A>(test, &dirs, |m, e| {
+        let seq = common::prompt_and_continuation(m, &PROMPT, 8).unwrap();
+        let cpu = load_cpu(m, Numerics::Bf16).unwrap();
         for path in AttnPath::ALL {
-            let l = logits_vs_cpu(&e, &cpu, &seq, path, A::LOGITS_TOLERANCE)
-                .unwrap_or_else(|err| panic!("{} {}: {err}", dir.display(), path.name()));
-            println!("{} {}: {:?}", dir.display(), path.name(), l.verdict);
+            let l = logits_vs_cpu(e, &cpu, &seq, path, A::LOGITS_TOLERANCE)
+                .unwrap_or_else(|err| panic!("{} {}: {err}", m.origin, path.name()));
+            println!("{} {}: {:?}", m.origin, path.name(), l.verdict);
             assert!(
                 l.verdict.passes(),
                 "{} {}: {:?}",
-                dir.display(),
+                m.origin,
                 path.name(),
                 l.verdict
             );
         }
-        be = Some(e.backend);
-    }
+    });
 }
 
 /// The transformers bfloat16 references of tiny and tiny-moe
@@ -503,48 +516,40 @@ pub fn external_checkpoints_match_the_cpu_reference<A: Accelerator>(test: &str) 
 pub fn bfloat16_references_hold<A: Accelerator>(test: &str) {
     use lockstep::jobs::oracle::{compare_on, embedded_references};
     use lockstep::verify::reference::RefDtype;
-    let Some((_lock, be)) = open::<A>(test) else {
-        return;
-    };
-    let mut be = Some(be);
-    for preset in ["tiny", "tiny-moe"] {
-        let m = Model::open(&format!("synth:{preset}")).unwrap();
-        let e = load(&m, be.take().unwrap()).unwrap();
-        for r in embedded_references(preset).unwrap() {
+    on_each_model::<A>(test, &tiny_models(), |m, e| {
+        let preset = m.name();
+        for r in embedded_references(&preset).unwrap() {
             if r.dtype != RefDtype::Bfloat16 {
                 continue;
             }
-            let report = compare_on(&e, &r).unwrap();
+            let report = compare_on(e, &r).unwrap();
             println!("{preset}: worst rel RMS {:.3e}", report.worst_rel_rms);
             assert!(report.pass, "{}", report.to_text());
         }
-        be = Some(e.backend);
-    }
+    });
+}
+
+/// synth:tiny and synth:tiny-moe.
+fn tiny_models() -> Vec<String> {
+    ["synth:tiny", "synth:tiny-moe"].map(String::from).to_vec()
 }
 
 /// Batched decode: each sequence of a mixed batch (other lengths, joining
 /// mid-way, other slots) gives bitwise the logits it gives alone, on both
 /// paths, dense and MoE.
 pub fn batched_decode_is_batch_invariant<A: Accelerator>(test: &str) {
-    let Some((_lock, be)) = open::<A>(test) else {
-        return;
-    };
-    let mut be = Some(be);
-    for preset in ["tiny", "tiny-moe"] {
-        let m = Model::open(&format!("synth:{preset}")).unwrap();
-        let e = load(&m, be.take().unwrap()).unwrap();
+    on_each_model::<A>(test, &tiny_models(), |m, e| {
         for path in AttnPath::ALL {
             for plan in [
                 common::batch_plan(4, vec![0, 1, 2, 3], vec![0, 0, 0, 0]),
                 common::batch_plan(5, vec![4, 2, 0, 1, 3], vec![0, 2, 0, 4, 1]),
             ] {
-                let r = lockstep::jobs::batch::batch_invariance(&e, &plan, path).unwrap();
-                println!("{preset}: {}", r.to_text());
-                assert!(r.bitwise, "{preset}\n{}", r.to_text());
+                let r = lockstep::jobs::batch::batch_invariance(e, &plan, path).unwrap();
+                println!("{}: {}", m.name(), r.to_text());
+                assert!(r.bitwise, "{}\n{}", m.name(), r.to_text());
             }
         }
-        be = Some(e.backend);
-    }
+    });
 }
 
 macro_rules! accelerator_suite {
