@@ -4,6 +4,7 @@
 # Stages (in order given): goldens (regen CUDA goldens), tests, bench-small (tiny, 0.6b), bench-8b,
 # bench-30b, big (qwen3-8b parity; LOCKSTEP_BIG_MODELS), profile (ncu per kernel),
 # bench-hf-0.6b / bench-hf-8b (transformers on the same weights), envelopes (0.6b op level N=100 and greedy N=20 x 256 per mode),
+# bench-batch (batched decode, det vs fast, and transformers at the same batch sizes),
 # bench-ab (builds in AB_DIRS, default .device and .device-b), verify (the main job with CUDA's rows), archive.
 # Logs and JSON go to $OUT; one GPU, one thing at a time. The device tool brings back at most 8 files
 # from $OUT, so a call that writes more ends with `archive`: everything in one results.tgz, plus log.txt.
@@ -66,6 +67,21 @@ for stage in "$@"; do
       dir=/tmp/lockstep-$preset
       [ -d $dir ] || step $L synth --preset $preset --out $dir
       step timeout 400 python3 ci/bench_transformers.py $dir "$OUT/transformers-$preset.json" ${HF_ARGS:-} ;;
+    bench-batch)
+      # Batched decode, deterministic (batch invariant) vs fast, then
+      # transformers' static cache at the same batch sizes on the same
+      # weights (BATCH_PRESETS, BATCH_SIZES, BATCH_ARGS, HF_BATCH_SIZES).
+      for preset in ${BATCH_PRESETS:-qwen3-0.6b qwen3-8b}; do
+        step $L bench --model synth:$preset --batch ${BATCH_SIZES:-1,8,32,64} ${BATCH_ARGS:---warmup 16 --tokens 128 --repeats 2} \
+          --out "$OUT/bench-batch-$preset.json"
+        if [ -z "${NO_HF:-}" ]; then
+          dir=/tmp/lockstep-$preset
+          [ -d $dir ] || step $L synth --preset $preset --out $dir
+          step env HF_MODES=static_cache HF_BATCH=${HF_BATCH_SIZES:-${BATCH_SIZES:-1,8,32,64}} \
+            timeout ${HF_TIMEOUT:-300} python3 ci/bench_transformers.py $dir "$OUT/transformers-batch-$preset.json" 16 16 128 2
+          rm -rf $dir
+        fi
+      done ;;
     envelopes)
       for mode in deterministic fast; do
         for path in graph fused; do

@@ -543,6 +543,8 @@ pub fn batched_decode_is_batch_invariant<A: Accelerator>(test: &str) {
             for plan in [
                 common::batch_plan(4, vec![0, 1, 2, 3], vec![0, 0, 0, 0]),
                 common::batch_plan(5, vec![4, 2, 0, 1, 3], vec![0, 2, 0, 4, 1]),
+                common::wide_batch_plan(12),
+                common::wide_batch_plan(20),
             ] {
                 let r = lockstep::jobs::batch::batch_invariance(e, &plan, path).unwrap();
                 println!("{}: {}", m.name(), r.to_text());

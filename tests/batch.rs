@@ -24,6 +24,7 @@ fn a_sequence_gives_the_same_bits_alone_and_in_any_batch() {
                     plan(4, vec![0, 1, 2, 3], vec![0, 0, 0, 0]),
                     plan(4, vec![3, 1, 0, 2], vec![0, 2, 0, 5]),
                     plan(8, (0..8).rev().collect(), vec![0, 1, 1, 3, 0, 4, 2, 0]),
+                    common::wide_batch_plan(12),
                 ] {
                     let r = batch_invariance(&e, &p, path).unwrap();
                     assert!(r.bitwise, "{spec} {numerics:?}\n{}", r.to_text());
@@ -94,4 +95,35 @@ fn a_batch_of_one_is_the_ordinary_decode() {
             assert_eq!(step.logits.as_ref().unwrap(), &want, "{path:?} step {t}");
         }
     }
+}
+
+/// A batch that cannot fit is refused before any work, with the field
+/// named: positions past the model's, or a step into a full cache.
+#[test]
+fn a_batch_past_positions_or_capacity_is_refused_up_front() {
+    let e = Engine::load(
+        &Model::open("synth:tiny").unwrap(),
+        CpuBackend::new(Numerics::Bf16),
+    )
+    .unwrap();
+    let max = e.config.max_position_embeddings;
+    let err = e.check_batch_fits(4, max + 1).unwrap_err().to_string();
+    assert!(err.contains("max_position_embeddings"), "{err}");
+    assert!(e.check_batch_fits(4, max).is_ok());
+    let mut long = plan(2, vec![0, 1], vec![0, 0]);
+    long.steps = max;
+    let err = batch_invariance(&e, &long, AttnPath::Fused)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_position_embeddings"), "{err}");
+    // A sequence whose cache is full is refused, and nothing advances.
+    let mut a = e.new_session(1).unwrap();
+    let mut b = e.new_session(4).unwrap();
+    e.step_batch(&mut [&mut a], &[1], AttnPath::Graph).unwrap();
+    let err = e
+        .step_batch(&mut [&mut b, &mut a], &[1, 2], AttnPath::Graph)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sequence 1") && err.contains("full"), "{err}");
+    assert_eq!((a.pos, b.pos), (1, 0));
 }

@@ -544,6 +544,55 @@ fn the_fused_kernel_is_batch_invariant() {
     common::assert_fused_batch_invariant(&Engine::load(&m, be).unwrap());
 }
 
+/// Batches past one GEMV pass (12 and 20 sequences): deterministic mode
+/// keeps every sequence's bits alone; the planted batch-dependent split
+/// (rows past the first eight summed in another order) is caught by the
+/// same check. Fast mode is measured and printed, not judged: it promises
+/// no batch invariance (cuBLAS takes its products past eight rows).
+#[test]
+fn a_batch_dependent_split_is_caught_by_the_batch_check() {
+    use lockstep::backend::cuda::CudaFault;
+    let test = t("a_batch_dependent_split_is_caught_by_the_batch_check");
+    let Some((_g, clean)) = open::<Cuda>(&test) else {
+        return;
+    };
+    let plan = common::wide_batch_plan(12);
+    let m = Model::open("synth:tiny").unwrap();
+    let e = Engine::load(&m, clean).unwrap();
+    for path in AttnPath::ALL {
+        let r = lockstep::jobs::batch::batch_invariance(&e, &plan, path).unwrap();
+        assert!(r.bitwise, "clean build: {}", r.to_text());
+    }
+    e.backend
+        .set_options(CudaOptions {
+            mode: ReductionMode::Fast,
+            ..CudaOptions::default()
+        })
+        .unwrap();
+    for path in AttnPath::ALL {
+        let r = lockstep::jobs::batch::batch_invariance(&e, &plan, path).unwrap();
+        println!("fast mode, tiny: {}", r.to_text());
+    }
+    drop(e);
+    let faulty = CudaBackend::with_fault(
+        0,
+        CudaOptions::default(),
+        CudaFault::BatchedGemvSplitFollowsBatch,
+    )
+    .unwrap();
+    let e = Engine::load(&m, faulty).unwrap();
+    let mut caught = 0;
+    for path in AttnPath::ALL {
+        let r = lockstep::jobs::batch::batch_invariance(&e, &plan, path).unwrap();
+        println!("planted batch-dependent split: {}", r.to_text());
+        caught += usize::from(!r.bitwise);
+    }
+    assert!(
+        caught > 0,
+        "the planted batch-dependent split passed the batch check"
+    );
+}
+
 /// A negative control per kernel family a decode step runs: each planted
 /// fault (a rewrite of one `.cu` file, `CudaFault`) must fail at least one
 /// of `verify`'s CUDA rows, on the presets whose model uses the family; the
@@ -604,6 +653,9 @@ fn every_planted_kernel_fault_fails_a_verify_row() {
     for fault in CudaFault::ALL {
         let on: &[&Fixture] = match fault {
             CudaFault::MoeRouteNextExpert => &[&fixtures[1]],
+            // Batched steps only: caught by the batch-invariance check
+            // (a_batch_dependent_split_is_caught_by_the_batch_check).
+            CudaFault::BatchedGemvSplitFollowsBatch => &[],
             _ => &[&fixtures[0], &fixtures[1]],
         };
         for fx in on {

@@ -217,6 +217,45 @@ pub trait Backend {
         positions: &[usize],
     ) -> Result<Self::Tensor>;
 
+    /// One batched decode step's attention: row `i` of `q`, `k` and `v` is
+    /// sequence `i`'s new token at `positions[i]`; its k and v go to the end
+    /// of `caches[i]` and its query attends over that cache. Each row's bits
+    /// must be those of `cache_append` then `attention` for that sequence
+    /// alone; the default does exactly that, one sequence after another.
+    fn attention_step(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        caches: &mut [&mut Self::Cache],
+        dims: &AttnDims,
+        positions: &[usize],
+    ) -> Result<Self::Tensor> {
+        let mut rows = Vec::with_capacity(caches.len());
+        for (i, cache) in caches.iter_mut().enumerate() {
+            self.cache_append(cache, &self.rows(k, i, 1)?, &self.rows(v, i, 1)?)?;
+            rows.push(self.attention(&self.rows(q, i, 1)?, cache, dims, &positions[i..=i])?);
+        }
+        self.concat_rows(&rows)
+    }
+
+    /// Marks the calls until `batch_step(false)` as one batched decode
+    /// step, one row per independent sequence. A backend whose products
+    /// choose their summation by row count keeps each row's summation what
+    /// it is alone there, where its mode promises batch invariance (a
+    /// prefill of one sequence may still pick by size). Default: nothing
+    /// depends on the row count.
+    fn batch_step(&self, _on: bool) {}
+
+    /// The greedy token of every row of `logits` (ties to the lower index,
+    /// as `argmax`). Backends may find them on the device.
+    fn argmax_rows(&self, logits: &Self::Tensor) -> Result<Vec<u32>> {
+        let (v, [rows, cols]) = self.to_host(logits)?;
+        Ok((0..rows)
+            .map(|r| crate::logits::argmax(&v[r * cols..(r + 1) * cols]) as u32)
+            .collect())
+    }
+
     fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
 
     /// `silu(gate) * up`.

@@ -1,5 +1,6 @@
 //! `lockstep bench`: decode speed, batch 1: CUDA per path x mode x graphs,
-//! MLX per path x what its fused path runs.
+//! MLX per path x what its fused path runs; with `--batch`, CUDA's batched
+//! decode per batch size x path x mode.
 
 use super::args::{
     print_json, BackendArg, MlxFusedArg, MlxMoeRoutingArg, ModeArg, OnOffArg, PathArg,
@@ -37,6 +38,11 @@ pub struct Args {
     /// device or both (default: host).
     #[arg(long, value_enum, value_delimiter = ',')]
     mlx_moe_routing: Option<Vec<MlxMoeRoutingArg>>,
+    /// Batched decode instead (CUDA): the batch sizes to time, e.g.
+    /// 1,8,32,64; each sequence is prefilled alone, then all decode
+    /// together, per path and mode.
+    #[arg(long, value_delimiter = ',')]
+    batch: Option<Vec<usize>>,
     #[arg(long, default_value_t = 16)]
     prompt_tokens: usize,
     #[arg(long, default_value_t = 32)]
@@ -61,6 +67,28 @@ pub fn run(a: Args) -> Result<()> {
     };
     let paths: Vec<_> = a.paths.into_iter().map(Into::into).collect();
     let model = Model::open(&a.model)?;
+    if let Some(batches) = a.batch {
+        if !matches!(a.backend, BackendArg::Cuda) || a.graphs.is_some() {
+            return Err(Error::invalid(
+                "--batch",
+                "times the CUDA backend's batched decode (no --graphs: a batched step is not recorded)",
+            ));
+        }
+        let modes: Vec<ReductionMode> = a.modes.map_or(ReductionMode::ALL.to_vec(), |m| {
+            m.into_iter().map(Into::into).collect()
+        });
+        let rep =
+            lockstep::bench::batch::cuda_batch_bench(&model, &batches, &paths, &modes, timing)?;
+        if let Some(path) = a.out {
+            lockstep::util::write_json_atomically(&path, &rep)?;
+        }
+        if a.json {
+            print_json(&rep);
+        } else {
+            print!("{}", rep.to_text());
+        }
+        return Ok(());
+    }
     let rep = match a.backend {
         BackendArg::Cuda => {
             if a.mlx_fused.is_some() || a.mlx_pipeline.is_some() || a.mlx_moe_routing.is_some() {

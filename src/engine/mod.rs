@@ -123,6 +123,8 @@ pub(crate) fn finite<B: Backend>(
 pub struct Session<C> {
     caches: Vec<C>,
     pub pos: usize,
+    /// Positions its caches hold.
+    pub capacity: usize,
 }
 
 /// q, k, v of one layer computed by each path from the same input.
@@ -293,7 +295,11 @@ impl<B: Backend> Engine<B> {
         let caches = (0..self.layers.len())
             .map(|_| self.backend.new_cache(&self.dims, capacity))
             .collect::<Result<_>>()?;
-        Ok(Session { caches, pos: 0 })
+        Ok(Session {
+            caches,
+            pos: 0,
+            capacity,
+        })
     }
 
     /// q, k, v for attention: `[n, q_dim]`, `[n, kv_dim]`, `[n, kv_dim]`,

@@ -106,6 +106,8 @@ pub fn batch_invariance<B: Backend>(
             "one join step per prompt, an order that is a permutation of them, at least one step",
         ));
     }
+    let longest = plan.prompts.iter().map(Vec::len).max().unwrap_or(0);
+    e.check_batch_fits(n, longest + plan.steps)?;
     let solo: Vec<_> = plan
         .prompts
         .iter()

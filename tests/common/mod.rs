@@ -236,6 +236,17 @@ pub fn assert_large_model_parity<B: lockstep::backend::Backend>(
 
 /// `n` sequences of prompt lengths 3, 5, 7, ..., joining at `joins`, in
 /// slot `order`, 6 decode steps each (the batch-invariance checks).
+/// `batch_plan` of `n` sequences (n not a multiple of 7) in a shuffled
+/// slot order, joining over the first three steps: batches past one GEMV
+/// pass of eight rows.
+pub fn wide_batch_plan(n: usize) -> lockstep::jobs::batch::BatchPlan {
+    batch_plan(
+        n,
+        (0..n).map(|i| (i * 7) % n).collect(),
+        (0..n).map(|i| i % 3).collect(),
+    )
+}
+
 pub fn batch_plan(
     n: usize,
     order: Vec<usize>,

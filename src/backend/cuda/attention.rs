@@ -21,6 +21,12 @@ const ATTN_CHUNK: usize = 64;
 /// contexts are split over the GPU in three launches.
 const DECODE_ONE_LAUNCH_KEYS: usize = 2048;
 
+/// A batched decode step takes one attention launch (attn_decode_batch_bf16)
+/// while its longest sequence covers at most this many keys: the scores sit
+/// in shared memory, 4 * (keys + keys / 32 + 1) bytes, under the 48 KiB a
+/// launch gets without opting in. Longer steps go sequence by sequence.
+const BATCH_ONE_LAUNCH_KEYS: usize = 8192;
+
 /// Attention score scratch per launch; longer prefills go in row batches.
 const ATTN_SCRATCH_BYTES: usize = 256 << 20;
 
@@ -207,6 +213,115 @@ impl CudaBackend {
             }?;
             r0 += rows;
         }
+        Ok(out)
+    }
+
+    /// A batched decode step's attention: each row's k and v appended to
+    /// its own cache and its query attended over it, with the bits of
+    /// `cache_append` then `attention` alone (the same device function as
+    /// attn_decode_bf16, which equals the three-pass kernels). Two launches
+    /// for the whole batch; a step too long for shared memory, or one being
+    /// recorded, goes sequence by sequence.
+    pub(super) fn attention_step(
+        &self,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        caches: &mut [&mut CudaCache],
+        dims: &AttnDims,
+        positions: &[usize],
+    ) -> Result<CudaTensor> {
+        let b = caches.len();
+        let hd = dims.head_dim;
+        let kvd = dims.kv_dim();
+        if q.rows != b
+            || k.rows != b
+            || v.rows != b
+            || positions.len() != b
+            || q.cols != dims.q_dim()
+            || k.cols != kvd
+            || v.cols != kvd
+            || hd % 8 != 0
+            || hd > BLOCK as usize
+        {
+            return Err(shape(
+                "attention_step",
+                format!(
+                    "{b} caches, {} positions, q {}x{}, k {}x{}, v {}x{}, head_dim {hd}",
+                    positions.len(),
+                    q.rows,
+                    q.cols,
+                    k.rows,
+                    k.cols,
+                    v.rows,
+                    v.cols
+                ),
+            ));
+        }
+        for (i, c) in caches.iter().enumerate() {
+            if c.kv_dim != kvd || c.len != positions[i] || c.len >= c.cap {
+                return Err(shape(
+                    "attention_step",
+                    format!(
+                        "sequence {i} at position {} into a cache of {}/{}",
+                        positions[i], c.len, c.cap
+                    ),
+                ));
+            }
+        }
+        let keys = positions.iter().max().map_or(0, |p| p + 1);
+        if self.recording() || keys > BATCH_ONE_LAUNCH_KEYS {
+            let mut rows = Vec::with_capacity(b);
+            for (i, cache) in caches.iter_mut().enumerate() {
+                self.cache_append(cache, &self.rows(k, i, 1)?, &self.rows(v, i, 1)?)?;
+                rows.push(self.attention(&self.rows(q, i, 1)?, cache, dims, &positions[i..=i])?);
+            }
+            return self.concat_rows(&rows);
+        }
+        let mut table: Vec<u64> = caches.iter().map(|c| self.ptr(&c.k)).collect();
+        table.extend(caches.iter().map(|c| self.ptr(&c.v)));
+        let table = self.ints(&self.pools.u64s, "batch cache table", &table, None)?;
+        let pos = self.positions(positions)?;
+        let (bi, kvi) = (b as i32, kvd as i32);
+        // SAFETY: one block per sequence; the table holds b key and b value
+        // cache addresses, each cache has room at its position (checked).
+        unsafe {
+            self.launch(
+                "cache_append_batch_bf16",
+                cfg((b as u32, 1, 1)),
+                &[&*k.data, &*v.data, &table.ptr, &pos.ptr, &bi, &kvi],
+            )
+        }?;
+        for c in caches.iter_mut() {
+            c.len += 1;
+        }
+        let out = self.tensor("attention output", b, q.cols)?;
+        let (nh, nkv, hdi, st) = (
+            dims.n_heads as i32,
+            dims.n_kv_heads as i32,
+            hd as i32,
+            keys as i32,
+        );
+        let scale = (hd as f64).powf(-0.5) as f32;
+        let grid = LaunchConfig {
+            grid_dim: (dims.n_heads as u32, b as u32, 1),
+            block_dim: (512, 1, 1),
+            shared_mem_bytes: (4 * (keys + keys / 32 + 1)) as u32,
+        };
+        // SAFETY: block (h, r) attends row r's query over its cache's first
+        // positions[r] + 1 rows (all written); shared memory holds `keys`
+        // scores and keys / 32 + 1 half-chunk sums (keys <=
+        // BATCH_ONE_LAUNCH_KEYS keeps it under 48 KiB); head_dim is a
+        // multiple of 8 up to 256 (checked).
+        unsafe {
+            self.launch(
+                "attn_decode_batch_bf16",
+                grid,
+                &[
+                    &*q.data, &table.ptr, &*out.data, &pos.ptr, &bi, &nh, &nkv, &hdi, &st, &scale,
+                ],
+            )
+        }?;
         Ok(out)
     }
 

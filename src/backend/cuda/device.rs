@@ -1,7 +1,8 @@
 //! The CUDA implementation of `Backend`: bf16 bits in device buffers, one
 //! launch per op (kernels.rs), every launch checked. Outputs come from a
 //! buffer pool (pool.rs). Decode products (<= 8 rows) use our GEMV; larger
-//! products use cuBLAS when it loads. Reductions follow the run's
+//! products use cuBLAS when it loads, except in a deterministic batched
+//! decode step, which keeps our GEMV so each sequence's bits are its own. Reductions follow the run's
 //! `ReductionMode`; the fused QKV kernel is fixed-order in both modes.
 //!
 //! This file holds the backend itself: opening the device, its options, and
@@ -29,6 +30,7 @@ use crate::model::safetensors::HostTensor;
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub struct CudaBackend {
@@ -60,6 +62,9 @@ pub struct CudaBackend {
     /// Per MoE layer (keyed by its router weight's address): the device
     /// tables of expert weight addresses the grouped decode kernels index.
     pub(super) moe_tables: Mutex<BTreeMap<u64, ExpertTables>>,
+    /// Inside a batched decode step (`Backend::batch_step`): products keep
+    /// the GEMV's summation at any row count in deterministic mode.
+    pub(super) in_batch_step: AtomicBool,
 }
 
 // SAFETY: one stream, and every method that touches shared state goes
@@ -175,6 +180,7 @@ impl CudaBackend {
             recording: Mutex::new(Recording::default()),
             memory_limit: Mutex::new(None),
             moe_tables: Mutex::new(BTreeMap::new()),
+            in_batch_step: AtomicBool::new(false),
             stream,
         })
     }
@@ -340,6 +346,26 @@ impl Backend for CudaBackend {
         CudaBackend::attention(self, q, cache, dims, positions)
     }
 
+    fn attention_step(
+        &self,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        caches: &mut [&mut CudaCache],
+        dims: &AttnDims,
+        positions: &[usize],
+    ) -> Result<CudaTensor> {
+        CudaBackend::attention_step(self, q, k, v, caches, dims, positions)
+    }
+
+    fn batch_step(&self, on: bool) {
+        self.in_batch_step.store(on, Ordering::Relaxed);
+    }
+
+    fn argmax_rows(&self, logits: &CudaTensor) -> Result<Vec<u32>> {
+        CudaBackend::argmax_rows(self, logits)
+    }
+
     fn add_rms_norm(
         &self,
         x: &CudaTensor,
@@ -373,6 +399,10 @@ impl Backend for CudaBackend {
 
     fn rows(&self, x: &CudaTensor, start: usize, n: usize) -> Result<CudaTensor> {
         CudaBackend::rows(self, x, start, n)
+    }
+
+    fn concat_rows(&self, parts: &[CudaTensor]) -> Result<CudaTensor> {
+        CudaBackend::concat_rows(self, parts)
     }
 
     fn activation_from_host(&self, data: &[f64], rows: usize, cols: usize) -> Result<CudaTensor> {

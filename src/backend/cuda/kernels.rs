@@ -73,6 +73,7 @@ impl Kernel {
             Kernel::RmsNorm => &["rms_norm_bf16", "add_rms_norm_bf16"],
             Kernel::Linear => &[
                 "gemv_bf16",
+                "gemv_many_bf16",
                 "gemv1_bf16",
                 "gate_up_swiglu_bf16",
                 "gemv_atomic_bf16",
@@ -81,6 +82,7 @@ impl Kernel {
                 "f32_to_bf16_reset",
                 "linear_bf16",
                 "argmax_bf16",
+                "argmax_rows_bf16",
             ],
             Kernel::Rope => &["rope_bf16"],
             Kernel::QkvFused => &["qkv_fused_bf16", "qkv_fused1_bf16", "qkv_fused1_pairs_bf16"],
@@ -89,6 +91,7 @@ impl Kernel {
                 "attn_exp_bf16",
                 "attn_out_bf16",
                 "attn_decode_bf16",
+                "attn_decode_batch_bf16",
             ],
             Kernel::Elementwise => &["add_bf16", "swiglu_bf16"],
             Kernel::Moe => &[
@@ -99,7 +102,7 @@ impl Kernel {
                 "moe_down_bf16",
                 "moe_combine_bf16",
             ],
-            Kernel::Cache => &["cache_append_bf16"],
+            Kernel::Cache => &["cache_append_bf16", "cache_append_batch_bf16"],
         }
     }
 
@@ -185,15 +188,15 @@ fn fault_patches(fault: CudaFault) -> (Kernel, &'static [(&'static str, &'static
         CudaFault::DecodeGemvDropsTail => (
             Kernel::Linear,
             &[(
-                "gemv_body<1>(x, w, y, n, k, m, parts, blockIdx.y);",
-                "gemv_body<1>(x, w, y, n, k - 8, m, parts, blockIdx.y);",
+                "gemv_body<1>(x, w, y, n, k, m, parts, blockIdx.y, blockIdx.x);",
+                "gemv_body<1>(x, w, y, n, k - 8, m, parts, blockIdx.y, blockIdx.x);",
             )],
         ),
         CudaFault::DecodeAttentionDropsNewest => (
             Kernel::Attention,
             &[(
-                "int len = pos[0] + 1, nch = chunks_of(len)",
-                "int len = max(pos[0], 1), nch = chunks_of(len)",
+                "int len = at + 1, nch = chunks_of(len)",
+                "int len = max(at, 1), nch = chunks_of(len)",
             )],
         ),
         CudaFault::RopePositionOffset => (
@@ -208,6 +211,28 @@ fn fault_patches(fault: CudaFault) -> (Kernel, &'static [(&'static str, &'static
             &[(
                 "vc[at + c] = v[r * kv_dim + c];",
                 "vc[at + c] = k[r * kv_dim + c];",
+            )],
+        ),
+        CudaFault::BatchedGemvSplitFollowsBatch => (
+            Kernel::Linear,
+            &[(
+                "    gemv_body_rows<ROWS_PER_PASS, MANY_NW>(x, w, y, n, k, m, parts, blockIdx.x % groups, blockIdx.x / groups);",
+                r#"    int group = blockIdx.x % groups, wblock = blockIdx.x / groups;
+    if (group == 0) {
+        gemv_body_rows<ROWS_PER_PASS, MANY_NW>(x, w, y, n, k, m, parts, group, wblock);
+        return;
+    }
+    pdl_sync();
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int o0 = wblock * (MANY_NW * 8 / parts) + (warp / parts) * MANY_NW;
+    if (warp % parts != 0) return;
+    for (int o = o0; o < min(m, o0 + MANY_NW); o++)
+        for (int r = group * ROWS_PER_PASS; r < min(n, (group + 1) * ROWS_PER_PASS); r++) {
+            float acc = 0.0f;
+            for (int i = lane; i < k; i += 32) acc += bf2f(x[(size_t)r * k + i]) * bf2f(w[(size_t)o * k + i]);
+            acc = warp_sum(acc);
+            if (lane == 0) y[(size_t)r * m + o] = f2bf(acc);
+        }"#,
             )],
         ),
         CudaFault::MoeRouteNextExpert => (

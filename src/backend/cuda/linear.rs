@@ -1,17 +1,22 @@
 //! Products with a weight. Decode products (up to ROWS_PER_PASS rows) use
 //! our GEMV kernels, larger ones cuBLAS when it loaded, except while
-//! recording, since a recorded step uses our kernels only. How a row's dot
+//! recording, since a recorded step uses our kernels only, and in a
+//! deterministic batched decode step, whose rows must keep their bits
+//! alone (gemv_many_bf16). How a row's dot
 //! product is split over warps (`parts`) depends on the shape, the mode and
 //! the GPU's SM count alone, so the summation order is fixed for a shape on
 //! a GPU; fast mode adds the parts with atomics.
 
-use super::launch::{cfg, grid_for, BLOCK, ROWS_PER_PASS};
+use super::launch::{cfg, grid_for, shape, BLOCK, ROWS_PER_PASS};
 use super::tensor::{CudaTensor, CudaWeight};
 use super::{CudaBackend, ReductionMode};
 use crate::backend::{check, Backend};
 use crate::error::{Error, Result};
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::driver::{DevicePtr, DevicePtrMut};
+
+/// Weight rows per warp group in gemv_many_bf16 (MANY_NW in linear.cu).
+const MANY_WEIGHT_ROWS: usize = 4;
 
 impl CudaBackend {
     /// Warps per output row. Each lane keeps a group of 16-byte loads in
@@ -41,6 +46,30 @@ impl CudaBackend {
             1,
         );
         let (ni, ki, mi, pi) = (n as i32, k as i32, m as i32, parts as i32);
+        if self.options().mode == ReductionMode::Deterministic && n > ROWS_PER_PASS {
+            // Row groups fastest in a one-dimensional grid, so the groups
+            // that read the same weight rows run side by side.
+            let blocks = m.div_ceil(MANY_WEIGHT_ROWS * 8 / parts) * n.div_ceil(ROWS_PER_PASS);
+            let blocks = u32::try_from(blocks).map_err(|_| {
+                shape(
+                    "linear",
+                    format!(
+                        "{n} rows by {} ({m}x{k}): too many blocks for one launch",
+                        w.name
+                    ),
+                )
+            })?;
+            // SAFETY: as gemv_bf16; block b takes row group b % groups of
+            // weight block b / groups, and the grid covers both exactly.
+            unsafe {
+                self.launch(
+                    "gemv_many_bf16",
+                    cfg((blocks, 1, 1)),
+                    &[&*x.data, &w.data, &*out.data, &ni, &ki, &mi, &pi],
+                )
+            }?;
+            return Ok(());
+        }
         // One row: both modes take one launch and differ only in how a row's
         // parts are added (warp order, or shared-memory atomics). Deterministic
         // mode adds the parts of 2-8 rows in warp order too.
@@ -130,12 +159,22 @@ impl CudaBackend {
         })
     }
 
+    /// A batched decode step in deterministic mode: every row's product
+    /// must have its bits alone, so our GEMV takes any row count. Fast mode
+    /// promises no batch invariance and keeps cuBLAS.
+    pub(super) fn rows_alone(&self) -> bool {
+        self.options().mode == ReductionMode::Deterministic
+            && self
+                .in_batch_step
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub(super) fn linear(&self, x: &CudaTensor, w: &CudaWeight) -> Result<CudaTensor> {
         check::linear((x.rows, x.cols), &w.name, (w.rows, w.cols))?;
         let mut out = self.tensor("linear output", x.rows, w.rows)?;
         if x.cols % 8 == 0 {
             match &self.blas {
-                Some(blas) if x.rows > ROWS_PER_PASS && !self.recording() => {
+                Some(blas) if x.rows > ROWS_PER_PASS && !self.recording() && !self.rows_alone() => {
                     self.gemm_blas(blas, x, w, &mut out)?
                 }
                 _ => self.gemv(x, w, &mut out)?,

@@ -95,16 +95,22 @@ pub enum CudaFault {
     CacheAppendStoresKAsV,
     /// The MoE router sends each chosen slot to the next expert.
     MoeRouteNextExpert,
+    /// A deterministic batched decode step's products sum the rows past
+    /// the first eight in another order (one warp striding over single
+    /// inputs): a split that follows the batch size, which a sequence sees
+    /// as bits that depend on its companions.
+    BatchedGemvSplitFollowsBatch,
 }
 
 impl CudaFault {
-    pub const ALL: [CudaFault; 6] = [
+    pub const ALL: [CudaFault; 7] = [
         CudaFault::DecodeFusedKNorm,
         CudaFault::DecodeGemvDropsTail,
         CudaFault::DecodeAttentionDropsNewest,
         CudaFault::RopePositionOffset,
         CudaFault::CacheAppendStoresKAsV,
         CudaFault::MoeRouteNextExpert,
+        CudaFault::BatchedGemvSplitFollowsBatch,
     ];
 
     pub fn name(self) -> &'static str {
@@ -115,6 +121,7 @@ impl CudaFault {
             CudaFault::RopePositionOffset => "rope-position-offset",
             CudaFault::CacheAppendStoresKAsV => "cache-append-stores-k-as-v",
             CudaFault::MoeRouteNextExpert => "moe-route-next-expert",
+            CudaFault::BatchedGemvSplitFollowsBatch => "batched-gemv-split-follows-batch",
         }
     }
 }

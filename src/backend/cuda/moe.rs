@@ -2,7 +2,9 @@
 //! device (grouped launches that index per-layer tables of expert weight
 //! addresses, built once and kept), so a decode step needs no host round
 //! trip and can be recorded; several tokens are routed on the host, expert
-//! by expert, which a recorded step cannot do.
+//! by expert, which a recorded step cannot do, except in a deterministic
+//! batched decode step, where each token takes the one-token path so that
+//! its bits are those it has alone.
 
 use super::launch::{cfg, err, grid_for, shape};
 use super::tensor::{CudaTensor, CudaWeight};
@@ -109,13 +111,19 @@ impl CudaBackend {
             .experts
             .first()
             .ok_or_else(|| shape("moe", "no experts".into()))?;
-        if x.rows == 1
-            && x.cols % 8 == 0
-            && e0.gate.rows % 8 == 0
-            && w.top_k <= 64
-            && w.experts.len() <= 1024
-        {
+        let on_device =
+            x.cols % 8 == 0 && e0.gate.rows % 8 == 0 && w.top_k <= 64 && w.experts.len() <= 1024;
+        if on_device && x.rows == 1 {
             return self.moe_decode(x, w);
+        }
+        // A deterministic batched step: each token by the one-token path,
+        // so its routing and sums are those it has alone (the host-routed
+        // path below may round a routing weight differently).
+        if on_device && self.rows_alone() {
+            let rows = (0..x.rows)
+                .map(|r| self.moe_decode(&self.rows(x, r, 1)?, w))
+                .collect::<Result<Vec<_>>>()?;
+            return self.concat_rows(&rows);
         }
         self.no_host_transfer("MoE routing of several tokens")?;
         let logits = self.linear(x, &w.router)?;

@@ -123,6 +123,7 @@ pub struct Pools {
     pub f32s: Arc<Pool<f32>>,
     pub i32s: Arc<Pool<i32>>,
     pub u32s: Arc<Pool<u32>>,
+    pub u64s: Arc<Pool<u64>>,
 }
 
 /// Pooled buffers out of circulation while a recorded step uses them.
@@ -131,6 +132,7 @@ pub struct Frozen {
     f32s: Vec<CudaSlice<f32>>,
     i32s: Vec<CudaSlice<i32>>,
     u32s: Vec<CudaSlice<u32>>,
+    u64s: Vec<CudaSlice<u64>>,
 }
 
 impl Pools {
@@ -140,6 +142,7 @@ impl Pools {
             f32s: Pool::new(),
             i32s: Pool::new(),
             u32s: Pool::new(),
+            u64s: Pool::new(),
         }
     }
 
@@ -149,6 +152,7 @@ impl Pools {
         self.f32s.set_recording(on);
         self.i32s.set_recording(on);
         self.u32s.set_recording(on);
+        self.u64s.set_recording(on);
     }
 
     /// Takes every free buffer of every pool out of circulation (a step
@@ -159,6 +163,7 @@ impl Pools {
             f32s: self.f32s.freeze(),
             i32s: self.i32s.freeze(),
             u32s: self.u32s.freeze(),
+            u64s: self.u64s.freeze(),
         }
     }
 
@@ -169,11 +174,13 @@ impl Pools {
             f32s,
             i32s,
             u32s,
+            u64s,
         } = frozen;
         self.u16s.thaw(u16s);
         self.f32s.thaw(f32s);
         self.i32s.thaw(i32s);
         self.u32s.thaw(u32s);
+        self.u64s.thaw(u64s);
     }
 }
 

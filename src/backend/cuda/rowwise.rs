@@ -132,4 +132,27 @@ impl CudaBackend {
         self.synchronize()?;
         Ok(host[0])
     }
+
+    /// The greedy token of every row (argmax_rows_bf16: one block per row,
+    /// the same choice as `argmax`), read back in one copy.
+    pub(super) fn argmax_rows(&self, logits: &CudaTensor) -> Result<Vec<u32>> {
+        self.no_host_transfer("argmax")?;
+        let rows = logits.rows;
+        let out = self.buf(&self.pools.u32s, "argmax rows", rows.max(1))?;
+        let n = logits.cols as i32;
+        let grid = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: one block per row of n values; out holds one u32 per row.
+        unsafe { self.launch("argmax_rows_bf16", grid, &[&*logits.data, &n, &*out]) }?;
+        let mut host = vec![0u32; rows.max(1)];
+        self.stream
+            .memcpy_dtoh(&*out, &mut host)
+            .map_err(err("argmax rows to host"))?;
+        self.synchronize()?;
+        host.truncate(rows);
+        Ok(host)
+    }
 }

@@ -89,6 +89,28 @@ impl CudaBackend {
         Ok(out)
     }
 
+    /// The rows of `parts`, in order, copied on the device.
+    pub(super) fn concat_rows(&self, parts: &[CudaTensor]) -> Result<CudaTensor> {
+        let cols = parts.first().map_or(0, |p| p.cols);
+        if let Some(p) = parts.iter().find(|p| p.cols != cols) {
+            return Err(shape(
+                "concat_rows",
+                format!("widths {cols} and {}", p.cols),
+            ));
+        }
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let mut out = self.tensor("concatenated rows", rows, cols)?;
+        let mut at = 0;
+        for p in parts {
+            let n = p.rows * cols;
+            self.stream
+                .memcpy_dtod(&p.data.slice(..n), &mut out.data.slice_mut(at..at + n))
+                .map_err(err("concat_rows"))?;
+            at += n;
+        }
+        Ok(out)
+    }
+
     pub(super) fn activation_from_host(
         &self,
         data: &[f64],

@@ -148,18 +148,20 @@ extern "C" __global__ void attn_out_bf16(
 // two chunks at a time); dynamic shared memory: the row's scores
 // (`stride` floats, at least the row's length) and its half-chunk sums
 // (stride / 32 + 1).
-extern "C" __global__ void attn_decode_bf16(
-    const bf16_t* q, const bf16_t* kc, const bf16_t* vc, bf16_t* out, const int* pos,
+// The body, for head h of one query row q at position `at` over the cache
+// (kc, vc); out is that row's output. Shared by the one-row kernel and the
+// batched one, so a sequence's bits are the same alone and in a batch.
+__device__ __forceinline__ void attn_decode_row(
+    const bf16_t* q, const bf16_t* kc, const bf16_t* vc, bf16_t* out, int at, int h,
     int n_heads, int n_kv, int head_dim, int stride, float scale) {
     extern __shared__ float S[];
     __shared__ float qs[256];
     __shared__ float scratch[32];
     __shared__ float part[512];
-    pdl_sync();
     float* H = S + stride;
-    int h = blockIdx.x, kvh = h / (n_heads / n_kv), tid = threadIdx.x;
+    int kvh = h / (n_heads / n_kv), tid = threadIdx.x;
     int lane = tid & 31, warp = tid >> 5;
-    int len = pos[0] + 1, nch = chunks_of(len), kd = n_kv * head_dim;
+    int len = at + 1, nch = chunks_of(len), kd = n_kv * head_dim;
     for (int d = tid; d < head_dim; d += blockDim.x) qs[d] = bf2f(q[(size_t)h * head_dim + d]);
     __syncthreads();
     const bf16_t* kb = kc + (size_t)kvh * head_dim;
@@ -216,4 +218,25 @@ extern "C" __global__ void attn_decode_bf16(
         __syncthreads();
     }
     if (half == 0 && g == 0) out[(size_t)h * head_dim + d] = f2bf(total);
+}
+
+extern "C" __global__ void attn_decode_bf16(
+    const bf16_t* q, const bf16_t* kc, const bf16_t* vc, bf16_t* out, const int* pos,
+    int n_heads, int n_kv, int head_dim, int stride, float scale) {
+    pdl_sync();
+    attn_decode_row(q, kc, vc, out, pos[0], blockIdx.x, n_heads, n_kv, head_dim, stride, scale);
+}
+
+// A batched decode step: row r of q is sequence r's query at position
+// pos[r] over its own cache, whose key and value addresses are caches[r]
+// and caches[batch + r]. Block (h, r) runs attn_decode_row; `stride` (the
+// shared memory's score length) covers the longest row.
+extern "C" __global__ void attn_decode_batch_bf16(
+    const bf16_t* q, const unsigned long long* caches, bf16_t* out, const int* pos, int batch,
+    int n_heads, int n_kv, int head_dim, int stride, float scale) {
+    pdl_sync();
+    int r = blockIdx.y;
+    size_t qd = (size_t)n_heads * head_dim;
+    attn_decode_row(q + r * qd, (const bf16_t*)caches[r], (const bf16_t*)caches[batch + r], out + r * qd,
+                    pos[r], blockIdx.x, n_heads, n_kv, head_dim, stride, scale);
 }

@@ -245,15 +245,47 @@ __device__ __forceinline__ void gate_up_swiglu_row(const bf16_t* x, const bf16_t
     }
 }
 
+// gemv_body with NW weight rows per warp group (a batched decode step):
+// warp_dot walks each weight row's chunks in the order it does for one row,
+// so every output has gemv_body's bits, while the activations a lane loads
+// serve NW rows instead of one. Rows past m are loaded from row m - 1 and
+// never written.
+template <int R, int NW>
+__device__ __forceinline__ void gemv_body_rows(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k, int m, int parts, int group, int wblock) {
+    __shared__ float partial[8][NW][R];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int o0 = wblock * (NW * 8 / parts) + (warp / parts) * NW, part = warp % parts;
+    int r0 = group * R, nr = min(R, n - r0);
+    const bf16_t* wr[NW];
+#pragma unroll
+    for (int i = 0; i < NW; i++) wr[i] = w + (size_t)min(o0 + i, m - 1) * k;
+    float acc[NW][R];
+    if (o0 < m) warp_dot<R, NW>(x + (size_t)r0 * k, wr, nr, k, part, parts, acc);
+    pdl_sync();
+    if (lane == 0 && o0 < m)
+#pragma unroll
+        for (int i = 0; i < NW; i++)
+#pragma unroll
+            for (int r = 0; r < R; r++) partial[warp][i][r] = acc[i][r];
+    __syncthreads();
+    if (o0 < m && part == 0 && lane < nr) {
+        for (int i = 0; i < NW && o0 + i < m; i++) {
+            float t = 0.0f;
+            for (int p = 0; p < parts; p++) t += partial[warp + p][i][lane];
+            y[(size_t)(r0 + lane) * m + o0 + i] = f2bf(t);
+        }
+    }
+}
+
 // y[r, o] = bf16(sum_k x[r, k] w[o, k]) for the R-row group `group`:
 // `parts` warps per output row, their sums added in warp order. The body of
 // gemv_bf16 / gemv1_bf16, and of the MoE down products.
 template <int R>
-__device__ __forceinline__ void gemv_body(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k, int m, int parts, int group) {
+__device__ __forceinline__ void gemv_body(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k, int m, int parts, int group, int wblock) {
     __shared__ float partial[8][R];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int rows_per_block = 8 / parts;
-    int o = blockIdx.x * rows_per_block + warp / parts, part = warp % parts;
+    int o = wblock * rows_per_block + warp / parts, part = warp % parts;
     int r0 = group * R, nr = min(R, n - r0);
     float acc[R];
     if (o < m) warp_dot_rows<R>(x + (size_t)r0 * k, w + (size_t)o * k, nr, k, part, parts, acc);

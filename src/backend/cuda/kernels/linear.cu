@@ -9,12 +9,25 @@
 // many activation rows there are.
 
 extern "C" __global__ void gemv_bf16(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k, int m, int parts) {
-    gemv_body<ROWS_PER_PASS>(x, w, y, n, k, m, parts, blockIdx.y);
+    gemv_body<ROWS_PER_PASS>(x, w, y, n, k, m, parts, blockIdx.y, blockIdx.x);
+}
+
+// Any number of activation rows with the arithmetic of gemv_bf16 (and so
+// of gemv1_bf16: warp_dot walks a lane's chunks in the same order whatever
+// the row count), for a batched decode step in deterministic mode: a row's
+// bits do not depend on how many rows share the launch. MANY_NW weight rows
+// per warp group share each activation load; a one-dimensional grid, row
+// groups fastest, so the blocks that read the same weight rows run side by
+// side and the weights come from DRAM about once.
+#define MANY_NW 4
+extern "C" __global__ void gemv_many_bf16(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k, int m, int parts) {
+    int groups = (n + ROWS_PER_PASS - 1) / ROWS_PER_PASS;
+    gemv_body_rows<ROWS_PER_PASS, MANY_NW>(x, w, y, n, k, m, parts, blockIdx.x % groups, blockIdx.x / groups);
 }
 
 // One activation row (a decode step): fewer registers, more warps in flight.
 extern "C" __global__ void gemv1_bf16(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k, int m, int parts) {
-    gemv_body<1>(x, w, y, n, k, m, parts, blockIdx.y);
+    gemv_body<1>(x, w, y, n, k, m, parts, blockIdx.y, blockIdx.x);
 }
 
 extern "C" __global__ void gate_up_swiglu_bf16(const bf16_t* x, const bf16_t* wg, const bf16_t* wu, bf16_t* h, int k, int m, int parts) {
@@ -138,4 +151,22 @@ extern "C" __global__ void argmax_bf16(const bf16_t* logits, int n, float* part_
     bool mine = threadIdx.x < gridDim.x;
     argmax_block(best_v, best_i, mine ? __ldcg(&part_v[threadIdx.x]) : NEG_INF, mine ? __ldcg(&part_i[threadIdx.x]) : 0x7fffffff);
     if (threadIdx.x == 0) *out = best_i[0] == 0x7fffffff ? 0u : (unsigned int)best_i[0];
+}
+
+// The greedy token of every row of a batched step's logits: one block of
+// 1024 threads per row, the same choice as argmax_bf16 (largest value, ties
+// to the lower index, NaN never wins; an all-NaN row gives 0).
+extern "C" __global__ void argmax_rows_bf16(const bf16_t* logits, int n, unsigned int* out) {
+    __shared__ float best_v[1024];
+    __shared__ int best_i[1024];
+    pdl_sync();
+    const bf16_t* row = logits + (size_t)blockIdx.x * n;
+    float bv = NEG_INF;
+    int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = bf2f(row[i]);
+        if (v > bv) { bv = v; bi = i; }
+    }
+    argmax_block(best_v, best_i, bv, bi);
+    if (threadIdx.x == 0) out[blockIdx.x] = best_i[0] == 0x7fffffff ? 0u : (unsigned int)best_i[0];
 }

@@ -90,7 +90,7 @@ extern "C" __global__ void moe_gate_up_bf16(const bf16_t* x, const unsigned long
 extern "C" __global__ void moe_down_bf16(const bf16_t* h, const unsigned long long* downs, const int* sel, bf16_t* y, int k, int m, int parts) {
     pdl_sync();
     int slot = blockIdx.y;
-    gemv_body<1>(h + (size_t)slot * k, (const bf16_t*)downs[sel[slot]], y + (size_t)slot * m, 1, k, m, parts, 0);
+    gemv_body<1>(h + (size_t)slot * k, (const bf16_t*)downs[sel[slot]], y + (size_t)slot * m, 1, k, m, parts, 0, blockIdx.x);
 }
 
 // out = sum over the selection in ascending expert order, rounded after

@@ -3,6 +3,8 @@
 //! copy bandwidth. Backend-neutral: the caller switches configurations.
 //! Speed is only ever measured here (by `lockstep bench`), never in tests.
 
+pub mod batch;
+
 use crate::backend::cuda::{CudaOptions, ReductionMode};
 use crate::backend::mlx::{MlxBackend, MlxFused, MlxMoeRouting};
 use crate::backend::{AttnPath, Backend};
