@@ -151,12 +151,7 @@ pub fn cuda_batch_bench(
     if batches.is_empty() || batches.contains(&0) {
         return Err(Error::invalid("--batch", "batch sizes of at least one"));
     }
-    let start = Instant::now();
-    let e = crate::jobs::load(
-        model,
-        crate::jobs::accelerator::open_cuda(CudaOptions::default())?,
-    )?;
-    let load_s = start.elapsed().as_secs_f64();
+    let (e, load_s) = super::load_cuda(model)?;
     let positions = t.prompt_tokens + t.warmup + t.tokens + 1;
     for &b in batches {
         e.check_batch_fits(b, positions)?;

@@ -279,15 +279,22 @@ fn run_configs<B: Backend>(
     })
 }
 
-/// Times every configuration of `grid` on GPU 0 against the roofline of
-/// the measured device-to-device copy bandwidth.
-pub fn cuda_bench(model: &crate::model::Model, grid: &Grid, t: Timing) -> Result<BenchReport> {
+/// `model` on GPU 0 in the default settings, and the seconds its load took.
+fn load_cuda(
+    model: &crate::model::Model,
+) -> Result<(Engine<crate::backend::cuda::CudaBackend>, f64)> {
     let start = Instant::now();
     let e = crate::jobs::load(
         model,
         crate::jobs::accelerator::open_cuda(CudaOptions::default())?,
     )?;
-    let load_s = start.elapsed().as_secs_f64();
+    Ok((e, start.elapsed().as_secs_f64()))
+}
+
+/// Times every configuration of `grid` on GPU 0 against the roofline of
+/// the measured device-to-device copy bandwidth.
+pub fn cuda_bench(model: &crate::model::Model, grid: &Grid, t: Timing) -> Result<BenchReport> {
+    let (e, load_s) = load_cuda(model)?;
     let bandwidth = e.backend.copy_bandwidth(1 << 30, 10)?;
     let configs: Vec<_> = grid
         .configs()

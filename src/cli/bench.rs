@@ -79,15 +79,7 @@ pub fn run(a: Args) -> Result<()> {
         });
         let rep =
             lockstep::bench::batch::cuda_batch_bench(&model, &batches, &paths, &modes, timing)?;
-        if let Some(path) = a.out {
-            lockstep::util::write_json_atomically(&path, &rep)?;
-        }
-        if a.json {
-            print_json(&rep);
-        } else {
-            print!("{}", rep.to_text());
-        }
-        return Ok(());
+        return show(&rep, rep.to_text(), a.out, a.json);
     }
     let rep = match a.backend {
         BackendArg::Cuda => {
@@ -145,13 +137,23 @@ pub fn run(a: Args) -> Result<()> {
             ))
         }
     };
-    if let Some(path) = a.out {
-        lockstep::util::write_json_atomically(&path, &rep)?;
+    show(&rep, rep.to_text(), a.out, a.json)
+}
+
+/// Writes the report to `out` if asked, and prints it as JSON or text.
+fn show<R: serde::Serialize>(
+    rep: &R,
+    text: String,
+    out: Option<PathBuf>,
+    json: bool,
+) -> Result<()> {
+    if let Some(path) = out {
+        lockstep::util::write_json_atomically(&path, rep)?;
     }
-    if a.json {
-        print_json(&rep);
+    if json {
+        print_json(rep);
     } else {
-        print!("{}", rep.to_text());
+        print!("{text}");
     }
     Ok(())
 }
