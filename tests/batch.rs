@@ -127,3 +127,34 @@ fn a_batch_past_positions_or_capacity_is_refused_up_front() {
     assert!(err.contains("sequence 1") && err.contains("full"), "{err}");
     assert_eq!((a.pos, b.pos), (1, 0));
 }
+
+/// `verify`'s batch row passes on the reference and fails, naming the
+/// sequence, on a batch-dependent linear (its negative control).
+#[test]
+fn the_verify_batch_row_passes_clean_and_fails_a_batch_dependent_linear() {
+    use lockstep::jobs::batch::{batch_case, verify_plan};
+    use lockstep::verify::checks::batch_row;
+    use lockstep::verify::summary::Status;
+    let m = Model::open("synth:tiny").unwrap();
+    let clean = Engine::load(&m, CpuBackend::new(Numerics::Bf16)).unwrap();
+    let faults = Faults {
+        batch_dependent_linear: true,
+        ..Default::default()
+    };
+    let faulty = Engine::load(&m, CpuBackend::with_faults(Numerics::Bf16, faults)).unwrap();
+    let plan = verify_plan(clean.config.vocab_size);
+    for path in AttnPath::ALL {
+        let ok = batch_row(
+            batch_case(&clean, path),
+            &batch_invariance(&clean, &plan, path).unwrap(),
+        );
+        assert_eq!(ok.status, Status::Pass, "{}", ok.detail);
+        assert!(ok.case.id().starts_with("batch("), "{}", ok.case.id());
+        let bad = batch_row(
+            batch_case(&faulty, path),
+            &batch_invariance(&faulty, &plan, path).unwrap(),
+        );
+        assert_eq!(bad.status, Status::Fail, "{}", bad.detail);
+        assert!(bad.detail.contains("differs from step"), "{}", bad.detail);
+    }
+}

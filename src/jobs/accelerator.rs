@@ -47,6 +47,9 @@ pub trait Accelerator {
     /// The default device in the default settings, or why there is none
     /// here (not compiled in, no driver, no device).
     fn open() -> Result<Self::Backend>;
+    /// Whether its default settings promise a sequence the same bits in any
+    /// batch as alone (judged bitwise by `verify`'s batch rows).
+    const BATCH_INVARIANT: bool;
     /// The name of a mode that does not promise run-to-run determinism,
     /// where the backend has one: the mode whose graph path has a real
     /// envelope to judge fused by.
@@ -81,6 +84,9 @@ impl Accelerator for Mlx {
     const LOGITS_TOLERANCE: Tol = Tol::MlxBf16VsCpuBf16LogitsRelRms;
     /// Measured bitwise on tiny and tiny-moe, both paths (x86 machine).
     const DECODE_RULE: DecodeRule = DecodeRule::Bitwise;
+    /// Measured bitwise at batches of 1 to 20 on tiny and tiny-moe, both
+    /// paths (docs/batching.md).
+    const BATCH_INVARIANT: bool = true;
 
     fn open() -> Result<MlxBackend> {
         MlxBackend::new()
@@ -99,6 +105,10 @@ impl Accelerator for MlxGpu {
     const DECODE_RULE: DecodeRule = DecodeRule::RelRms {
         tolerance: Tol::MlxGpuBf16VsCpuBf16LogitsRelRms,
     };
+
+    /// MLX promises no batch invariance and its GPU has not run the check:
+    /// no batch rows until it has.
+    const BATCH_INVARIANT: bool = false;
 
     fn open() -> Result<MlxBackend> {
         MlxBackend::gpu()
@@ -120,6 +130,10 @@ impl Accelerator for Cuda {
     const DECODE_RULE: DecodeRule = DecodeRule::RelRms {
         tolerance: Tol::CudaVsCpuBf16LogitsRelRms,
     };
+
+    /// Deterministic mode: measured bitwise at batches of 1 to 20 on tiny
+    /// and tiny-moe, both paths, on an H200 (docs/batching.md).
+    const BATCH_INVARIANT: bool = true;
 
     /// GPU 0 in deterministic mode.
     fn open() -> Result<CudaBackend> {
@@ -375,6 +389,14 @@ pub fn accelerator_rows<A: Accelerator>(
     rows.run(super::layout::layout_case(e), |_| {
         Ok(layout_row(&super::layout::fused_layout(e, seq)?))
     })?;
+    // Batch invariance where the backend promises it (A::BATCH_INVARIANT).
+    for path in AttnPath::ALL.into_iter().filter(|_| A::BATCH_INVARIANT) {
+        rows.run(super::batch::batch_case(e, path), |case| {
+            let plan = super::batch::verify_plan(e.config.vocab_size);
+            let r = super::batch::batch_invariance(e, &plan, path)?;
+            Ok(crate::verify::checks::batch_row(case, &r))
+        })?;
+    }
     for path in AttnPath::ALL {
         let case = super::envelope::envelope_case(e, EnvelopeLevel::Logits, path, seq.len());
         rows.run_kept(case, |_| {

@@ -16,8 +16,8 @@ use crate::error::Result;
 use crate::ident::Numerics;
 use crate::verify::case::{Case, Filter, Op};
 use crate::verify::checks::{
-    containment_row, decode_row, envelope_row, golden_row, layout_row, oracle_row, parity_row,
-    skipped_backend_row,
+    batch_row, containment_row, decode_row, envelope_row, golden_row, layout_row, oracle_row,
+    parity_row, skipped_backend_row,
 };
 use crate::verify::decode::DecodeRule;
 use crate::verify::envelope::Envelope;
@@ -153,6 +153,15 @@ fn cpu_rows(fx: &Fixture, golden_root: &Path, rows: &mut Rows) -> Result<()> {
     rows.run(super::layout::layout_case(&fx.bf16), |_| {
         Ok(layout_row(&super::layout::fused_layout(&fx.bf16, seq)?))
     })?;
+    for path in AttnPath::ALL {
+        rows.run(super::batch::batch_case(&fx.bf16, path), |case| {
+            let plan = super::batch::verify_plan(fx.bf16.config.vocab_size);
+            Ok(batch_row(
+                case,
+                &super::batch::batch_invariance(&fx.bf16, &plan, path)?,
+            ))
+        })?;
+    }
     // Decode steps of the bf16 reference: the same bits as its teacher-forced
     // rows (f64 runs keep f32 step logits, so are not compared bitwise).
     for path in AttnPath::ALL {

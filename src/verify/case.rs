@@ -31,10 +31,13 @@ pub enum Op {
     /// The fused path's bits under changes of layout alone (row offset in
     /// a batch, KV-cache capacity, allocator state).
     Layout,
+    /// Each sequence's decode steps in a batch against the same sequence
+    /// alone (batch invariance).
+    Batch,
 }
 
 impl Op {
-    pub const ALL: [Op; 8] = [
+    pub const ALL: [Op; 9] = [
         Op::Qkv,
         Op::Layers,
         Op::Logits,
@@ -43,6 +46,7 @@ impl Op {
         Op::Golden,
         Op::Transformers,
         Op::Layout,
+        Op::Batch,
     ];
 
     pub fn name(self) -> &'static str {
@@ -55,6 +59,7 @@ impl Op {
             Op::Golden => "golden",
             Op::Transformers => "transformers",
             Op::Layout => "layout",
+            Op::Batch => "batch",
         }
     }
 }
@@ -73,12 +78,14 @@ pub enum Key {
     /// The position of a single row (a decode step's q, k, v).
     Position,
     Steps,
+    /// Sequences decoded together.
+    Batch,
     /// The backend a result is compared with, when not truth.
     Vs,
 }
 
 impl Key {
-    pub const ALL: [Key; 9] = [
+    pub const ALL: [Key; 10] = [
         Key::Preset,
         Key::Dtype,
         Key::Numerics,
@@ -87,6 +94,7 @@ impl Key {
         Key::Tokens,
         Key::Position,
         Key::Steps,
+        Key::Batch,
         Key::Vs,
     ];
 
@@ -100,6 +108,7 @@ impl Key {
             Key::Tokens => "tokens",
             Key::Position => "position",
             Key::Steps => "steps",
+            Key::Batch => "batch",
             Key::Vs => "vs",
         }
     }

@@ -194,6 +194,41 @@ pub fn layout_row(r: &crate::verify::layout::LayoutReport) -> CheckResult {
     }
 }
 
+/// Batch invariance: every sequence's decode steps in the batch bitwise
+/// those it has alone.
+pub fn batch_row(case: Case, r: &crate::jobs::batch::BatchInvariance) -> CheckResult {
+    let differing = r
+        .sequences
+        .iter()
+        .filter(|s| s.first_difference.is_some())
+        .count();
+    CheckResult {
+        check: Check::Batch,
+        case,
+        metric: "sequences whose bits changed in the batch".into(),
+        value: Some(differing as f64),
+        threshold: "0 (bitwise)".into(),
+        status: status(r.bitwise),
+        detail: format!(
+            "{} sequences, largest batch {}; {}",
+            r.sequences.len(),
+            r.sequences
+                .iter()
+                .flat_map(|s| s.batch_sizes.iter().copied())
+                .max()
+                .unwrap_or(0),
+            r.sequences
+                .iter()
+                .filter_map(|s| s.first_difference.map(|t| format!(
+                    "seq {} differs from step {t} (max |diff| {:.3e})",
+                    s.index, s.max_abs
+                )))
+                .next()
+                .unwrap_or_else(|| "every sequence identical".into())
+        ),
+    }
+}
+
 /// A fresh golden run against its committed snapshot (`committed`: the
 /// outcome of the comparison, or why there was none).
 pub fn golden_row(case: Case, committed: &crate::error::Result<GoldenOutcome>) -> CheckResult {

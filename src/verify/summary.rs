@@ -24,6 +24,8 @@ pub enum Check {
     Decode,
     /// The fused path bitwise unchanged by layout alone.
     Layout,
+    /// A sequence's bits the same in a batch as alone.
+    Batch,
     Golden,
 }
 
@@ -38,6 +40,7 @@ impl Check {
             Check::Containment => "containment",
             Check::Decode => "decode",
             Check::Layout => "layout",
+            Check::Batch => "batch",
             Check::Golden => "golden",
         }
     }
