@@ -12,9 +12,12 @@ use serde::Serialize;
 /// Sequences in `verify`'s batch rows: past one GEMV pass of eight rows.
 pub const VERIFY_BATCH: usize = 12;
 
+/// Decode steps per sequence in `verify`'s batch rows.
+pub const VERIFY_STEPS: usize = 6;
+
 /// The plan of `verify`'s batch rows: `VERIFY_BATCH` sequences of 3, 5,
 /// ... prompt tokens, in a shuffled slot order, joining over the first
-/// three steps, six steps each.
+/// three steps, `VERIFY_STEPS` steps each.
 pub fn verify_plan(vocab: usize) -> BatchPlan {
     let n = VERIFY_BATCH;
     // Ids 1..=400 (the shared tests' plans), fewer in a smaller vocabulary.
@@ -28,24 +31,17 @@ pub fn verify_plan(vocab: usize) -> BatchPlan {
             })
             .collect(),
         joins: (0..n).map(|i| i % 3).collect(),
-        steps: 6,
+        steps: VERIFY_STEPS,
         order: (0..n).map(|i| (i * 7) % n).collect(),
     }
 }
 
 /// The case of a batch row of `e` on `path`.
 pub fn batch_case<B: Backend>(e: &Engine<B>, path: AttnPath) -> crate::verify::case::Case {
-    use crate::verify::case::{Case, Key, Op};
-    let info = e.backend.device_info();
-    let case = Case::new(Op::Batch, e.backend.kind())
-        .preset(&e.model_name)
-        .numerics(info.numerics)
-        .path(path);
-    let case = match info.details.get("reduction_mode") {
-        Some(m) => case.with(Key::Mode, m),
-        None => case,
-    };
-    case.with(Key::Batch, VERIFY_BATCH).with(Key::Steps, 6)
+    use crate::verify::case::{Key, Op};
+    super::envelope::run_case(e, Op::Batch, path)
+        .with(Key::Batch, VERIFY_BATCH)
+        .with(Key::Steps, VERIFY_STEPS)
 }
 
 /// Sequences to decode together.

@@ -37,6 +37,21 @@ pub fn ulp_type(n: Numerics) -> UlpType {
     }
 }
 
+/// The case of a run of `op` on `e` by `path`: its model, numerics and,
+/// where the backend has one, its reduction mode (a run's identity beside
+/// its parameters).
+pub fn run_case<B: Backend>(e: &Engine<B>, op: Op, path: AttnPath) -> Case {
+    let info = e.backend.device_info();
+    let case = Case::new(op, e.backend.kind())
+        .preset(&e.model_name)
+        .numerics(info.numerics)
+        .path(path);
+    match info.details.get("reduction_mode") {
+        Some(m) => case.with(Key::Mode, m),
+        None => case,
+    }
+}
+
 /// The case of an envelope of `e` at `level` on `tokens` tokens.
 pub fn envelope_case<B: Backend>(
     e: &Engine<B>,
@@ -44,20 +59,12 @@ pub fn envelope_case<B: Backend>(
     path: AttnPath,
     tokens: usize,
 ) -> Case {
-    let info = e.backend.device_info();
     let op = match level {
         EnvelopeLevel::Op => Op::Qkv,
         EnvelopeLevel::Logits => Op::Logits,
         EnvelopeLevel::Greedy { .. } => Op::Greedy,
     };
-    let case = Case::new(op, e.backend.kind())
-        .preset(&e.model_name)
-        .numerics(info.numerics)
-        .path(path);
-    let case = match info.details.get("reduction_mode") {
-        Some(m) => case.with(Key::Mode, m),
-        None => case,
-    };
+    let case = run_case(e, op, path);
     match level {
         EnvelopeLevel::Greedy { steps } => case.with(Key::Steps, steps),
         _ => case.tokens(tokens),
