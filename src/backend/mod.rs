@@ -55,6 +55,26 @@ impl AttnDims {
 }
 
 /// The host CPU's model name (from /proc/cpuinfo), or the architecture.
+/// `Backend::attention_step` one sequence after another: each row's
+/// `cache_append` then `attention`, the rows joined. The trait's default,
+/// and what a backend with a batched kernel falls back to.
+pub fn attention_each<B: Backend + ?Sized>(
+    be: &B,
+    q: &B::Tensor,
+    k: &B::Tensor,
+    v: &B::Tensor,
+    caches: &mut [&mut B::Cache],
+    dims: &AttnDims,
+    positions: &[usize],
+) -> Result<B::Tensor> {
+    let mut rows = Vec::with_capacity(caches.len());
+    for (i, cache) in caches.iter_mut().enumerate() {
+        be.cache_append(cache, &be.rows(k, i, 1)?, &be.rows(v, i, 1)?)?;
+        rows.push(be.attention(&be.rows(q, i, 1)?, cache, dims, &positions[i..=i])?);
+    }
+    be.concat_rows(&rows)
+}
+
 pub fn host_cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -231,12 +251,7 @@ pub trait Backend {
         dims: &AttnDims,
         positions: &[usize],
     ) -> Result<Self::Tensor> {
-        let mut rows = Vec::with_capacity(caches.len());
-        for (i, cache) in caches.iter_mut().enumerate() {
-            self.cache_append(cache, &self.rows(k, i, 1)?, &self.rows(v, i, 1)?)?;
-            rows.push(self.attention(&self.rows(q, i, 1)?, cache, dims, &positions[i..=i])?);
-        }
-        self.concat_rows(&rows)
+        attention_each(self, q, k, v, caches, dims, positions)
     }
 
     /// Marks the calls until `batch_step(false)` as one batched decode

@@ -271,12 +271,7 @@ impl CudaBackend {
         }
         let keys = positions.iter().max().map_or(0, |p| p + 1);
         if self.recording() || keys > BATCH_ONE_LAUNCH_KEYS {
-            let mut rows = Vec::with_capacity(b);
-            for (i, cache) in caches.iter_mut().enumerate() {
-                self.cache_append(cache, &self.rows(k, i, 1)?, &self.rows(v, i, 1)?)?;
-                rows.push(self.attention(&self.rows(q, i, 1)?, cache, dims, &positions[i..=i])?);
-            }
-            return self.concat_rows(&rows);
+            return crate::backend::attention_each(self, q, k, v, caches, dims, positions);
         }
         let mut table: Vec<u64> = caches.iter().map(|c| self.ptr(&c.k)).collect();
         table.extend(caches.iter().map(|c| self.ptr(&c.v)));
