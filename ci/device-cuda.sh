@@ -5,7 +5,8 @@
 # bench-30b, big (qwen3-8b parity; LOCKSTEP_BIG_MODELS), profile (ncu per kernel),
 # bench-hf-0.6b / bench-hf-8b (transformers on the same weights), envelopes (0.6b op level N=100 and greedy N=20 x 256 per mode),
 # bench-batch (batched decode, det vs fast, and transformers at the same batch sizes),
-# bench-ab (builds in AB_DIRS, default .device and .device-b), verify (the main job with CUDA's rows), archive.
+# bench-ab (builds in AB_DIRS, default .device and .device-b), verify (the main job with CUDA's rows),
+# mma-probe (does an MMA output depend on its place in the tile), archive.
 # Logs and JSON go to $OUT; one GPU, one thing at a time. The device tool brings back at most 8 files
 # from $OUT, so a call that writes more ends with `archive`: everything in one results.tgz, plus log.txt.
 set -uo pipefail
@@ -70,9 +71,10 @@ for stage in "$@"; do
     bench-batch)
       # Batched decode, deterministic (batch invariant) vs fast, then
       # transformers' static cache at the same batch sizes on the same
-      # weights (BATCH_PRESETS, BATCH_SIZES, BATCH_ARGS, HF_BATCH_SIZES).
+      # weights (BATCH_PRESETS, BATCH_SIZES, BATCH_PRODUCTS, BATCH_ARGS, HF_BATCH_SIZES).
       for preset in ${BATCH_PRESETS:-qwen3-0.6b qwen3-8b}; do
-        step $L bench --model synth:$preset --batch ${BATCH_SIZES:-1,8,32,64} ${BATCH_ARGS:---warmup 16 --tokens 128 --repeats 2} \
+        step $L bench --model synth:$preset --batch ${BATCH_SIZES:-1,8,32,64} --products ${BATCH_PRODUCTS:-cuda-cores,tensor-cores} \
+          ${BATCH_ARGS:---warmup 16 --tokens 128 --repeats 2} \
           --out "$OUT/bench-batch-$preset.json"
         if [ -z "${NO_HF:-}" ]; then
           dir=/tmp/lockstep-$preset
@@ -94,6 +96,12 @@ for stage in "$@"; do
           done
         done
       done ;;
+    mma-probe)
+      # Whether an m16n8k16 bf16 MMA's output depends on where its row or
+      # column sits in the tile (linear_tc.cu's batch invariance rests on
+      # it not doing so): random tiles, shifted, compared bit for bit.
+      step nvcc -arch=sm_90 -O2 -o /tmp/mma_position_probe ci/mma_position_probe.cu
+      step /tmp/mma_position_probe ;;
     archive)
       archive_results ;;
     *) echo "unknown stage $stage"; rc=1 ;;

@@ -64,6 +64,7 @@ fn recorded_decode_steps_match_op_by_op_steps() {
             .set_options(CudaOptions {
                 mode: ReductionMode::Deterministic,
                 graphs: true,
+                ..CudaOptions::default()
             })
             .unwrap();
         let replayed = greedy(&e, path, 40);
@@ -99,6 +100,7 @@ fn fast_mode_stays_close_and_the_fused_kernel_stays_deterministic() {
         .set_options(CudaOptions {
             mode: ReductionMode::Fast,
             graphs: false,
+            ..CudaOptions::default()
         })
         .unwrap();
     let fast = e
@@ -117,6 +119,7 @@ fn fast_mode_stays_close_and_the_fused_kernel_stays_deterministic() {
             .set_options(CudaOptions {
                 mode,
                 graphs: false,
+                ..CudaOptions::default()
             })
             .unwrap();
         let opts = GenerateOptions {
@@ -209,6 +212,7 @@ fn long_context_attention_matches_the_cpu_reference() {
         be.set_options(CudaOptions {
             mode,
             graphs: false,
+            ..CudaOptions::default()
         })
         .unwrap();
         let got = run(&be, &dims, &k, &v, &q, &positions);
@@ -374,6 +378,7 @@ fn decode_steps_equal_teacher_forced_rows() {
                 .set_options(CudaOptions {
                     mode: ReductionMode::Deterministic,
                     graphs,
+                    ..CudaOptions::default()
                 })
                 .unwrap();
             for path in [AttnPath::Graph, AttnPath::Fused] {
@@ -593,6 +598,160 @@ fn a_batch_dependent_split_is_caught_by_the_batch_check() {
     );
 }
 
+/// Tensor-core products (deterministic mode, `Products::TensorCores`): the
+/// kernel runs (its logits are not the CUDA-core GEMVs' bits), stays within
+/// the CUDA logits bound of the CPU reference, gives the same bits run to
+/// run, and keeps every sequence's bits alone in batches of 4 to 20, on
+/// tiny and tiny-moe, both paths. The planted order that follows the batch
+/// (a chunk's halves swapped for rows past the first eight) fails the same
+/// check.
+#[test]
+fn tensor_core_products_are_batch_invariant_and_near_the_reference() {
+    use lockstep::backend::cuda::{CudaFault, Products};
+    let test = t("tensor_core_products_are_batch_invariant_and_near_the_reference");
+    let Some((_g, be)) = open::<Cuda>(&test) else {
+        return;
+    };
+    let tc = CudaOptions {
+        products: Products::TensorCores,
+        ..CudaOptions::default()
+    };
+    tensor_core_rows_are_their_own(&be);
+    // The clean backend is freed before the faulty one opens.
+    {
+        let mut be = Some(be);
+        for preset in ["tiny", "tiny-moe"] {
+            let m = Model::open(&format!("synth:{preset}")).unwrap();
+            let e = Engine::load(&m, be.take().unwrap()).unwrap();
+            let cpu = Engine::load(&m, CpuBackend::new(Numerics::Bf16)).unwrap();
+            for path in AttnPath::ALL {
+                let run = |e: &Engine<CudaBackend>| {
+                    e.teacher_forced(&PROMPT, path, &mut Default::default())
+                        .unwrap()
+                };
+                e.backend.set_options(CudaOptions::default()).unwrap();
+                let cores = run(&e);
+                e.backend.set_options(tc).unwrap();
+                let (a, b) = (run(&e), run(&e));
+                assert_eq!(
+                    a,
+                    b,
+                    "{preset} {}: two tensor-core runs differ",
+                    path.name()
+                );
+                // tiny's products are short (64 to 160 inputs): their bits
+                // may all round alike; the op probe below shows the kernel
+                // runs.
+                println!(
+                    "{preset} {}: tensor-core logits {} the CUDA-core bits",
+                    path.name(),
+                    if a == cores { "equal" } else { "differ from" }
+                );
+                let reference = cpu
+                    .teacher_forced(&PROMPT, path, &mut Default::default())
+                    .unwrap();
+                let worst = a
+                    .iter()
+                    .zip(&reference)
+                    .map(|(x, y)| diff(x, y).rel_rms)
+                    .fold(0.0, f64::max);
+                println!(
+                    "{preset} {}: tensor-core logits vs cpu bf16, worst-row rel RMS {worst:.3e}",
+                    path.name()
+                );
+                assert!(worst < tol(Tol::CudaVsCpuBf16LogitsRelRms), "{worst:.3e}");
+                for plan in [
+                    common::batch_plan(4, vec![0, 1, 2, 3], vec![0, 0, 0, 0]),
+                    common::batch_plan(5, vec![4, 2, 0, 1, 3], vec![0, 2, 0, 4, 1]),
+                    common::wide_batch_plan(12),
+                    common::wide_batch_plan(20),
+                ] {
+                    let r = lockstep::jobs::batch::batch_invariance(&e, &plan, path).unwrap();
+                    assert!(r.bitwise, "{preset}, tensor cores: {}", r.to_text());
+                }
+            }
+            be = Some(e.backend);
+        }
+    }
+    let fault = CudaFault::TensorCoreOrderFollowsBatch;
+    let faulty = CudaBackend::with_fault(0, fault.options(), fault).unwrap();
+    let e = Engine::load(&Model::open("synth:tiny").unwrap(), faulty).unwrap();
+    let mut caught = 0;
+    for path in AttnPath::ALL {
+        let r = lockstep::jobs::batch::batch_invariance(&e, &common::wide_batch_plan(12), path)
+            .unwrap();
+        println!("planted tensor-core order: {}", r.to_text());
+        caught += usize::from(!r.bitwise);
+    }
+    assert!(
+        caught > 0,
+        "the planted tensor-core order passed the batch check"
+    );
+}
+
+/// One product of qwen3-8b's width (4096 inputs, 1040 outputs: a partial
+/// last tile) on both products' kernels: the tensor-core bits are not the
+/// GEMVs' (the kernel runs), and each row's bits are its own, whether 1, 7,
+/// 8, 20 or 40 rows share the launch and at whatever offset.
+fn tensor_core_rows_are_their_own(be: &CudaBackend) {
+    use lockstep::backend::cuda::Products;
+    use lockstep::model::safetensors::{Dtype, HostTensor};
+    use lockstep::model::synth::mix;
+    use lockstep::util::bf16_bits;
+    let (n, k, m) = (40, 4096, 1040);
+    let unit = |key: u64, i: usize| ((mix(key, i as u64) >> 40) as f32 / 8_388_608.0) - 1.0;
+    let w = HostTensor {
+        dtype: Dtype::BF16,
+        shape: vec![m, k],
+        bytes: std::borrow::Cow::Owned(
+            (0..m * k)
+                .flat_map(|i| bf16_bits(unit(1, i) * 0.05).to_le_bytes())
+                .collect(),
+        ),
+    };
+    let w = be.upload("probe.weight", &w).unwrap();
+    let xs: Vec<f64> = (0..n * k)
+        .map(|i| half::bf16::from_f32(unit(2, i)).to_f64())
+        .collect();
+    // As in a batched decode step, where our kernels take every row count
+    // (elsewhere cuBLAS takes products past eight rows).
+    let product = |start: usize, rows: usize| {
+        let x = be
+            .activation_from_host(&xs[start * k..(start + rows) * k], rows, k)
+            .unwrap();
+        be.batch_step(true);
+        let y = be.linear(&x, &w);
+        be.batch_step(false);
+        be.to_host(&y.unwrap()).unwrap().0
+    };
+    be.set_options(CudaOptions::default()).unwrap();
+    let cores = product(0, 8);
+    be.set_options(CudaOptions {
+        products: Products::TensorCores,
+        ..CudaOptions::default()
+    })
+    .unwrap();
+    let all = product(0, n);
+    let differ = all.iter().zip(&cores).filter(|(a, b)| a != b).count();
+    println!(
+        "tensor-core probe: {differ} of {} outputs differ from the GEMVs'",
+        cores.len()
+    );
+    assert!(
+        differ > 0,
+        "tensor-core outputs are the GEMVs' bits: did the kernel run?"
+    );
+    for (start, rows) in [(0, 1), (3, 1), (5, 7), (12, 8), (1, 20), (0, 40)] {
+        let got = product(start, rows);
+        assert!(
+            got == all[start * m..(start + rows) * m],
+            "rows {start}..{}: bits depend on the launch's rows",
+            start + rows
+        );
+    }
+    be.set_options(CudaOptions::default()).unwrap();
+}
+
 /// A negative control per kernel family a decode step runs: each planted
 /// fault (a rewrite of one `.cu` file, `CudaFault`) must fail at least one
 /// of `verify`'s CUDA rows, on the presets whose model uses the family; the
@@ -640,6 +799,11 @@ fn every_planted_kernel_fault_fails_a_verify_row() {
         Fixture::preset("tiny").unwrap(),
         Fixture::preset("tiny-moe").unwrap(),
     ];
+    // A fault's settings other than the default (tensor-core products) give
+    // bits of their own, which the committed goldens were not recorded
+    // with: the rows the clean build fails under the same settings are
+    // its baseline, and the fault must fail a row beyond them.
+    let mut baseline: Vec<(CudaOptions, &str, Vec<String>)> = Vec::new();
     let mut clean = Some(clean);
     for fx in &fixtures {
         let e = load(&fx.model, clean.take().unwrap()).unwrap();
@@ -649,20 +813,46 @@ fn every_planted_kernel_fault_fails_a_verify_row() {
             "{}: the clean build fails {failed:?}",
             fx.name()
         );
+        for f in CudaFault::ALL {
+            let o = f.options();
+            if o == CudaOptions::default() || baseline.iter().any(|b| b.0 == o && b.1 == fx.name())
+            {
+                continue;
+            }
+            e.backend.set_options(o).unwrap();
+            let failed = failed_rows(&e, fx);
+            println!("clean build, {o:?}, on {}: fails {failed:?}", fx.name());
+            assert!(
+                failed.iter().all(|r| r.starts_with("golden ")),
+                "{}: the clean build with {o:?} fails more than the goldens: {failed:?}",
+                fx.name()
+            );
+            baseline.push((o, fx.name(), failed));
+            e.backend.set_options(CudaOptions::default()).unwrap();
+        }
         clean = Some(e.backend);
     }
     for fault in CudaFault::ALL {
         let on: &[&Fixture] = match fault {
             CudaFault::MoeRouteNextExpert => &[&fixtures[1]],
             // Batched steps only: dense tiny's batch rows (MoE tokens take
-            // the one-token path, not this kernel).
-            CudaFault::BatchedGemvSplitFollowsBatch => &[&fixtures[0]],
+            // the one-token path, not these kernels).
+            CudaFault::BatchedGemvSplitFollowsBatch | CudaFault::TensorCoreOrderFollowsBatch => {
+                &[&fixtures[0]]
+            }
             _ => &[&fixtures[0], &fixtures[1]],
         };
         for fx in on {
-            let be = CudaBackend::with_fault(0, CudaOptions::default(), fault).unwrap();
+            let be = CudaBackend::with_fault(0, fault.options(), fault).unwrap();
             let e = load(&fx.model, be).unwrap();
-            let failed = failed_rows(&e, fx);
+            let base = baseline
+                .iter()
+                .find(|b| b.0 == fault.options() && b.1 == fx.name())
+                .map_or(&[][..], |b| &b.2[..]);
+            let failed: Vec<String> = failed_rows(&e, fx)
+                .into_iter()
+                .filter(|r| !base.contains(r))
+                .collect();
             println!(
                 "{} on {}: {} row(s) fail: {failed:?}",
                 fault.name(),

@@ -8,7 +8,7 @@
 //! batch invariance.
 
 use super::{bench_prompt, weight_bytes_per_token, Timing};
-use crate::backend::cuda::{CudaOptions, ReductionMode};
+use crate::backend::cuda::{CudaOptions, Products, ReductionMode};
 use crate::backend::{AttnPath, Backend};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -21,6 +21,10 @@ pub struct BatchRow {
     pub batch: usize,
     pub path: AttnPath,
     pub mode: ReductionMode,
+    /// Which units computed the products (older reports lack it: CUDA
+    /// cores).
+    #[serde(default)]
+    pub products: Products,
     /// Tokens per second over all sequences, best and median repeat.
     pub best_tok_s: f64,
     pub median_tok_s: f64,
@@ -63,7 +67,7 @@ impl BatchReport {
             self.prompt_tokens,
             self.measured_steps
         );
-        s += "batch  path   mode           tok/s (best)  ms/step  % roofline  distinct  det/fast\n";
+        s += "batch  path   mode               tok/s (best)  ms/step  % roofline  distinct  det/fast\n";
         for r in &self.rows {
             let fast = self
                 .rows
@@ -75,11 +79,15 @@ impl BatchReport {
                 }
                 _ => String::new(),
             };
+            let mode = match r.products {
+                Products::TensorCores => format!("{}, tc", r.mode.name()),
+                Products::CudaCores => r.mode.name().to_string(),
+            };
             s += &format!(
-                "{:>5}  {:<6} {:<14} {:>12.1}  {:>7.3}  {:>10.1}  {:>8}  {ratio}\n",
+                "{:>5}  {:<6} {:<18} {:>12.1}  {:>7.3}  {:>10.1}  {:>8}  {ratio}\n",
                 r.batch,
                 r.path.name(),
-                r.mode.name(),
+                mode,
                 r.best_tok_s,
                 r.best_ms_per_step,
                 r.pct_of_weight_roofline,
@@ -138,14 +146,14 @@ fn time_batch<B: Backend>(
     Ok((start.elapsed().as_secs_f64(), out))
 }
 
-/// Times every batch size x path x mode on GPU 0, repeats going round the
+/// Times every batch size x path x CUDA setting (mode, products) on GPU 0, repeats going round the
 /// configurations (as `cuda_bench`). Each batch is refused up front when
 /// its caches would not fit.
 pub fn cuda_batch_bench(
     model: &crate::model::Model,
     batches: &[usize],
     paths: &[AttnPath],
-    modes: &[ReductionMode],
+    settings: &[CudaOptions],
     t: Timing,
 ) -> Result<BatchReport> {
     if batches.is_empty() || batches.contains(&0) {
@@ -163,8 +171,8 @@ pub fn cuda_batch_bench(
     let mut configs = Vec::new();
     for &b in batches {
         for &p in paths {
-            for &m in modes {
-                configs.push((b, p, m));
+            for &o in settings {
+                configs.push((b, p, o.checked()?));
             }
         }
     }
@@ -174,11 +182,8 @@ pub fn cuda_batch_bench(
         vec![(Vec::new(), Vec::new()); configs.len()];
     let mut done = 0;
     for _ in 0..t.repeats {
-        for (&(b, path, mode), (secs, outs)) in configs.iter().zip(timed.iter_mut()) {
-            e.backend.set_options(CudaOptions {
-                mode,
-                ..CudaOptions::default()
-            })?;
+        for (&(b, path, options), (secs, outs)) in configs.iter().zip(timed.iter_mut()) {
+            e.backend.set_options(options)?;
             let prompts: Vec<_> = (0..b)
                 .map(|s| batch_prompt(t.prompt_tokens, vocab, s))
                 .collect();
@@ -192,7 +197,7 @@ pub fn cuda_batch_bench(
     let rows = configs
         .iter()
         .zip(timed)
-        .map(|(&(batch, path, mode), (secs, mut outs))| {
+        .map(|(&(batch, path, options), (secs, mut outs))| {
             let speeds: Vec<f64> = secs.iter().map(|s| (batch * t.tokens) as f64 / s).collect();
             let mut sorted = speeds.clone();
             sorted.sort_by(|a, b| a.total_cmp(b));
@@ -204,7 +209,8 @@ pub fn cuda_batch_bench(
             BatchRow {
                 batch,
                 path,
-                mode,
+                mode: options.mode,
+                products: options.products,
                 best_tok_s: best,
                 median_tok_s: median,
                 best_ms_per_step: 1e3 * step_s,

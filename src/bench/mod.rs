@@ -5,7 +5,7 @@
 
 pub mod batch;
 
-use crate::backend::cuda::{CudaOptions, ReductionMode};
+use crate::backend::cuda::{CudaOptions, Products, ReductionMode};
 use crate::backend::mlx::{MlxBackend, MlxFused, MlxMoeRouting};
 use crate::backend::{AttnPath, Backend};
 use crate::engine::record::Fingerprint;
@@ -52,6 +52,10 @@ pub struct BenchRow {
     pub mode: Option<ReductionMode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cuda_graphs: Option<bool>,
+    /// CUDA rows: which units computed the products (older reports lack
+    /// it: CUDA cores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub products: Option<Products>,
     /// MLX rows on the fused path: the compiled op chain or lockstep's CUDA
     /// kernel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,10 +135,7 @@ pub fn time_once<B: Backend>(
 /// What one row timed beside its path.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RowConfig {
-    Cuda {
-        mode: ReductionMode,
-        graphs: bool,
-    },
+    Cuda(CudaOptions),
     /// `fused` is `None` on the graph path, which has no fused op.
     Mlx {
         fused: Option<MlxFused>,
@@ -159,18 +160,19 @@ pub fn row(
     let mut distinct = outputs.clone();
     distinct.sort();
     distinct.dedup();
-    let (mode, cuda_graphs, mlx_fused, mlx_pipelined, mlx_moe_routing) = match config {
-        RowConfig::Cuda { mode, graphs } => (Some(mode), Some(graphs), None, None, None),
+    let (cuda, mlx_fused, mlx_pipelined, mlx_moe_routing) = match config {
+        RowConfig::Cuda(o) => (Some(o), None, None, None),
         RowConfig::Mlx {
             fused,
             pipelined,
             moe,
-        } => (None, None, fused, Some(pipelined), moe),
+        } => (None, fused, Some(pipelined), moe),
     };
     BenchRow {
         path,
-        mode,
-        cuda_graphs,
+        mode: cuda.map(|o| o.mode),
+        cuda_graphs: cuda.map(|o| o.graphs),
+        products: cuda.map(|o| o.products),
         mlx_fused,
         mlx_pipelined,
         mlx_moe_routing,
@@ -186,21 +188,37 @@ pub fn row(
 }
 
 /// The configurations one `lockstep bench` times: every path x mode x
-/// CUDA-graphs setting, in that nesting order.
+/// products x CUDA-graphs setting, in that nesting order; fast mode keeps
+/// its own products whatever `products` holds (tensor-core products are a
+/// deterministic-mode setting).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Grid {
     pub paths: Vec<AttnPath>,
     pub modes: Vec<ReductionMode>,
+    pub products: Vec<Products>,
     pub graphs: Vec<bool>,
 }
 
 impl Grid {
-    pub fn configs(&self) -> Vec<(AttnPath, ReductionMode, bool)> {
+    pub fn configs(&self) -> Vec<(AttnPath, CudaOptions)> {
         let mut v = Vec::new();
         for &p in &self.paths {
-            for &m in &self.modes {
-                for &g in &self.graphs {
-                    v.push((p, m, g));
+            for &mode in &self.modes {
+                let products = match mode {
+                    ReductionMode::Deterministic => self.products.clone(),
+                    ReductionMode::Fast => vec![Products::CudaCores],
+                };
+                for products in products {
+                    for &graphs in &self.graphs {
+                        v.push((
+                            p,
+                            CudaOptions {
+                                mode,
+                                graphs,
+                                products,
+                            },
+                        ));
+                    }
                 }
             }
         }
@@ -299,10 +317,10 @@ pub fn cuda_bench(model: &crate::model::Model, grid: &Grid, t: Timing) -> Result
     let configs: Vec<_> = grid
         .configs()
         .into_iter()
-        .map(|(p, mode, graphs)| (p, RowConfig::Cuda { mode, graphs }))
+        .map(|(p, o)| (p, RowConfig::Cuda(o)))
         .collect();
     run_configs(model, &e, load_s, bandwidth, &configs, t, |b, c| match c {
-        RowConfig::Cuda { mode, graphs } => b.set_options(CudaOptions { mode, graphs }),
+        RowConfig::Cuda(o) => b.set_options(o),
         RowConfig::Mlx { .. } => Err(crate::error::Error::invalid(
             "bench",
             "an MLX configuration on the CUDA backend",
@@ -405,7 +423,14 @@ impl BenchReport {
         for r in &self.rows {
             let on_off = |b: bool| if b { "on" } else { "off" };
             let config = match (r.mode, r.cuda_graphs, r.mlx_fused, r.mlx_pipelined) {
-                (Some(m), Some(g), _, _) => format!("{m}, graphs {}", on_off(g)),
+                (Some(m), Some(g), _, _) => format!(
+                    "{m}, {}graphs {}",
+                    match r.products {
+                        Some(Products::TensorCores) => "tensor cores, ",
+                        _ => "",
+                    },
+                    on_off(g)
+                ),
                 (_, _, f, Some(p)) => format!(
                     "{}pipeline {}{}",
                     f.map_or(String::new(), |f| format!("{}, ", f.name())),

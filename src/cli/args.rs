@@ -2,7 +2,7 @@
 //! value enum that clap checks, mapped onto the library's own types (which
 //! know nothing of the command line).
 
-use lockstep::backend::cuda::{CudaOptions, ReductionMode};
+use lockstep::backend::cuda::{CudaOptions, Products, ReductionMode};
 use lockstep::backend::mlx::{MlxDevice, MlxFused};
 use lockstep::ident::{AttnPath, BackendKind, Numerics};
 
@@ -97,6 +97,24 @@ impl From<ModeArg> for ReductionMode {
     }
 }
 
+/// Which units compute CUDA's deterministic products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProductsArg {
+    /// Our CUDA-core GEMVs (the default: every committed CUDA result).
+    CudaCores,
+    /// Our tensor-core kernel, batch invariant at any batch size.
+    TensorCores,
+}
+
+impl From<ProductsArg> for Products {
+    fn from(p: ProductsArg) -> Self {
+        match p {
+            ProductsArg::CudaCores => Products::CudaCores,
+            ProductsArg::TensorCores => Products::TensorCores,
+        }
+    }
+}
+
 /// Where MLX's MoE layers route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum MlxMoeRoutingArg {
@@ -177,6 +195,7 @@ impl TargetArgs {
             for (given, option) in [
                 (self.cuda.mode.is_some(), "--mode"),
                 (self.cuda.cuda_graphs, "--cuda-graphs"),
+                (self.cuda.products.is_some(), "--products"),
             ] {
                 if given {
                     return Err(lockstep::error::Error::invalid(
@@ -204,6 +223,10 @@ pub struct CudaArgs {
     /// Record the decode step once and replay it (CUDA graphs; dense models).
     #[arg(long)]
     pub cuda_graphs: bool,
+    /// Which units compute deterministic mode's products (default: CUDA
+    /// cores).
+    #[arg(long, value_enum)]
+    pub products: Option<ProductsArg>,
 }
 
 impl CudaArgs {
@@ -211,6 +234,7 @@ impl CudaArgs {
         CudaOptions {
             mode: self.mode.map_or(ReductionMode::Deterministic, Into::into),
             graphs: self.cuda_graphs,
+            products: self.products.map_or(Products::CudaCores, Into::into),
         }
     }
 }

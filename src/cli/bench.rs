@@ -3,9 +3,9 @@
 //! decode per batch size x path x mode.
 
 use super::args::{
-    print_json, BackendArg, MlxFusedArg, MlxMoeRoutingArg, ModeArg, OnOffArg, PathArg,
+    print_json, BackendArg, MlxFusedArg, MlxMoeRoutingArg, ModeArg, OnOffArg, PathArg, ProductsArg,
 };
-use lockstep::backend::cuda::ReductionMode;
+use lockstep::backend::cuda::{CudaOptions, Products, ReductionMode};
 use lockstep::backend::mlx::{MlxBackend, MlxDevice};
 use lockstep::bench::{cuda_bench, mlx_bench, Grid, Timing};
 use lockstep::error::{Error, Result};
@@ -23,6 +23,10 @@ pub struct Args {
     /// CUDA reduction modes to time (default: deterministic,fast).
     #[arg(long, value_enum, value_delimiter = ',')]
     modes: Option<Vec<ModeArg>>,
+    /// Which units compute deterministic mode's products, each timed
+    /// (default: cuda-cores; fast mode keeps its own).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    products: Option<Vec<ProductsArg>>,
     /// CUDA graphs settings to time: on, off or both (default: on).
     #[arg(long, value_enum, value_delimiter = ',')]
     graphs: Option<Vec<OnOffArg>>,
@@ -67,6 +71,13 @@ pub fn run(a: Args) -> Result<()> {
     };
     let paths: Vec<_> = a.paths.into_iter().map(Into::into).collect();
     let model = Model::open(&a.model)?;
+    let cuda_settings_given = a.modes.is_some() || a.graphs.is_some() || a.products.is_some();
+    let modes: Vec<ReductionMode> = a.modes.map_or(ReductionMode::ALL.to_vec(), |m| {
+        m.into_iter().map(Into::into).collect()
+    });
+    let products: Vec<Products> = a.products.map_or(vec![Products::CudaCores], |p| {
+        p.into_iter().map(Into::into).collect()
+    });
     if let Some(batches) = a.batch {
         if !matches!(a.backend, BackendArg::Cuda) || a.graphs.is_some() {
             return Err(Error::invalid(
@@ -74,11 +85,24 @@ pub fn run(a: Args) -> Result<()> {
                 "times the CUDA backend's batched decode (no --graphs: a batched step is not recorded)",
             ));
         }
-        let modes: Vec<ReductionMode> = a.modes.map_or(ReductionMode::ALL.to_vec(), |m| {
-            m.into_iter().map(Into::into).collect()
-        });
+        // Deterministic mode with each of `products`, fast mode with its
+        // own products (the reference the price is measured against).
+        let settings: Vec<CudaOptions> = modes
+            .iter()
+            .flat_map(|&mode| {
+                let products = match mode {
+                    ReductionMode::Deterministic => products.clone(),
+                    ReductionMode::Fast => vec![Products::CudaCores],
+                };
+                products.into_iter().map(move |products| CudaOptions {
+                    mode,
+                    products,
+                    ..CudaOptions::default()
+                })
+            })
+            .collect();
         let rep =
-            lockstep::bench::batch::cuda_batch_bench(&model, &batches, &paths, &modes, timing)?;
+            lockstep::bench::batch::cuda_batch_bench(&model, &batches, &paths, &settings, timing)?;
         return show(&rep, rep.to_text(), a.out, a.json);
     }
     let rep = match a.backend {
@@ -91,9 +115,8 @@ pub fn run(a: Args) -> Result<()> {
             }
             let grid = Grid {
                 paths,
-                modes: a.modes.map_or(ReductionMode::ALL.to_vec(), |m| {
-                    m.into_iter().map(Into::into).collect()
-                }),
+                modes,
+                products,
                 graphs: a
                     .graphs
                     .map_or(vec![true], |g| g.into_iter().map(Into::into).collect()),
@@ -101,9 +124,9 @@ pub fn run(a: Args) -> Result<()> {
             cuda_bench(&model, &grid, timing)?
         }
         BackendArg::Mlx | BackendArg::MlxGpu => {
-            if a.modes.is_some() || a.graphs.is_some() {
+            if cuda_settings_given {
                 return Err(Error::invalid(
-                    "--modes/--graphs",
+                    "--modes/--graphs/--products",
                     "are the CUDA backend's settings; MLX's are --mlx-fused and --mlx-pipeline",
                 ));
             }

@@ -93,6 +93,7 @@ impl CudaBackend {
     }
 
     fn open(ordinal: usize, options: CudaOptions, fault: Option<super::CudaFault>) -> Result<Self> {
+        let options = options.checked()?;
         let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal))
             .map_err(|_| Error::Unavailable {
                 backend: crate::ident::BackendKind::Cuda,
@@ -222,6 +223,7 @@ impl CudaBackend {
     /// Switches the reduction mode and step recording for later runs (one
     /// loaded model measured in every configuration).
     pub fn set_options(&self, options: CudaOptions) -> Result<()> {
+        let options = options.checked()?;
         self.release_step();
         if let Some(blas) = &self.blas {
             Self::blas_atomics(blas, options.mode).map_err(|e| Error::Backend {
@@ -266,6 +268,8 @@ impl Backend for CudaBackend {
         let mut info = self.info.clone();
         info.details
             .insert("reduction_mode".into(), o.mode.name().into());
+        info.details
+            .insert("products".into(), o.products.name().into());
         info.details.insert(
             "cuda_graphs".into(),
             if o.graphs { "on" } else { "off" }.into(),

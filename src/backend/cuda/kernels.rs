@@ -17,6 +17,7 @@ pub enum Kernel {
     Embed,
     RmsNorm,
     Linear,
+    LinearTc,
     Rope,
     QkvFused,
     Attention,
@@ -26,10 +27,11 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 9] = [
+    pub const ALL: [Kernel; 10] = [
         Kernel::Embed,
         Kernel::RmsNorm,
         Kernel::Linear,
+        Kernel::LinearTc,
         Kernel::Rope,
         Kernel::QkvFused,
         Kernel::Attention,
@@ -43,6 +45,7 @@ impl Kernel {
             Kernel::Embed => "embed.cu",
             Kernel::RmsNorm => "rms_norm.cu",
             Kernel::Linear => "linear.cu",
+            Kernel::LinearTc => "linear_tc.cu",
             Kernel::Rope => "rope.cu",
             Kernel::QkvFused => "qkv_fused.cu",
             Kernel::Attention => "attention.cu",
@@ -57,6 +60,7 @@ impl Kernel {
             Kernel::Embed => include_str!("kernels/embed.cu"),
             Kernel::RmsNorm => include_str!("kernels/rms_norm.cu"),
             Kernel::Linear => include_str!("kernels/linear.cu"),
+            Kernel::LinearTc => include_str!("kernels/linear_tc.cu"),
             Kernel::Rope => include_str!("kernels/rope.cu"),
             Kernel::QkvFused => include_str!("kernels/qkv_fused.cu"),
             Kernel::Attention => include_str!("kernels/attention.cu"),
@@ -83,6 +87,15 @@ impl Kernel {
                 "linear_bf16",
                 "argmax_bf16",
                 "argmax_rows_bf16",
+            ],
+            Kernel::LinearTc => &[
+                "gemm_tc1_bf16",
+                "gemm_tc2_bf16",
+                "gemm_tc4_bf16",
+                "gemm_tc8_bf16",
+                "gate_up_tc1_bf16",
+                "gate_up_tc2_bf16",
+                "gate_up_tc4_bf16",
             ],
             Kernel::Rope => &["rope_bf16"],
             Kernel::QkvFused => &["qkv_fused_bf16", "qkv_fused1_bf16", "qkv_fused1_pairs_bf16"],
@@ -233,6 +246,18 @@ fn fault_patches(fault: CudaFault) -> (Kernel, &'static [(&'static str, &'static
             acc = warp_sum(acc);
             if (lane == 0) y[(size_t)r * m + o] = f2bf(acc);
         }"#,
+            )],
+        ),
+        CudaFault::TensorCoreOrderFollowsBatch => (
+            Kernel::LinearTc,
+            &[(
+                "if (j * 8 < nr) mma_chunk(acc[v][j], lo[v][u], hi[v][u], xv[u][j]);",
+                r#"if (j == 0) mma_chunk(acc[v][j], lo[v][u], hi[v][u], xv[u][j]);
+                        else if (j * 8 < nr) {
+                            float apart[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                            mma_chunk(apart, lo[v][u], hi[v][u], xv[u][j]);
+                            for (int i = 0; i < 4; i++) acc[v][j][i] += apart[i];
+                        }"#,
             )],
         ),
         CudaFault::MoeRouteNextExpert => (

@@ -5,11 +5,13 @@
 //! alone (gemv_many_bf16). How a row's dot
 //! product is split over warps (`parts`) depends on the shape, the mode and
 //! the GPU's SM count alone, so the summation order is fixed for a shape on
-//! a GPU; fast mode adds the parts with atomics.
+//! a GPU; fast mode adds the parts with atomics. With tensor-core products
+//! (deterministic mode) every product our GEMVs would take goes to
+//! linear_tc.cu instead, whatever its row count.
 
 use super::launch::{cfg, grid_for, shape, BLOCK, ROWS_PER_PASS};
 use super::tensor::{CudaTensor, CudaWeight};
-use super::{CudaBackend, ReductionMode};
+use super::{CudaBackend, Products, ReductionMode};
 use crate::backend::{check, Backend};
 use crate::error::{Error, Result};
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
@@ -37,8 +39,83 @@ impl CudaBackend {
         }
     }
 
+    /// Contiguous shares of the k / 32 input chunks per 16-row weight tile
+    /// in linear_tc.cu: split while there are fewer warps than about 16 per
+    /// SM and each share keeps at least 8 chunks. The shape and the SM
+    /// count fix it, and with it a product's summation order; the row count
+    /// never enters.
+    fn tc_parts(&self, m: usize, k: usize) -> usize {
+        let (tiles, chunks) = (m.div_ceil(16), k / 32);
+        let mut p = 1;
+        while p < 8 && tiles * p < self.sms * 16 && chunks >= 16 * p {
+            p *= 2;
+        }
+        p
+    }
+
+    /// Whether `k`-input products go to the tensor-core kernel.
+    fn tensor_core_products(&self, k: usize) -> bool {
+        self.options().products == Products::TensorCores && k % 32 == 0
+    }
+
+    /// x w^T on tensor cores (`up` None), or the MLP input
+    /// bf16(silu(x gate^T)) * x up^T with `w` the gate (one pass over both).
+    fn gemm_tc(
+        &self,
+        x: &CudaTensor,
+        w: &CudaWeight,
+        up: Option<&CudaWeight>,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        let (n, k, m) = (x.rows, x.cols, w.rows);
+        let parts = self.tc_parts(m, k);
+        // Batch tiles of 8 rows per block: as few as cover the rows, at
+        // most 8 (4 for the two-weight pass); which kernel runs changes no
+        // row's order.
+        let (name, tiles) = match (n.div_ceil(8), up.is_some()) {
+            (1, false) => ("gemm_tc1_bf16", 1),
+            (2, false) => ("gemm_tc2_bf16", 2),
+            (3 | 4, false) => ("gemm_tc4_bf16", 4),
+            (_, false) => ("gemm_tc8_bf16", 8),
+            (1, true) => ("gate_up_tc1_bf16", 1),
+            (2, true) => ("gate_up_tc2_bf16", 2),
+            (_, true) => ("gate_up_tc4_bf16", 4),
+        };
+        let blocks = m.div_ceil(16 * 8 / parts);
+        let groups = n.div_ceil(8 * tiles);
+        let (Ok(bx), Ok(by)) = (u32::try_from(blocks), u32::try_from(groups)) else {
+            return Err(shape(
+                "linear",
+                format!("{n} rows by {} ({m}x{k}): too many blocks", w.name),
+            ));
+        };
+        let (ni, ki, mi, pi) = (n as i32, k as i32, m as i32, parts as i32);
+        // SAFETY: x is n x k, w (and up, checked the same shape by the
+        // caller) m x k, out n x m, k % 32 == 0 (16-byte loads of 32-input
+        // chunks; cudarc allocations are 256-byte aligned); the grid covers
+        // m in tiles of 16 and n in groups of 8 * tiles; rows past m or n
+        // are read clamped and never written.
+        unsafe {
+            match up {
+                None => self.launch(
+                    name,
+                    cfg((bx, by, 1)),
+                    &[&*x.data, &w.data, &*out.data, &ni, &ki, &mi, &pi],
+                ),
+                Some(u) => self.launch(
+                    name,
+                    cfg((bx, by, 1)),
+                    &[&*x.data, &w.data, &u.data, &*out.data, &ni, &ki, &mi, &pi],
+                ),
+            }
+        }
+    }
+
     fn gemv(&self, x: &CudaTensor, w: &CudaWeight, out: &mut CudaTensor) -> Result<()> {
         let (n, k, m) = (x.rows, x.cols, w.rows);
+        if self.tensor_core_products(k) {
+            return self.gemm_tc(x, w, None, out);
+        }
         let parts = self.parts(m, k);
         let grid = (
             m.div_ceil(8 / parts) as u32,
@@ -200,9 +277,18 @@ impl CudaBackend {
         gate: &CudaWeight,
         up: &CudaWeight,
     ) -> Result<CudaTensor> {
-        let one_pass =
-            x.rows == 1 && x.cols % 8 == 0 && (gate.rows, gate.cols) == (up.rows, up.cols);
-        if !one_pass {
+        let same = (gate.rows, gate.cols) == (up.rows, up.cols);
+        // Tensor-core products take gate and up in one pass wherever our
+        // kernels take the products (as `linear` decides), any row count.
+        let ours = x.rows <= ROWS_PER_PASS || self.recording() || self.rows_alone();
+        if same && ours && self.tensor_core_products(x.cols) {
+            check::linear((x.rows, x.cols), &gate.name, (gate.rows, gate.cols))?;
+            let mut h = self.tensor("swiglu output", x.rows, gate.rows)?;
+            self.gemm_tc(x, gate, Some(up), &mut h)?;
+            return Ok(h);
+        }
+        let one_pass = x.rows == 1 && x.cols % 8 == 0 && same;
+        if !one_pass || self.tensor_core_products(x.cols) {
             return self.swiglu(&self.linear(x, gate)?, &self.linear(x, up)?);
         }
         check::linear((x.rows, x.cols), &gate.name, (gate.rows, gate.cols))?;

@@ -67,11 +67,53 @@ impl std::fmt::Display for ReductionMode {
     }
 }
 
+/// Which units compute a deterministic step's products with a weight
+/// (recorded in the fingerprint as `products`: the two give different
+/// bits, each fixed run to run and batch invariant; docs/batching.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Products {
+    /// Our CUDA-core GEMVs: the bits every committed CUDA result was
+    /// measured with. Batched steps past eight rows pay for the invariance
+    /// in instructions (gemv_many_bf16).
+    #[default]
+    CudaCores,
+    /// Our tensor-core kernel (linear_tc.cu) for every decode product of
+    /// any batch size, batch 1 included, so a sequence alone and in a batch
+    /// share its order; products whose inputs are not a multiple of 32
+    /// keep the GEMVs. Deterministic mode only.
+    TensorCores,
+}
+
+impl Products {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Products::CudaCores => "cuda-cores",
+            Products::TensorCores => "tensor-cores",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CudaOptions {
     pub mode: ReductionMode,
     /// Record a dense model's decode step once and replay it (CUDA graphs).
     pub graphs: bool,
+    pub products: Products,
+}
+
+impl CudaOptions {
+    /// The options, or the combination they cannot make named: fast mode
+    /// keeps its own products.
+    pub fn checked(self) -> crate::error::Result<Self> {
+        if self.mode == ReductionMode::Fast && self.products == Products::TensorCores {
+            return Err(crate::error::Error::invalid(
+                "products",
+                "tensor-core products are a deterministic-mode setting (fast mode keeps its own products)",
+            ));
+        }
+        Ok(self)
+    }
 }
 
 /// A defect planted in one kernel family by rewriting its source before
@@ -100,10 +142,14 @@ pub enum CudaFault {
     /// inputs): a split that follows the batch size, which a sequence sees
     /// as bits that depend on its companions.
     BatchedGemvSplitFollowsBatch,
+    /// The tensor-core products sum each 32-input chunk apart and then add
+    /// it, for activation rows past the first eight: another batch-
+    /// dependent order, in the kernel that runs with tensor-core products.
+    TensorCoreOrderFollowsBatch,
 }
 
 impl CudaFault {
-    pub const ALL: [CudaFault; 7] = [
+    pub const ALL: [CudaFault; 8] = [
         CudaFault::DecodeFusedKNorm,
         CudaFault::DecodeGemvDropsTail,
         CudaFault::DecodeAttentionDropsNewest,
@@ -111,6 +157,7 @@ impl CudaFault {
         CudaFault::CacheAppendStoresKAsV,
         CudaFault::MoeRouteNextExpert,
         CudaFault::BatchedGemvSplitFollowsBatch,
+        CudaFault::TensorCoreOrderFollowsBatch,
     ];
 
     pub fn name(self) -> &'static str {
@@ -122,6 +169,18 @@ impl CudaFault {
             CudaFault::CacheAppendStoresKAsV => "cache-append-stores-k-as-v",
             CudaFault::MoeRouteNextExpert => "moe-route-next-expert",
             CudaFault::BatchedGemvSplitFollowsBatch => "batched-gemv-split-follows-batch",
+            CudaFault::TensorCoreOrderFollowsBatch => "tensor-core-order-follows-batch",
+        }
+    }
+
+    /// The settings under which the faulty kernel runs.
+    pub fn options(self) -> CudaOptions {
+        match self {
+            CudaFault::TensorCoreOrderFollowsBatch => CudaOptions {
+                products: Products::TensorCores,
+                ..CudaOptions::default()
+            },
+            _ => CudaOptions::default(),
         }
     }
 }
