@@ -203,27 +203,36 @@ impl Grid {
     pub fn configs(&self) -> Vec<(AttnPath, CudaOptions)> {
         let mut v = Vec::new();
         for &p in &self.paths {
-            for &mode in &self.modes {
-                let products = match mode {
-                    ReductionMode::Deterministic => self.products.clone(),
-                    ReductionMode::Fast => vec![Products::CudaCores],
-                };
-                for products in products {
-                    for &graphs in &self.graphs {
-                        v.push((
-                            p,
-                            CudaOptions {
-                                mode,
-                                graphs,
-                                products,
-                            },
-                        ));
-                    }
+            for o in cuda_settings(&self.modes, &self.products) {
+                for &graphs in &self.graphs {
+                    v.push((p, CudaOptions { graphs, ..o }));
                 }
             }
         }
         v
     }
+}
+
+/// Every mode x products setting to time, in that nesting order:
+/// deterministic mode with each of `products`, fast mode once with its own
+/// (the reference a deterministic setting's price is measured against).
+pub fn cuda_settings(modes: &[ReductionMode], products: &[Products]) -> Vec<CudaOptions> {
+    let own = [Products::CudaCores];
+    let mut v = Vec::new();
+    for &mode in modes {
+        let products = match mode {
+            ReductionMode::Deterministic => products,
+            ReductionMode::Fast => &own[..],
+        };
+        for &products in products {
+            v.push(CudaOptions {
+                mode,
+                products,
+                ..CudaOptions::default()
+            });
+        }
+    }
+    v
 }
 
 /// How long each configuration runs.
@@ -472,5 +481,31 @@ mod tests {
         assert!((3000e9 / big as f64 - 198.0).abs() < 2.0, "{big}");
         let moe = weight_bytes_per_token(&preset_config("qwen3-30b-a3b").unwrap());
         assert!(moe < big / 2, "active weights only: {moe}");
+    }
+
+    /// Fast mode is timed once with its own products whatever deterministic
+    /// mode is given, and every setting is one the backend accepts.
+    #[test]
+    fn fast_mode_keeps_its_own_products() {
+        let s = cuda_settings(
+            &ReductionMode::ALL,
+            &[Products::CudaCores, Products::TensorCores],
+        );
+        let got: Vec<_> = s.iter().map(|o| (o.mode, o.products)).collect();
+        assert_eq!(
+            got,
+            [
+                (ReductionMode::Deterministic, Products::CudaCores),
+                (ReductionMode::Deterministic, Products::TensorCores),
+                (ReductionMode::Fast, Products::CudaCores),
+            ]
+        );
+        assert!(s.iter().all(|o| o.checked().is_ok()));
+        let fast_tc = CudaOptions {
+            mode: ReductionMode::Fast,
+            products: Products::TensorCores,
+            ..CudaOptions::default()
+        };
+        assert!(fast_tc.checked().is_err());
     }
 }

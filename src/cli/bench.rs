@@ -5,7 +5,7 @@
 use super::args::{
     print_json, BackendArg, MlxFusedArg, MlxMoeRoutingArg, ModeArg, OnOffArg, PathArg, ProductsArg,
 };
-use lockstep::backend::cuda::{CudaOptions, Products, ReductionMode};
+use lockstep::backend::cuda::{Products, ReductionMode};
 use lockstep::backend::mlx::{MlxBackend, MlxDevice};
 use lockstep::bench::{cuda_bench, mlx_bench, Grid, Timing};
 use lockstep::error::{Error, Result};
@@ -85,22 +85,7 @@ pub fn run(a: Args) -> Result<()> {
                 "times the CUDA backend's batched decode (no --graphs: a batched step is not recorded)",
             ));
         }
-        // Deterministic mode with each of `products`, fast mode with its
-        // own products (the reference the price is measured against).
-        let settings: Vec<CudaOptions> = modes
-            .iter()
-            .flat_map(|&mode| {
-                let products = match mode {
-                    ReductionMode::Deterministic => products.clone(),
-                    ReductionMode::Fast => vec![Products::CudaCores],
-                };
-                products.into_iter().map(move |products| CudaOptions {
-                    mode,
-                    products,
-                    ..CudaOptions::default()
-                })
-            })
-            .collect();
+        let settings = lockstep::bench::cuda_settings(&modes, &products);
         let rep =
             lockstep::bench::batch::cuda_batch_bench(&model, &batches, &paths, &settings, timing)?;
         return show(&rep, rep.to_text(), a.out, a.json);
