@@ -158,3 +158,51 @@ fn the_verify_batch_row_passes_clean_and_fails_a_batch_dependent_linear() {
         assert!(bad.detail.contains("differs from step"), "{}", bad.detail);
     }
 }
+
+/// The composition envelope (`lockstep batch`): on the CPU reference one
+/// sequence has one result alone and in every composition, dense and MoE,
+/// both paths. With the batch-dependent linear (its first row moves when
+/// it computes more than one), exactly the compositions that put the
+/// sequence first differ, from the first step they batch it, and the
+/// distinct count shows the spread. A composition whose slot lies outside
+/// its batch is refused.
+#[test]
+fn the_composition_envelope_is_one_result_and_sees_a_batch_dependent_linear() {
+    use lockstep::jobs::batch::{composition_envelope, compositions, Composition};
+    let prompt = lockstep::jobs::DEFAULT_PROMPT;
+    let comps = compositions(9);
+    for spec in ["synth:tiny", "synth:tiny-moe"] {
+        let e = Engine::load(&Model::open(spec).unwrap(), CpuBackend::new(Numerics::Bf16)).unwrap();
+        for path in AttnPath::ALL {
+            let env = composition_envelope(&e, &prompt, &comps, 4, path).unwrap();
+            assert!(env.bitwise, "{spec}\n{}", env.to_text());
+            assert_eq!(env.distinct_per_step, vec![1; 4], "{spec}");
+        }
+    }
+    let faults = Faults {
+        batch_dependent_linear: true,
+        ..Default::default()
+    };
+    let e = Engine::load(
+        &Model::open("synth:tiny").unwrap(),
+        CpuBackend::with_faults(Numerics::Bf16, faults),
+    )
+    .unwrap();
+    let env = composition_envelope(&e, &prompt, &comps, 4, AttnPath::Graph).unwrap();
+    println!("{}", env.to_text());
+    assert!(!env.bitwise);
+    assert!(env.runs.iter().any(|r| r.composition.slot == 0));
+    for r in &env.runs {
+        let c = r.composition;
+        let expected = (c.slot == 0).then_some(c.companions_join);
+        assert_eq!(r.first_difference, expected, "{c:?}");
+    }
+    assert!(env.distinct_per_step.iter().any(|&d| d > 1));
+    let outside = Composition {
+        batch: 2,
+        slot: 2,
+        companions_join: 0,
+    };
+    let err = composition_envelope(&e, &prompt, &[outside], 4, AttnPath::Graph).unwrap_err();
+    assert!(err.to_string().contains("slot"), "{err}");
+}

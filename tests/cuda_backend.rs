@@ -550,10 +550,11 @@ fn the_fused_kernel_is_batch_invariant() {
 }
 
 /// Batches past one GEMV pass (12 and 20 sequences): deterministic mode
-/// keeps every sequence's bits alone; the planted batch-dependent split
-/// (rows past the first eight summed in another order) is caught by the
-/// same check. Fast mode is measured and printed, not judged: it promises
-/// no batch invariance (cuBLAS takes its products past eight rows).
+/// keeps every sequence's bits alone, and one sequence's in nine batch
+/// compositions of 2 to 32; the planted batch-dependent split (rows past
+/// the first eight summed in another order) is caught by the same check.
+/// Fast mode is measured and printed, not judged: it promises no batch
+/// invariance (cuBLAS takes its products past eight rows).
 #[test]
 fn a_batch_dependent_split_is_caught_by_the_batch_check() {
     use lockstep::backend::cuda::CudaFault;
@@ -567,6 +568,15 @@ fn a_batch_dependent_split_is_caught_by_the_batch_check() {
     for path in AttnPath::ALL {
         let r = lockstep::jobs::batch::batch_invariance(&e, &plan, path).unwrap();
         assert!(r.bitwise, "clean build: {}", r.to_text());
+        let env = lockstep::jobs::batch::composition_envelope(
+            &e,
+            &PROMPT,
+            &lockstep::jobs::batch::compositions(9),
+            6,
+            path,
+        )
+        .unwrap();
+        assert!(env.bitwise, "clean build: {}", env.to_text());
     }
     e.backend
         .set_options(CudaOptions {
@@ -577,6 +587,16 @@ fn a_batch_dependent_split_is_caught_by_the_batch_check() {
     for path in AttnPath::ALL {
         let r = lockstep::jobs::batch::batch_invariance(&e, &plan, path).unwrap();
         println!("fast mode, tiny: {}", r.to_text());
+        // Fast mode's envelope over batch compositions (`lockstep batch`).
+        let env = lockstep::jobs::batch::composition_envelope(
+            &e,
+            &PROMPT,
+            &lockstep::jobs::batch::compositions(9),
+            6,
+            path,
+        )
+        .unwrap();
+        println!("fast mode, tiny: {}", env.to_text());
     }
     drop(e);
     let faulty = CudaBackend::with_fault(

@@ -3,6 +3,7 @@
 //! computation lives here.
 
 mod args;
+mod batch;
 mod bench;
 mod compare_reference;
 mod dumps;
@@ -55,6 +56,9 @@ pub enum Cmd {
     /// Run one input N times and measure the spread (bitwise-distinct count,
     /// pairwise RMS, ULP histogram, first-divergence steps).
     Envelope(envelope::Args),
+    /// One sequence alone and in several batch compositions: the first
+    /// step each composition changes, and the distinct logits per step.
+    Batch(batch::Args),
     /// Golden generations: check them (near-tie aware) or regenerate them.
     Golden {
         #[command(subcommand)]
@@ -88,6 +92,7 @@ pub fn run(cmd: Cmd) -> lockstep::error::Result<()> {
         Cmd::Env(a) => env::run(a),
         Cmd::Parity(a) => parity::run(a),
         Cmd::Envelope(a) => envelope::run(a),
+        Cmd::Batch(a) => batch::run(a),
         Cmd::Golden { action } => golden::run(action),
         Cmd::Info(a) => info::run(a),
         Cmd::CompareReference(a) => compare_reference::run(a),
