@@ -13,6 +13,20 @@ use lockstep::model::Model;
 
 use common::batch_plan as plan;
 
+/// tiny on the CPU reference (bf16) with the batch-dependent linear: its
+/// first output row moves by one ulp when it computes more than one row.
+fn batch_dependent_tiny() -> Engine<CpuBackend> {
+    let faults = Faults {
+        batch_dependent_linear: true,
+        ..Default::default()
+    };
+    Engine::load(
+        &Model::open("synth:tiny").unwrap(),
+        CpuBackend::with_faults(Numerics::Bf16, faults),
+    )
+    .unwrap()
+}
+
 #[test]
 fn a_sequence_gives_the_same_bits_alone_and_in_any_batch() {
     for spec in ["synth:tiny", "synth:tiny-moe"] {
@@ -46,15 +60,7 @@ fn a_sequence_gives_the_same_bits_alone_and_in_any_batch() {
 /// batched step; alone (a batch of one) it is unaffected.
 #[test]
 fn a_batch_dependent_linear_is_caught() {
-    let faults = Faults {
-        batch_dependent_linear: true,
-        ..Default::default()
-    };
-    let e = Engine::load(
-        &Model::open("synth:tiny").unwrap(),
-        CpuBackend::with_faults(Numerics::Bf16, faults),
-    )
-    .unwrap();
+    let e = batch_dependent_tiny();
     let r = batch_invariance(&e, &plan(3, vec![0, 1, 2], vec![0, 0, 0]), AttnPath::Graph).unwrap();
     println!("{}", r.to_text());
     assert!(!r.bitwise);
@@ -179,15 +185,7 @@ fn the_composition_envelope_is_one_result_and_sees_a_batch_dependent_linear() {
             assert_eq!(env.distinct_per_step, vec![1; 4], "{spec}");
         }
     }
-    let faults = Faults {
-        batch_dependent_linear: true,
-        ..Default::default()
-    };
-    let e = Engine::load(
-        &Model::open("synth:tiny").unwrap(),
-        CpuBackend::with_faults(Numerics::Bf16, faults),
-    )
-    .unwrap();
+    let e = batch_dependent_tiny();
     let env = composition_envelope(&e, &prompt, &comps, 4, AttnPath::Graph).unwrap();
     println!("{}", env.to_text());
     assert!(!env.bitwise);

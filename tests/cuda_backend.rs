@@ -563,19 +563,23 @@ fn a_batch_dependent_split_is_caught_by_the_batch_check() {
         return;
     };
     let plan = common::wide_batch_plan(12);
-    let m = Model::open("synth:tiny").unwrap();
-    let e = Engine::load(&m, clean).unwrap();
-    for path in AttnPath::ALL {
-        let r = lockstep::jobs::batch::batch_invariance(&e, &plan, path).unwrap();
-        assert!(r.bitwise, "clean build: {}", r.to_text());
-        let env = lockstep::jobs::batch::composition_envelope(
-            &e,
+    // One sequence in nine batch compositions of 2 to 32 (`lockstep batch`).
+    let compositions = |e: &Engine<CudaBackend>, path| {
+        lockstep::jobs::batch::composition_envelope(
+            e,
             &PROMPT,
             &lockstep::jobs::batch::compositions(9),
             6,
             path,
         )
-        .unwrap();
+        .unwrap()
+    };
+    let m = Model::open("synth:tiny").unwrap();
+    let e = Engine::load(&m, clean).unwrap();
+    for path in AttnPath::ALL {
+        let r = lockstep::jobs::batch::batch_invariance(&e, &plan, path).unwrap();
+        assert!(r.bitwise, "clean build: {}", r.to_text());
+        let env = compositions(&e, path);
         assert!(env.bitwise, "clean build: {}", env.to_text());
     }
     e.backend
@@ -587,15 +591,7 @@ fn a_batch_dependent_split_is_caught_by_the_batch_check() {
     for path in AttnPath::ALL {
         let r = lockstep::jobs::batch::batch_invariance(&e, &plan, path).unwrap();
         println!("fast mode, tiny: {}", r.to_text());
-        // Fast mode's envelope over batch compositions (`lockstep batch`).
-        let env = lockstep::jobs::batch::composition_envelope(
-            &e,
-            &PROMPT,
-            &lockstep::jobs::batch::compositions(9),
-            6,
-            path,
-        )
-        .unwrap();
+        let env = compositions(&e, path);
         println!("fast mode, tiny: {}", env.to_text());
     }
     drop(e);

@@ -95,10 +95,7 @@ impl BatchInvariance {
                 r.prompt_len,
                 r.join,
                 r.batch_sizes,
-                match r.first_difference {
-                    None => "identical".to_string(),
-                    Some(t) => format!("differs from step {t}, max |diff| {:.3e}", r.max_abs),
-                }
+                difference_text(r.first_difference, r.max_abs)
             );
         }
         s
@@ -143,19 +140,7 @@ pub fn batch_invariance<B: Backend>(
     let (got, sizes) = batched(e, plan, &feed, path)?;
     let sequences: Vec<SequenceResult> = (0..n)
         .map(|i| {
-            let mut first = None;
-            let mut max_abs = 0f64;
-            for (t, (a, b)) in solo[i].1.iter().zip(&got[i]).enumerate() {
-                if a != b {
-                    first.get_or_insert(t);
-                    let m = a
-                        .iter()
-                        .zip(b)
-                        .map(|(x, y)| (x - y).abs())
-                        .fold(0.0, f64::max);
-                    max_abs = max_abs.max(m);
-                }
-            }
+            let (first, max_abs) = first_difference(&solo[i].1, &got[i]);
             SequenceResult {
                 index: i,
                 prompt_len: plan.prompts[i].len(),
@@ -327,10 +312,7 @@ impl CompositionEnvelope {
                 c.batch,
                 c.slot,
                 c.companions_join,
-                match r.first_difference {
-                    None => "identical".to_string(),
-                    Some(t) => format!("differs from step {t}, max |diff| {:.3e}", r.max_abs),
-                }
+                difference_text(r.first_difference, r.max_abs)
             );
         }
         s
@@ -396,20 +378,10 @@ pub fn composition_envelope<B: Backend>(
         };
         check_plan(e, &plan)?;
         let (got, _) = batched(e, &plan, &feed, path)?;
-        let mut first = None;
-        let mut max_abs = 0f64;
-        for (t, (a, b)) in solo.iter().zip(&got[0]).enumerate() {
-            seen[t].insert(bits(b));
-            if a != b {
-                first.get_or_insert(t);
-                let m = a
-                    .iter()
-                    .zip(b)
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0.0, f64::max);
-                max_abs = max_abs.max(m);
-            }
+        for (t, row) in got[0].iter().enumerate() {
+            seen[t].insert(bits(row));
         }
+        let (first, max_abs) = first_difference(&solo, &got[0]);
         runs.push(CompositionRun {
             composition: c,
             first_difference: first,
@@ -424,6 +396,32 @@ pub fn composition_envelope<B: Backend>(
         distinct_per_step: seen.iter().map(|s| s.len()).collect(),
         runs,
     })
+}
+
+/// The first step whose logits differ between a run alone and batched,
+/// and the largest difference over every step.
+fn first_difference(alone: &[Vec<f64>], batched: &[Vec<f64>]) -> (Option<usize>, f64) {
+    let mut first = None;
+    let mut max_abs = 0f64;
+    for (t, (a, b)) in alone.iter().zip(batched).enumerate() {
+        if a != b {
+            first.get_or_insert(t);
+            let m = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f64::max);
+            max_abs = max_abs.max(m);
+        }
+    }
+    (first, max_abs)
+}
+
+fn difference_text(first: Option<usize>, max_abs: f64) -> String {
+    match first {
+        None => "identical".to_string(),
+        Some(t) => format!("differs from step {t}, max |diff| {max_abs:.3e}"),
+    }
 }
 
 /// A logits row's exact bits (distinct counting).
