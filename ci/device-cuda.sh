@@ -6,6 +6,7 @@
 # bench-hf-0.6b / bench-hf-8b (transformers on the same weights), envelopes (0.6b op level N=100 and greedy N=20 x 256 per mode),
 # bench-batch (batched decode, det vs fast, and transformers at the same batch sizes),
 # bench-ab (builds in AB_DIRS, default .device and .device-b), verify (the main job with CUDA's rows),
+# batch-envelope (one sequence across batch compositions, per setting),
 # mma-probe (does an MMA output depend on its place in the tile), archive.
 # Logs and JSON go to $OUT; one GPU, one thing at a time. The device tool brings back at most 8 files
 # from $OUT, so a call that writes more ends with `archive`: everything in one results.tgz, plus log.txt.
@@ -93,6 +94,17 @@ for stage in "$@"; do
             $L envelope --backend cuda --model synth:qwen3-0.6b --mode $mode --path $path $args \
               --report "$OUT/$kind-$mode-$path" > "$OUT/$kind-$mode-$path.txt" 2>&1 || rc=1
             head -40 "$OUT/$kind-$mode-$path.txt" | tee -a "$OUT/log.txt"
+          done
+        done
+      done ;;
+    batch-envelope)
+      # One sequence alone and in nine batch compositions of 2-32 (lockstep
+      # batch), per path and setting: bitwise where batch invariance is
+      # promised, fast mode's envelope otherwise (BATCH_ENVELOPE_PRESETS).
+      for preset in ${BATCH_ENVELOPE_PRESETS:-tiny qwen3-0.6b}; do
+        for path in graph fused; do
+          for setting in "--mode deterministic" "--mode deterministic --products tensor-cores" "--mode fast"; do
+            step $L batch --backend cuda --model synth:$preset --path $path $setting --steps 16
           done
         done
       done ;;
