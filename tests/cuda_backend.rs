@@ -48,6 +48,40 @@ fn greedy(e: &Engine<CudaBackend>, path: AttnPath, steps: usize) -> Vec<Vec<(u32
         .collect()
 }
 
+/// Bench's launches per token (`Backend::launches_run`): counted op by op
+/// and, with CUDA graphs, as the launches a replayed step holds (a replay
+/// left uncounted would read as almost none). Every layer takes at least a
+/// norm, the attention inputs, attention, o and the MLP.
+#[test]
+fn launches_per_token_are_counted_with_and_without_recorded_steps() {
+    let Some((_g, be)) = open::<Cuda>(&t(
+        "launches_per_token_are_counted_with_and_without_recorded_steps",
+    )) else {
+        return;
+    };
+    let m = Model::open("synth:tiny").unwrap();
+    let e = Engine::load(&m, be).unwrap();
+    let least = 5.0 * e.config.num_hidden_layers as f64;
+    for graphs in [false, true] {
+        e.backend
+            .set_options(CudaOptions {
+                graphs,
+                ..CudaOptions::default()
+            })
+            .unwrap();
+        for path in AttnPath::ALL {
+            let run = lockstep::bench::time_once(&e, &PROMPT, path, 4, 16).unwrap();
+            let l = run.launches_per_token.expect("CUDA counts its launches");
+            println!(
+                "graphs {graphs}, {}: {l:.1} launches per token",
+                path.name()
+            );
+            assert!(l >= least, "graphs {graphs}, {}: {l}", path.name());
+        }
+    }
+    e.backend.set_options(CudaOptions::default()).unwrap();
+}
+
 /// Replaying a recorded decode step (CUDA graphs) gives the bits of the
 /// op-by-op steps, on both paths, and bench's device argmax picks the
 /// recorded run's tokens.

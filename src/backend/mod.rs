@@ -429,6 +429,15 @@ pub trait Backend {
         None
     }
 
+    /// Device launches run so far, where the backend counts them (CUDA:
+    /// our kernels and cuBLAS calls, a replayed recorded step as the
+    /// launches it holds): bench divides a timed run's difference by its
+    /// tokens, the launches per token that a small model's decode time
+    /// follows.
+    fn launches_run(&self) -> Option<u64> {
+        None
+    }
+
     /// Starts (or stops) recording the routing of every `moe` call: per
     /// call, per row, the chosen experts and how near the choice was to a
     /// tie, so an MoE comparison can tell a routing near-tie from a bug.

@@ -76,6 +76,10 @@ pub struct BenchRow {
     pub repeats_tok_s: Vec<f64>,
     /// Distinct greedy sequences over the repeats (1 when deterministic).
     pub distinct_outputs: usize,
+    /// Device launches per timed token where the backend counts them
+    /// (`Backend::launches_run`; older reports lack it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launches_per_token: Option<f64>,
     pub tokens: Vec<u32>,
     pub fingerprint: Fingerprint,
 }
@@ -103,33 +107,54 @@ pub struct BenchReport {
     pub rows: Vec<BenchRow>,
 }
 
+/// One timed greedy decode: tokens per second over the timed steps, the
+/// tokens, and the launches per timed token where the backend counts them.
+pub struct TimedRun {
+    pub tok_s: f64,
+    pub tokens: Vec<u32>,
+    pub launches_per_token: Option<f64>,
+}
+
 /// One greedy decode of `warmup + tokens` steps after the prompt, timed
-/// over the last `tokens` steps only: (tok/s, the tokens).
+/// over the last `tokens` steps only.
 pub fn time_once<B: Backend>(
     e: &Engine<B>,
     prompt: &[u32],
     path: AttnPath,
     warmup: usize,
     tokens: usize,
-) -> Result<(f64, Vec<u32>)> {
+) -> Result<TimedRun> {
     let mut start = None;
     let mut end = None;
+    // Launches counted as they are enqueued: a step's count is the same
+    // at both ends of the timed steps, so the difference is exact.
+    let (mut first, mut last) = (None, None);
     // Saturating: a count past any model's positions is refused by the
     // engine's own check, not wrapped.
     let steps = warmup.saturating_add(tokens).saturating_add(1);
     let out = e.decode_greedy(prompt, steps, path, &mut |i| {
         if i == warmup {
             start = Some(Instant::now());
+            first = e.backend.launches_run();
         }
         if i == warmup + tokens {
             end = Some(Instant::now());
+            last = e.backend.launches_run();
         }
     })?;
     let secs = match (start, end) {
         (Some(s), Some(t)) => (t - s).as_secs_f64(),
         _ => f64::NAN,
     };
-    Ok((tokens as f64 / secs, out))
+    let launches_per_token = match (first, last) {
+        (Some(a), Some(b)) if tokens > 0 => Some(b.saturating_sub(a) as f64 / tokens as f64),
+        _ => None,
+    };
+    Ok(TimedRun {
+        tok_s: tokens as f64 / secs,
+        tokens: out,
+        launches_per_token,
+    })
 }
 
 /// What one row timed beside its path.
@@ -145,14 +170,27 @@ pub enum RowConfig {
     },
 }
 
+/// One configuration's repeats: their speeds and tokens, and the launches
+/// per token (the same on every repeat of one configuration).
+#[derive(Debug, Clone, Default)]
+pub struct Timed {
+    pub speeds: Vec<f64>,
+    pub outputs: Vec<Vec<u32>>,
+    pub launches_per_token: Option<f64>,
+}
+
 pub fn row(
     path: AttnPath,
     config: RowConfig,
-    speeds: Vec<f64>,
-    outputs: Vec<Vec<u32>>,
+    timed: Timed,
     roofline: f64,
     fingerprint: Fingerprint,
 ) -> BenchRow {
+    let Timed {
+        speeds,
+        outputs,
+        launches_per_token,
+    } = timed;
     let mut sorted = speeds.clone();
     sorted.sort_by(|a, b| a.total_cmp(b));
     let best = sorted.last().copied().unwrap_or(f64::NAN);
@@ -182,6 +220,7 @@ pub fn row(
         pct_of_roofline: 100.0 * best / roofline,
         repeats_tok_s: speeds,
         distinct_outputs: distinct.len(),
+        launches_per_token,
         tokens: outputs.into_iter().next().unwrap_or_default(),
         fingerprint,
     }
@@ -265,13 +304,14 @@ fn run_configs<B: Backend>(
     let prompt = bench_prompt(t.prompt_tokens, e.config.vocab_size);
     let mut progress = Progress::new("timing", configs.len() * t.repeats);
     let mut done = 0;
-    let mut timed: Vec<(Vec<f64>, Vec<Vec<u32>>)> = vec![(Vec::new(), Vec::new()); configs.len()];
+    let mut timed: Vec<Timed> = vec![Timed::default(); configs.len()];
     for _ in 0..t.repeats {
-        for (&(path, config), (speeds, outputs)) in configs.iter().zip(timed.iter_mut()) {
+        for (&(path, config), row) in configs.iter().zip(timed.iter_mut()) {
             apply(&e.backend, config)?;
-            let (speed, out) = time_once(e, &prompt, path, t.warmup, t.tokens)?;
-            speeds.push(speed);
-            outputs.push(out);
+            let run = time_once(e, &prompt, path, t.warmup, t.tokens)?;
+            row.speeds.push(run.tok_s);
+            row.outputs.push(run.tokens);
+            row.launches_per_token = run.launches_per_token;
             done += 1;
             progress.set(done);
         }
@@ -279,16 +319,9 @@ fn run_configs<B: Backend>(
     // Each row's fingerprint with its own settings applied (they are part
     // of the backend's description).
     let mut rows = Vec::with_capacity(configs.len());
-    for (&(path, config), (speeds, outputs)) in configs.iter().zip(timed) {
+    for (&(path, config), t) in configs.iter().zip(timed) {
         apply(&e.backend, config)?;
-        rows.push(row(
-            path,
-            config,
-            speeds,
-            outputs,
-            roofline,
-            e.fingerprint(path),
-        ));
+        rows.push(row(path, config, t, roofline, e.fingerprint(path)));
     }
     Ok(BenchReport {
         model: model.origin.clone(),
@@ -428,7 +461,7 @@ impl BenchReport {
                 .map_or(String::new(), |l| format!("; loaded in {l:.1} s"))
 
         );
-        s += "path   config                           best tok/s  median tok/s  ms/token  % roofline  distinct\n";
+        s += "path   config                           best tok/s  median tok/s  ms/token  % roofline  distinct  launches/token\n";
         for r in &self.rows {
             let on_off = |b: bool| if b { "on" } else { "off" };
             let config = match (r.mode, r.cuda_graphs, r.mlx_fused, r.mlx_pipelined) {
@@ -451,14 +484,16 @@ impl BenchReport {
                 _ => "-".to_string(),
             };
             s += &format!(
-                "{:<6} {:<32} {:>10.1} {:>13.1} {:>9.3} {:>11.1} {:>9}\n",
+                "{:<6} {:<32} {:>10.1} {:>13.1} {:>9.3} {:>11.1} {:>9}  {:>14}\n",
                 r.path.name(),
                 config,
                 r.best_tok_s,
                 r.median_tok_s,
                 r.best_ms_per_token,
                 r.pct_of_roofline,
-                r.distinct_outputs
+                r.distinct_outputs,
+                r.launches_per_token
+                    .map_or("-".to_string(), |l| format!("{l:.1}"))
             );
         }
         s

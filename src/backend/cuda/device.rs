@@ -30,7 +30,7 @@ use crate::model::safetensors::HostTensor;
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub struct CudaBackend {
@@ -65,6 +65,10 @@ pub struct CudaBackend {
     /// Inside a batched decode step (`Backend::batch_step`): products keep
     /// the GEMV's summation at any row count in deterministic mode.
     pub(super) in_batch_step: AtomicBool,
+    /// Launches run so far: our kernels and cuBLAS calls as they are
+    /// enqueued, and a replayed recorded step as the launches it recorded
+    /// (`Backend::launches_run`).
+    pub(super) launches: AtomicU64,
 }
 
 // SAFETY: one stream, and every method that touches shared state goes
@@ -182,6 +186,7 @@ impl CudaBackend {
             memory_limit: Mutex::new(None),
             moe_tables: Mutex::new(BTreeMap::new()),
             in_batch_step: AtomicBool::new(false),
+            launches: AtomicU64::new(0),
             stream,
         })
     }
@@ -261,6 +266,10 @@ impl Backend for CudaBackend {
 
     fn numerics(&self) -> crate::ident::Numerics {
         crate::ident::Numerics::Bf16
+    }
+
+    fn launches_run(&self) -> Option<u64> {
+        Some(self.launches.load(Ordering::Relaxed))
     }
 
     fn device_info(&self) -> DeviceInfo {

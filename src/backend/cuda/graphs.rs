@@ -10,6 +10,7 @@ use super::pool::Frozen;
 use super::CudaBackend;
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaGraph, CudaSlice};
+use std::sync::atomic::Ordering;
 
 /// The token and position of the decode step about to run, on the device,
 /// so that a recorded step reads new ones on every replay.
@@ -19,15 +20,19 @@ pub(super) struct StepInputs {
     pub(super) pos: CudaSlice<i32>,
 }
 
-/// A recorded decode step and the pooled buffers its launches use.
+/// A recorded decode step, the pooled buffers its launches use, and how
+/// many launches it holds.
 struct Recorded {
     graph: CudaGraph,
     frozen: Frozen,
+    launches: u64,
 }
 
 #[derive(Default)]
 pub(super) struct Recording {
     active: bool,
+    /// The launch count when the capture began.
+    launches_before: u64,
     step: Option<Recorded>,
 }
 
@@ -75,10 +80,11 @@ impl CudaBackend {
         }
         self.release_step();
         self.pools.set_recording(true);
-        self.recording
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .active = true;
+        {
+            let mut rec = self.recording.lock().unwrap_or_else(|p| p.into_inner());
+            rec.active = true;
+            rec.launches_before = self.launches.load(Ordering::Relaxed);
+        }
         self.stream
             .begin_capture(
                 cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
@@ -94,6 +100,10 @@ impl CudaBackend {
         self.pools.set_recording(false);
         let mut rec = self.recording.lock().unwrap_or_else(|p| p.into_inner());
         rec.active = false;
+        // The captured launches did not run: out of the count until the
+        // step replays.
+        let launches = self.launches.load(Ordering::Relaxed) - rec.launches_before;
+        self.launches.fetch_sub(launches, Ordering::Relaxed);
         let graph = graph
             .map_err(err("end recording the decode step"))?
             .ok_or_else(|| Error::Backend {
@@ -103,6 +113,7 @@ impl CudaBackend {
         rec.step = Some(Recorded {
             graph,
             frozen: self.pools.freeze(),
+            launches,
         });
         Ok(())
     }
@@ -115,7 +126,9 @@ impl CudaBackend {
         })?;
         step.graph
             .launch()
-            .map_err(err("replaying the decode step"))
+            .map_err(err("replaying the decode step"))?;
+        self.launches.fetch_add(step.launches, Ordering::Relaxed);
+        Ok(())
     }
 
     pub(super) fn release_step(&self) {

@@ -168,6 +168,16 @@ impl CudaBackend {
             std::ptr::null_mut(),
         )
         .result()
-        .map_err(err(name))
+        .map_err(err(name))?;
+        self.count_launch();
+        Ok(())
+    }
+
+    /// One launch enqueued. Launches recorded into a captured step are
+    /// taken back out when the capture ends and added at every replay
+    /// (graphs.rs), so the count stays those run.
+    pub(super) fn count_launch(&self) {
+        self.launches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -233,7 +233,10 @@ impl CudaBackend {
         .map_err(|e| Error::Backend {
             backend: crate::ident::BackendKind::Cuda,
             problem: format!("cublasGemmEx for {} ({n}x{k} by {m}x{k}): {e:?}", w.name),
-        })
+        })?;
+        // One call, counted as one launch (cuBLAS may run more kernels).
+        self.count_launch();
+        Ok(())
     }
 
     /// A batched decode step in deterministic mode: every row's product
