@@ -149,7 +149,8 @@ __device__ __forceinline__ void gemm_tc_body(const bf16_t* x, const bf16_t* w0, 
 // Products, NT batch tiles per block (1, 2, 4 or 8): the fewer rows, the
 // more chunks in flight per warp. (Two 16-row tiles per warp past 32 rows,
 // so each activation load serves twice the MMAs, measured slower on an
-// H200: qwen3-8b batch 64 2277 against 3030 tok/s.)
+// H200: qwen3-8b batch 64 2277 tok/s, against 3030 for one tile in another
+// call; docs/benchmark_results/batched-decode-nvidia-h200.md.)
 extern "C" __global__ void gemm_tc1_bf16(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k, int m, int parts) {
     gemm_tc_body<1, 8, 1>(x, w, w, y, n, k, m, parts);
 }
