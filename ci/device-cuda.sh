@@ -36,13 +36,16 @@ for stage in "$@"; do
       # Nsight Compute, one pass per kernel: its duration and DRAM bytes, the
       # clocks left alone and caches not flushed (as in a decode step), graphs off
       # so every launch is seen. ci/ncu_summary.py turns the CSV into a table.
+      # PROFILE_ARGS adds bench flags; a batched step (PROFILE_ARGS='--batch 32
+      # --products tensor-cores') is never recorded: set PROFILE_GRAPHS= (empty).
+      # NCU_ARGS adds ncu flags (--kernel-name regex:... to skip the prefills).
       NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
       for preset in ${PROFILE_PRESETS:-qwen3-0.6b qwen3-8b}; do
-        step "$NCU" --clock-control none --cache-control none \
+        step "$NCU" --clock-control none --cache-control none ${NCU_ARGS:-} \
           --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,launch__grid_size,launch__block_size,launch__registers_per_thread \
           --csv --page raw --log-file "$OUT/ncu-$preset.csv" \
-          $L bench --model synth:$preset --paths ${PROFILE_PATHS:-fused,graph} --modes deterministic --graphs off \
-          --warmup 2 --tokens 4 --repeats 1
+          $L bench --model synth:$preset --paths ${PROFILE_PATHS:-fused,graph} --modes deterministic ${PROFILE_GRAPHS---graphs off} \
+          --warmup 2 --tokens 4 --repeats 1 ${PROFILE_ARGS:-}
         python3 ci/ncu_summary.py "$OUT/ncu-$preset.csv" | tee -a "$OUT/log.txt"
       done ;;
     bench-small)

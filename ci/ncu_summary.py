@@ -54,7 +54,7 @@ def steps_of(kernels):
     step = []
     for k in kernels:
         step.append(k)
-        if k["name"] == "argmax_bf16":
+        if k["name"] in ("argmax_bf16", "argmax_rows_bf16"):
             yield step
             step = []
 
@@ -65,8 +65,10 @@ def main():
     groups = OrderedDict()
     for step in steps_of(rows_of(path)):
         names = tuple(k["name"] for k in step)
-        # Decode steps have single-row products; prefill uses cuBLAS or the 8-row kernels.
-        if "gemv1_bf16" not in names and "qkv_fused1_bf16" not in names:
+        # Decode steps have single-row products; prefill uses cuBLAS or the
+        # 8-row kernels. A batched decode step ends in argmax_rows_bf16.
+        batched = names[-1] == "argmax_rows_bf16"
+        if not batched and "gemv1_bf16" not in names and "qkv_fused1_bf16" not in names:
             continue
         groups.setdefault(names, []).append(step)
     report = []
@@ -88,7 +90,9 @@ def main():
                 e["bytes"].append(s[i]["read"] + s[i]["write"])
         n = len(steps)
         total = sum(sum(e["us"]) for e in per_name.values()) / n
-        label = "fused" if "qkv_fused1_bf16" in names else "graph"
+        label = "fused" if any(n.startswith("qkv_fused") for n in names) else "graph"
+        if batched:
+            label += " (batched)"
         print(f"\n{path}: {label} path, {n} decode steps, {len(names)} launches per step, "
               f"kernel time per step {total:.1f} us")
         print(f"{'kernel[grid]':36} {'launches':>8} {'us each':>9} {'us/step':>9} {'share':>6} {'GB/s':>7}  grid/block/regs")
