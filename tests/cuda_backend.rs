@@ -799,7 +799,73 @@ fn tensor_core_rows_are_their_own(be: &CudaBackend) {
             start + rows
         );
     }
+    // The fused op at qwen3-8b's width, whose projection takes the staged
+    // kernels past 32 rows: each row's q, k and v are its bits alone.
+    let (hidden, heads, kv_heads, hd) = (4096, 32, 8, 128);
+    let dims = lockstep::backend::AttnDims {
+        n_heads: heads,
+        n_kv_heads: kv_heads,
+        head_dim: hd,
+        eps: 1e-6,
+        rope_theta: 1e6,
+    };
+    let packed_rows = (heads + 2 * kv_heads) * hd;
+    let tensor = |key: u64, shape: Vec<usize>, scale: f32| {
+        let len: usize = shape.iter().product();
+        HostTensor {
+            dtype: Dtype::BF16,
+            shape,
+            bytes: std::borrow::Cow::Owned(
+                (0..len)
+                    .flat_map(|i| bf16_bits(unit(key, i) * scale).to_le_bytes())
+                    .collect(),
+            ),
+        }
+    };
+    let qkv = be
+        .upload("probe.qkv", &tensor(3, vec![packed_rows, hidden], 0.02))
+        .unwrap();
+    let qn = be
+        .upload("probe.q_norm", &tensor(4, vec![hd], 1.0))
+        .unwrap();
+    let kn = be
+        .upload("probe.k_norm", &tensor(5, vec![hd], 1.0))
+        .unwrap();
+    let xs: Vec<f64> = (0..n * hidden)
+        .map(|i| half::bf16::from_f32(unit(6, i)).to_f64())
+        .collect();
+    let positions: Vec<usize> = (0..n).map(|r| 7 + 13 * r).collect();
+    let fused = |start: usize, rows: usize| {
+        let x = be
+            .activation_from_host(&xs[start * hidden..(start + rows) * hidden], rows, hidden)
+            .unwrap();
+        be.batch_step(true);
+        let out = be.fused_qkv(&x, &qkv, &qn, &kn, &dims, &positions[start..start + rows]);
+        be.batch_step(false);
+        let (q, k, v) = out.unwrap();
+        [q, k, v].map(|t| be.to_host(&t).unwrap().0)
+    };
+    let all = fused(0, n);
+    for (start, rows) in [(0, 1), (9, 1), (2, 20), (0, 40)] {
+        let got = fused(start, rows);
+        for (i, (g, a)) in got.iter().zip(&all).enumerate() {
+            let w = a.len() / n;
+            assert!(
+                g[..] == a[start * w..(start + rows) * w],
+                "fused op, output {i}, rows {start}..{}: bits depend on the launch's rows",
+                start + rows
+            );
+        }
+    }
     be.set_options(CudaOptions::default()).unwrap();
+    let cores = fused(0, n);
+    assert!(
+        cores != all,
+        "the fused op's tensor-core bits are the CUDA-core kernel's: did it run?"
+    );
+    println!(
+        "fused op at qwen3-8b width: {n} rows bitwise their own, alone or in 1, 20 and 40 rows"
+    );
 }
 
 /// A negative control per kernel family a decode step runs: each planted

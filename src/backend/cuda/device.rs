@@ -45,6 +45,11 @@ pub struct CudaBackend {
     /// Launch with programmatic dependent launch (compute capability 9.0
     /// and later, unless LOCKSTEP_CUDA_PDL=0).
     pub(super) pdl: bool,
+    /// Many-row tensor-core products run the cluster kernels of
+    /// linear_tc.cu (compute capability 9.0 and later, unless
+    /// LOCKSTEP_CUDA_TC_STAGED=0: the same bits, kept switchable so the
+    /// two kernels can be timed against each other in one process).
+    pub(super) tc_staged: bool,
     pub(super) blas: Option<CudaBlas>,
     pub(super) pools: Pools,
     /// Block-completion counters of the last-block pattern; zero between
@@ -144,6 +149,12 @@ impl CudaBackend {
         details.insert("tf32".into(), "off".into());
         let pdl = major >= 9 && std::env::var("LOCKSTEP_CUDA_PDL").as_deref() != Ok("0");
         details.insert("pdl".into(), if pdl { "on" } else { "off" }.into());
+        let tc_staged =
+            major >= 9 && std::env::var("LOCKSTEP_CUDA_TC_STAGED").as_deref() != Ok("0");
+        details.insert(
+            "tc_staged".into(),
+            if tc_staged { "on" } else { "off" }.into(),
+        );
         if let Some(f) = fault {
             details.insert("planted_fault".into(), f.name().into());
         }
@@ -172,6 +183,7 @@ impl CudaBackend {
             sms: sms as usize,
             qkv1_wave,
             pdl,
+            tc_staged,
             blas,
             pools: Pools::new(),
             counters,

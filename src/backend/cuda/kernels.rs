@@ -96,9 +96,42 @@ impl Kernel {
                 "gate_up_tc1_bf16",
                 "gate_up_tc2_bf16",
                 "gate_up_tc4_bf16",
+                "gemm_tc1_f32",
+                "gemm_tc2_f32",
+                "gemm_tc4_f32",
+                "gemm_tc8_f32",
+                "gemm_tcs4_p1_f32",
+                "gemm_tcs4_p2_f32",
+                "gemm_tcs4_p4_f32",
+                "gemm_tcs4_p8_f32",
+                "gemm_tcs8_p1_f32",
+                "gemm_tcs8_p2_f32",
+                "gemm_tcs8_p4_f32",
+                "gemm_tcs8_p8_f32",
+                "gemm_tcs4_p1_bf16",
+                "gate_up_tcs4_p1_bf16",
+                "gemm_tcs4_p2_bf16",
+                "gate_up_tcs4_p2_bf16",
+                "gemm_tcs4_p4_bf16",
+                "gate_up_tcs4_p4_bf16",
+                "gemm_tcs4_p8_bf16",
+                "gate_up_tcs4_p8_bf16",
+                "gemm_tcs8_p1_bf16",
+                "gate_up_tcs8_p1_bf16",
+                "gemm_tcs8_p2_bf16",
+                "gate_up_tcs8_p2_bf16",
+                "gemm_tcs8_p4_bf16",
+                "gate_up_tcs8_p4_bf16",
+                "gemm_tcs8_p8_bf16",
+                "gate_up_tcs8_p8_bf16",
             ],
             Kernel::Rope => &["rope_bf16"],
-            Kernel::QkvFused => &["qkv_fused_bf16", "qkv_fused1_bf16", "qkv_fused1_pairs_bf16"],
+            Kernel::QkvFused => &[
+                "qkv_fused_bf16",
+                "qkv_fused1_bf16",
+                "qkv_fused1_pairs_bf16",
+                "qkv_finish_bf16",
+            ],
             Kernel::Attention => &[
                 "attn_scores_bf16",
                 "attn_exp_bf16",
@@ -258,7 +291,19 @@ fn fault_patches(fault: CudaFault) -> (Kernel, &'static [(&'static str, &'static
                             mma_chunk(apart, lo[v][u], hi[v][u], xv[u][j]);
                             for (int i = 0; i < 4; i++) acc[v][j][i] += apart[i];
                         }"#,
-            )],
+                ),
+                (
+                    "for (int v = 0; v < W; v++) mma_chunk(acc[v][j], lo[v][s], hi[v][s], xv);",
+                    r#"for (int v = 0; v < W; v++) {
+                            if (j == 0) mma_chunk(acc[v][j], lo[v][s], hi[v][s], xv);
+                            else {
+                                float apart[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                                mma_chunk(apart, lo[v][s], hi[v][s], xv);
+                                for (int i = 0; i < 4; i++) acc[v][j][i] += apart[i];
+                            }
+                        }"#,
+                ),
+            ],
         ),
         CudaFault::MoeRouteNextExpert => (
             Kernel::Moe,

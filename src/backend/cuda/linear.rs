@@ -17,6 +17,17 @@ use crate::error::{Error, Result};
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
+/// What a tensor-core product computes.
+#[derive(Clone, Copy)]
+pub(super) enum TcProduct<'a> {
+    /// y = bf16(x w^T).
+    Rounded,
+    /// The MLP input: w is the gate, this the up projection.
+    GateUp(&'a CudaWeight),
+    /// x w^T left in f32.
+    Unrounded,
+}
+
 /// Weight rows per warp group in gemv_many_bf16 (MANY_NW in linear.cu).
 const MANY_WEIGHT_ROWS: usize = 4;
 
@@ -54,33 +65,103 @@ impl CudaBackend {
     }
 
     /// Whether `k`-input products go to the tensor-core kernel.
-    fn tensor_core_products(&self, k: usize) -> bool {
+    pub(super) fn tensor_core_products(&self, k: usize) -> bool {
         self.options().products == Products::TensorCores && k % 32 == 0
     }
 
-    /// x w^T on tensor cores (`up` None), or the MLP input
-    /// bf16(silu(x gate^T)) * x up^T with `w` the gate (one pass over both).
-    fn gemm_tc(
+    /// `gemm_tc` for many rows on Hopper: the cluster kernels, whose
+    /// blocks stage activations in shared memory for 8 weight tiles of one
+    /// share; the same per-output order, so the same bits.
+    fn gemm_tc_staged(
         &self,
         x: &CudaTensor,
         w: &CudaWeight,
-        up: Option<&CudaWeight>,
-        out: &mut CudaTensor,
+        product: TcProduct<'_>,
+        out: u64,
+        parts: usize,
+    ) -> Result<()> {
+        let (n, k, m) = (x.rows, x.cols, w.rows);
+        let tiles = if n <= 32 { 4 } else { 8 };
+        let kind = match product {
+            TcProduct::Rounded => "gemm_tcs",
+            TcProduct::GateUp(_) => "gate_up_tcs",
+            TcProduct::Unrounded => "gemm_tcs",
+        };
+        let tail = match product {
+            TcProduct::Unrounded => "f32",
+            _ => "bf16",
+        };
+        let name = self.tc_name(&format!("{kind}{tiles}_p{parts}_{tail}"))?;
+        let groups = n.div_ceil(8 * tiles);
+        let (Ok(bx), Ok(bz)) = (u32::try_from(m.div_ceil(128)), u32::try_from(groups)) else {
+            return Err(shape(
+                "linear",
+                format!("{n} rows by {} ({m}x{k}): too many blocks", w.name),
+            ));
+        };
+        let (ni, ki, mi) = (n as i32, k as i32, m as i32);
+        let grid = cfg((bx, parts as u32, bz));
+        // SAFETY: as gemm_tc; the grid's y is the cluster's (1, parts, 1)
+        // (parts is 1, 2, 4 or 8, tc_parts), z the row groups.
+        unsafe {
+            match product {
+                TcProduct::GateUp(u) => self.launch(
+                    name,
+                    grid,
+                    &[&*x.data, &w.data, &u.data, &out, &ni, &ki, &mi],
+                ),
+                _ => self.launch(name, grid, &[&*x.data, &w.data, &out, &ni, &ki, &mi]),
+            }
+        }
+    }
+
+    /// The entry point of linear_tc.cu called `name`, as a static name.
+    fn tc_name(&self, name: &str) -> Result<&'static str> {
+        self.functions
+            .get_key_value(name)
+            .map(|(k, _)| *k)
+            .ok_or_else(|| Error::Backend {
+                backend: crate::ident::BackendKind::Cuda,
+                problem: format!("linear_tc.cu has no entry point {name}"),
+            })
+    }
+
+    /// x w^T on tensor cores into `out` (n x m, bf16 or, unrounded, f32),
+    /// or the MLP input bf16(silu(x gate^T)) * x up^T with `w` the gate
+    /// (one pass over both).
+    pub(super) fn gemm_tc(
+        &self,
+        x: &CudaTensor,
+        w: &CudaWeight,
+        product: TcProduct<'_>,
+        out: u64,
     ) -> Result<()> {
         let (n, k, m) = (x.rows, x.cols, w.rows);
         let parts = self.tc_parts(m, k);
+        // The staged kernels only where they measured faster (an H200,
+        // docs/benchmark_results/batched-decode-nvidia-h200.md): past 32
+        // rows, with shares of at least 16 chunks (qwen3-8b's products; at
+        // qwen3-0.6b's shares of 8 to 12 chunks the staging barriers cost
+        // more than the activation traffic they save). Either kernel gives
+        // the same bits.
+        if n > 32 && (k / 32).div_ceil(parts) >= 16 && self.tc_staged {
+            return self.gemm_tc_staged(x, w, product, out, parts);
+        }
         // Batch tiles of 8 rows per block: as few as cover the rows, at
         // most 8 (4 for the two-weight pass); which kernel runs changes no
         // row's order.
-        let (name, tiles) = match (n.div_ceil(8), up.is_some()) {
-            (1, false) => ("gemm_tc1_bf16", 1),
-            (2, false) => ("gemm_tc2_bf16", 2),
-            (3 | 4, false) => ("gemm_tc4_bf16", 4),
-            (_, false) => ("gemm_tc8_bf16", 8),
-            (1, true) => ("gate_up_tc1_bf16", 1),
-            (2, true) => ("gate_up_tc2_bf16", 2),
-            (_, true) => ("gate_up_tc4_bf16", 4),
+        let tiles = match (n.div_ceil(8), product) {
+            (1, _) => 1,
+            (2, _) => 2,
+            (_, TcProduct::GateUp(_)) => 4,
+            (3 | 4, _) => 4,
+            _ => 8,
         };
+        let name = self.tc_name(&match product {
+            TcProduct::Rounded => format!("gemm_tc{tiles}_bf16"),
+            TcProduct::GateUp(_) => format!("gate_up_tc{tiles}_bf16"),
+            TcProduct::Unrounded => format!("gemm_tc{tiles}_f32"),
+        })?;
         let blocks = m.div_ceil(16 * 8 / parts);
         let groups = n.div_ceil(8 * tiles);
         let (Ok(bx), Ok(by)) = (u32::try_from(blocks), u32::try_from(groups)) else {
@@ -91,21 +172,22 @@ impl CudaBackend {
         };
         let (ni, ki, mi, pi) = (n as i32, k as i32, m as i32, parts as i32);
         // SAFETY: x is n x k, w (and up, checked the same shape by the
-        // caller) m x k, out n x m, k % 32 == 0 (16-byte loads of 32-input
-        // chunks; cudarc allocations are 256-byte aligned); the grid covers
-        // m in tiles of 16 and n in groups of 8 * tiles; rows past m or n
-        // are read clamped and never written.
+        // caller) m x k, out n x m of the product's element type, k % 32 ==
+        // 0 (16-byte loads of 32-input chunks; cudarc allocations are
+        // 256-byte aligned); the grid covers m in tiles of 16 and n in
+        // groups of 8 * tiles; rows past m or n are read clamped and never
+        // written.
         unsafe {
-            match up {
-                None => self.launch(
+            match product {
+                TcProduct::GateUp(u) => self.launch(
                     name,
                     cfg((bx, by, 1)),
-                    &[&*x.data, &w.data, &*out.data, &ni, &ki, &mi, &pi],
+                    &[&*x.data, &w.data, &u.data, &out, &ni, &ki, &mi, &pi],
                 ),
-                Some(u) => self.launch(
+                _ => self.launch(
                     name,
                     cfg((bx, by, 1)),
-                    &[&*x.data, &w.data, &u.data, &*out.data, &ni, &ki, &mi, &pi],
+                    &[&*x.data, &w.data, &out, &ni, &ki, &mi, &pi],
                 ),
             }
         }
@@ -114,7 +196,8 @@ impl CudaBackend {
     fn gemv(&self, x: &CudaTensor, w: &CudaWeight, out: &mut CudaTensor) -> Result<()> {
         let (n, k, m) = (x.rows, x.cols, w.rows);
         if self.tensor_core_products(k) {
-            return self.gemm_tc(x, w, None, out);
+            let ptr = self.ptr(&out.data);
+            return self.gemm_tc(x, w, TcProduct::Rounded, ptr);
         }
         let parts = self.parts(m, k);
         let grid = (
@@ -286,8 +369,9 @@ impl CudaBackend {
         let ours = x.rows <= ROWS_PER_PASS || self.recording() || self.rows_alone();
         if same && ours && self.tensor_core_products(x.cols) {
             check::linear((x.rows, x.cols), &gate.name, (gate.rows, gate.cols))?;
-            let mut h = self.tensor("swiglu output", x.rows, gate.rows)?;
-            self.gemm_tc(x, gate, Some(up), &mut h)?;
+            let h = self.tensor("swiglu output", x.rows, gate.rows)?;
+            let ptr = self.ptr(&h.data);
+            self.gemm_tc(x, gate, TcProduct::GateUp(up), ptr)?;
             return Ok(h);
         }
         let one_pass = x.rows == 1 && x.cols % 8 == 0 && same;

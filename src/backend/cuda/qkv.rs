@@ -6,6 +6,7 @@
 //! follow the shape, the mode and the GPU's wave size, never the run.
 
 use super::launch::{cfg, grid_for, shape, BLOCK, ROWS_PER_PASS};
+use super::linear::TcProduct;
 use super::tensor::{CudaCache, CudaTensor, CudaWeight};
 use super::CudaBackend;
 use crate::backend::{check, AttnDims};
@@ -68,6 +69,11 @@ impl CudaBackend {
             ));
         }
         let slots = dims.n_heads + 2 * dims.n_kv_heads;
+        if self.tensor_core_products(x.cols) {
+            return self.fused_tc(
+                x, qkv, q_norm, k_norm, dims, positions, q, k_out, v_out, cache,
+            );
+        }
         let groups = x.rows.div_ceil(ROWS_PER_PASS);
         let counters = self.counters(groups * slots, "fused_qkv")?;
         let pos = self.positions(positions)?;
@@ -134,6 +140,76 @@ impl CudaBackend {
             )
         }?;
         Ok(())
+    }
+
+    /// The fused op with tensor-core products, in two launches: the
+    /// packed projection on tensor cores, left in f32 (its per-output
+    /// order fixed by the shape, as every tensor-core product's), then
+    /// qkv_fused.cu's phase 2 per (head slot, token) on those sums. One
+    /// kernel would need the projection's blocks to finish the head slots,
+    /// which the tile kernels' grids do not line up with; the numerics
+    /// are the one-kernel form's (f32 sums, per-head norm and RoPE on
+    /// them, one rounding).
+    #[allow(clippy::too_many_arguments)]
+    fn fused_tc(
+        &self,
+        x: &CudaTensor,
+        qkv: &CudaWeight,
+        q_norm: &CudaWeight,
+        k_norm: &CudaWeight,
+        dims: &AttnDims,
+        positions: &[usize],
+        q: &mut CudaTensor,
+        k_out: u64,
+        v_out: u64,
+        cache: Option<&CudaCache>,
+    ) -> Result<()> {
+        let pos = self.positions(positions)?;
+        let raw = self.buf(&self.pools.f32s, "fused projections", x.rows * qkv.rows)?;
+        self.gemm_tc(x, qkv, TcProduct::Unrounded, self.ptr(&*raw))?;
+        let (kc, vc) = match cache {
+            Some(c) => (self.ptr(&c.k), self.ptr(&c.v)),
+            None => (0u64, 0u64),
+        };
+        let slots = dims.n_heads + 2 * dims.n_kv_heads;
+        let (nh, nkv, hdi) = (
+            dims.n_heads as i32,
+            dims.n_kv_heads as i32,
+            dims.head_dim as i32,
+        );
+        let (eps, theta) = (dims.eps as f32, dims.rope_theta as f32);
+        let (Ok(sx), Ok(ty)) = (u32::try_from(slots), u32::try_from(x.rows)) else {
+            return Err(shape(
+                "fused_qkv",
+                format!("{} rows: too many blocks", x.rows),
+            ));
+        };
+        // SAFETY: raw holds x.rows x packed rows f32 sums (written above on
+        // this stream); one block per (head slot, token), head_dim <= BLOCK
+        // (checked by the caller); outputs and the cache hold every row's
+        // elements at its position.
+        unsafe {
+            self.launch(
+                "qkv_finish_bf16",
+                cfg((sx, ty, 1)),
+                &[
+                    &*raw,
+                    &q_norm.data,
+                    &k_norm.data,
+                    &*q.data,
+                    &k_out,
+                    &v_out,
+                    &kc,
+                    &vc,
+                    &pos.ptr,
+                    &nh,
+                    &nkv,
+                    &hdi,
+                    &eps,
+                    &theta,
+                ],
+            )
+        }
     }
 
     pub(super) fn fused_qkv(

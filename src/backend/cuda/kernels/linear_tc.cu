@@ -46,8 +46,8 @@ __device__ __forceinline__ void mma_chunk(float (&d)[4], uint4 lo, uint4 hi, uin
 // product (y = x w^T), W = 2 for the MLP input (w0 = gate, w1 = up), whose
 // outputs are rounded as the separate products would be and then combined
 // as swiglu_bf16 does.
-template <int NT, int U, int W>
-__device__ __forceinline__ void gemm_tc_body(const bf16_t* x, const bf16_t* w0, const bf16_t* w1, bf16_t* y, int n, int k, int m, int parts) {
+template <int NT, int U, int W, bool RAW = false>
+__device__ __forceinline__ void gemm_tc_body(const bf16_t* x, const bf16_t* w0, const bf16_t* w1, void* y, int n, int k, int m, int parts) {
     __shared__ float sums[7][16 * 8 * NT];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     int slot = warp / parts, part = warp % parts;
@@ -138,11 +138,15 @@ __device__ __forceinline__ void gemm_tc_body(const bf16_t* x, const bf16_t* w0, 
             int out = o + 8 * (i >> 1), col = j * 8 + 2 * t + (i & 1);
             if (out >= m || col >= nr) continue;
             float r = acc[0][j][i];
+            if (RAW) {
+                ((float*)y)[(size_t)(r0 + col) * m + out] = r;
+                continue;
+            }
             if (W == 2) {
                 float gv = r16(acc[0][j][i]), uv = r16(acc[W - 1][j][i]);
                 r = r16(gv / (1.0f + expf(-gv))) * uv;
             }
-            y[(size_t)(r0 + col) * m + out] = f2bf(r);
+            ((bf16_t*)y)[(size_t)(r0 + col) * m + out] = f2bf(r);
         }
 }
 
@@ -167,6 +171,25 @@ extern "C" __global__ void gemm_tc8_bf16(const bf16_t* x, const bf16_t* w, bf16_
     gemm_tc_body<8, 2, 1>(x, w, w, y, n, k, m, parts);
 }
 
+// Products left unrounded in f32 (y is n x m floats): the projection of the
+// fused attention-input path with tensor-core products, whose norm and
+// RoPE take the f32 sums (qkv_finish_bf16 in qkv_fused.cu).
+extern "C" __global__ void gemm_tc1_f32(const bf16_t* x, const bf16_t* w, float* y, int n, int k, int m, int parts) {
+    gemm_tc_body<1, 8, 1, true>(x, w, w, y, n, k, m, parts);
+}
+
+extern "C" __global__ void gemm_tc2_f32(const bf16_t* x, const bf16_t* w, float* y, int n, int k, int m, int parts) {
+    gemm_tc_body<2, 4, 1, true>(x, w, w, y, n, k, m, parts);
+}
+
+extern "C" __global__ void gemm_tc4_f32(const bf16_t* x, const bf16_t* w, float* y, int n, int k, int m, int parts) {
+    gemm_tc_body<4, 2, 1, true>(x, w, w, y, n, k, m, parts);
+}
+
+extern "C" __global__ void gemm_tc8_f32(const bf16_t* x, const bf16_t* w, float* y, int n, int k, int m, int parts) {
+    gemm_tc_body<8, 2, 1, true>(x, w, w, y, n, k, m, parts);
+}
+
 // The MLP input h = bf16(bf16(silu(gate)) * up) of the gate and up
 // products, NT batch tiles per block (1, 2 or 4; past 32 rows grid.y walks
 // groups of 32: eight tiles of two weights measured slower, as above).
@@ -181,3 +204,236 @@ extern "C" __global__ void gate_up_tc2_bf16(const bf16_t* x, const bf16_t* wg, c
 extern "C" __global__ void gate_up_tc4_bf16(const bf16_t* x, const bf16_t* wg, const bf16_t* wu, bf16_t* h, int n, int k, int m, int parts) {
     gemm_tc_body<4, 2, 2>(x, wg, wu, h, n, k, m, parts);
 }
+
+// ---------------------------------------------------------------------------
+// Many-row products on Hopper (past 16 rows): the same bits as gemm_tc_body,
+// with each activation chunk read from L2 once per block instead of once
+// per warp. Past 16 rows the per-warp kernel reads more activation bytes
+// than weight bytes (NT batch tiles of 16 bytes per lane against 32 of
+// weights per chunk), and its activation traffic grows with the batch.
+//
+// A block's 8 warps own 8 consecutive 16-row weight tiles and the same
+// share of the input chunks; they stage the share's activation rows in
+// shared memory, S chunks at a time, double buffered with cp.async. The P
+// shares of a tile group are the P blocks of one thread-block cluster;
+// part 0 adds the other parts' sums from their shared memory in part
+// order (distributed shared memory), as gemm_tc_body adds its warps'.
+// Every output's sum is therefore the same sequence of f32 operations as
+// there: the same chunk shares (P = tc_parts(m, k)), the same two MMAs per
+// chunk in ascending chunk order, the parts added in order, one rounding.
+// Staged rows past n are zero-filled and never written. S (chunks per
+// stage, also the weight chunks a warp requests at once) changes no order.
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define TC_CLUSTER(p) __cluster_dims__(1, p, 1)
+#define TC_HOPPER 1
+#else
+#define TC_CLUSTER(p)
+#define TC_HOPPER 0
+#endif
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) {
+#if TC_HOPPER
+    unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src), "r"(ok ? 16 : 0) : "memory");
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#if TC_HOPPER
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if TC_HOPPER
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}
+
+// Every thread of every block of the cluster arrives; shared-memory writes
+// before it are visible to the cluster after it.
+__device__ __forceinline__ void cluster_sync() {
+#if TC_HOPPER
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ unsigned cluster_rank() {
+    unsigned r = 0;
+#if TC_HOPPER
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+#endif
+    return r;
+}
+
+// `p` (this block's shared memory) as it sits in block `rank` of the cluster.
+__device__ __forceinline__ float ld_cluster(const float* p, unsigned rank) {
+    float v = 0.0f;
+#if TC_HOPPER
+    unsigned a = (unsigned)__cvta_generic_to_shared(p), r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(r) : "memory");
+#endif
+    return v;
+}
+
+template <int NT, int S, int W, int P, bool RAW = false>
+__device__ __forceinline__ void gemm_tcs_body(const bf16_t* x, const bf16_t* w0, const bf16_t* w1, void* y, int n, int k, int m) {
+#if TC_HOPPER
+    constexpr int R = 8 * NT;
+    constexpr int STAGE = S * R * 4;       // uint4 per stage
+    constexpr int SUMS = 8 * NT * 4 * 32;  // floats: every warp's fragments of one weight
+    constexpr int BYTES = (2 * STAGE * 16 > SUMS * 4) ? 2 * STAGE * 16 : SUMS * 4;
+    __shared__ __align__(16) unsigned char smem[BYTES];
+    uint4* stage = (uint4*)smem;
+    float* sums = (float*)smem;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    int part = (int)cluster_rank();
+    int base = (blockIdx.x * 8 + warp) * 16, o = base + g;
+    int r0 = blockIdx.z * R, nr = min(R, n - r0);
+    int chunks = k >> 5, share = (chunks + P - 1) / P;
+    int c0 = part * share, c1 = min(chunks, c0 + share), nc = max(0, c1 - c0);
+    int stages = (nc + S - 1) / S;
+    bool live = base < m, ok_lo = o < m, ok_hi = o + 8 < m;
+    const uint4* w_lo[W];
+    const uint4* w_hi[W];
+#pragma unroll
+    for (int v = 0; v < W; v++) {
+        const bf16_t* wv = v == 1 ? w1 : w0;
+        w_lo[v] = (const uint4*)(wv + (size_t)min(o, m - 1) * k) + t;
+        w_hi[v] = (const uint4*)(wv + (size_t)min(o + 8, m - 1) * k) + t;
+    }
+    float acc[W][NT][4];
+#pragma unroll
+    for (int v = 0; v < W; v++)
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[v][j][i] = 0.0f;
+    uint4 lo[W][S], hi[W][S];
+#pragma unroll
+    for (int v = 0; v < W; v++)
+#pragma unroll
+        for (int s = 0; s < S; s++) {
+            lo[v][s] = ld_weight(w_lo[v] + (c0 + s) * 4, live && ok_lo && s < nc);
+            hi[v][s] = ld_weight(w_hi[v] + (c0 + s) * 4, live && ok_hi && s < nc);
+        }
+    pdl_sync();
+    // Stage `st` of the share into buffer st & 1: for each row, its S
+    // chunks are contiguous in memory (t fastest, then the chunk).
+    auto fill = [&](int st) {
+        uint4* buf = stage + (st & 1) * STAGE;
+        for (int idx = threadIdx.x; idx < STAGE; idx += 256) {
+            int tt = idx & 3, s = (idx >> 2) % S, row = (idx >> 2) / S;
+            int c = c0 + st * S + s;
+            if (c >= c1) continue;
+            const bf16_t* src = x + (size_t)(r0 + min(row, nr - 1)) * k + (size_t)c * 32 + tt * 8;
+            cp_async16(buf + (s * R + row) * 4 + tt, src, row < nr);
+        }
+        cp_async_commit();
+    };
+    if (stages > 0) fill(0);
+    for (int st = 0; st < stages; st++) {
+        if (st + 1 < stages) {
+            fill(st + 1);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const uint4* buf = stage + (st & 1) * STAGE;
+#pragma unroll
+        for (int s = 0; s < S; s++)
+            if (live && st * S + s < nc) {
+#pragma unroll
+                for (int j = 0; j < NT; j++)
+                    if (j * 8 < nr) {
+                        uint4 xv = buf[(s * R + j * 8 + g) * 4 + t];
+#pragma unroll
+                        for (int v = 0; v < W; v++) mma_chunk(acc[v][j], lo[v][s], hi[v][s], xv);
+                    }
+            }
+        if (st + 1 < stages) {
+            int cn = c0 + (st + 1) * S;
+#pragma unroll
+            for (int v = 0; v < W; v++)
+#pragma unroll
+                for (int s = 0; s < S; s++) {
+                    lo[v][s] = ld_weight(w_lo[v] + (cn + s) * 4, live && ok_lo && cn + s < c1);
+                    hi[v][s] = ld_weight(w_hi[v] + (cn + s) * 4, live && ok_hi && cn + s < c1);
+                }
+        }
+        __syncthreads();
+    }
+    // The parts meet as in gemm_tc_body: parts past the first leave each
+    // fragment in their own shared memory (the staging buffers, free now),
+    // part 0 reads them from there in part order, one weight at a time.
+    if (P > 1) {
+#pragma unroll
+        for (int v = 0; v < W; v++) {
+            if (part > 0)
+#pragma unroll
+                for (int j = 0; j < NT; j++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) sums[((warp * NT + j) * 4 + i) * 32 + lane] = acc[v][j][i];
+            cluster_sync();
+            if (part == 0 && live)
+                for (int p = 1; p < P; p++)
+#pragma unroll
+                    for (int j = 0; j < NT; j++)
+#pragma unroll
+                        for (int i = 0; i < 4; i++) acc[v][j][i] += ld_cluster(&sums[((warp * NT + j) * 4 + i) * 32 + lane], p);
+            cluster_sync();
+        }
+    }
+    if (!live || part > 0) return;
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int out = o + 8 * (i >> 1), col = j * 8 + 2 * t + (i & 1);
+            if (out >= m || col >= nr) continue;
+            float r = acc[0][j][i];
+            if (RAW) {
+                ((float*)y)[(size_t)(r0 + col) * m + out] = r;
+                continue;
+            }
+            if (W == 2) {
+                float gv = r16(acc[0][j][i]), uv = r16(acc[W - 1][j][i]);
+                r = r16(gv / (1.0f + expf(-gv))) * uv;
+            }
+            ((bf16_t*)y)[(size_t)(r0 + col) * m + out] = f2bf(r);
+        }
+#else
+    __trap();
+#endif
+}
+
+// Entry points: gemm_tcs{NT}_p{P} (products), gate_up_tcs{NT}_p{P} (the
+// MLP input) and gemm_tcs{NT}_p{P}_f32 (unrounded products); NT = 4 (up
+// to 32 rows per group) or 8; grid (m / 128 tile groups, P, row groups),
+// clusters of (1, P, 1).
+#define TCS_ENTRY(NT, S, P)                                                                                              \
+    extern "C" __global__ void TC_CLUSTER(P) __launch_bounds__(256)                                                      \
+        gemm_tcs##NT##_p##P##_bf16(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k, int m) {                   \
+        gemm_tcs_body<NT, S, 1, P>(x, w, w, y, n, k, m);                                                                 \
+    }                                                                                                                    \
+    extern "C" __global__ void TC_CLUSTER(P) __launch_bounds__(256)                                                      \
+        gate_up_tcs##NT##_p##P##_bf16(const bf16_t* x, const bf16_t* wg, const bf16_t* wu, bf16_t* h, int n, int k, int m) { \
+        gemm_tcs_body<NT, (S > 2 ? S / 2 : S), 2, P>(x, wg, wu, h, n, k, m);                                             \
+    }                                                                                                                    \
+    extern "C" __global__ void TC_CLUSTER(P) __launch_bounds__(256)                                                      \
+        gemm_tcs##NT##_p##P##_f32(const bf16_t* x, const bf16_t* w, float* y, int n, int k, int m) {                     \
+        gemm_tcs_body<NT, S, 1, P, true>(x, w, w, y, n, k, m);                                                           \
+    }
+
+TCS_ENTRY(4, 4, 1)
+TCS_ENTRY(4, 4, 2)
+TCS_ENTRY(4, 4, 4)
+TCS_ENTRY(4, 4, 8)
+TCS_ENTRY(8, 4, 1)
+TCS_ENTRY(8, 4, 2)
+TCS_ENTRY(8, 4, 4)
+TCS_ENTRY(8, 4, 8)
