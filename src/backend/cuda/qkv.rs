@@ -69,20 +69,19 @@ impl CudaBackend {
             ));
         }
         let slots = dims.n_heads + 2 * dims.n_kv_heads;
-        if self.tensor_core_products(x.cols) {
-            return self.fused_tc(
-                x, qkv, q_norm, k_norm, dims, positions, q, k_out, v_out, cache,
-            );
-        }
-        let groups = x.rows.div_ceil(ROWS_PER_PASS);
-        let counters = self.counters(groups * slots, "fused_qkv")?;
         let pos = self.positions(positions)?;
-        let raw = self.buf(&self.pools.f32s, "fused projections", x.rows * qkv.rows)?;
-        let parts = self.parts(qkv.rows, x.cols).min(8);
         let (kc, vc) = match cache {
             Some(c) => (self.ptr(&c.k), self.ptr(&c.v)),
             None => (0u64, 0u64),
         };
+        if self.tensor_core_products(x.cols) {
+            let outs = [self.ptr(&q.data), k_out, v_out, kc, vc];
+            return self.fused_tc(x, qkv, (q_norm, k_norm), dims, pos.ptr, outs);
+        }
+        let groups = x.rows.div_ceil(ROWS_PER_PASS);
+        let counters = self.counters(groups * slots, "fused_qkv")?;
+        let raw = self.buf(&self.pools.f32s, "fused projections", x.rows * qkv.rows)?;
+        let parts = self.parts(qkv.rows, x.cols).min(8);
         let (n, hidden, nh, nkv, hdi, pi) = (
             x.rows as i32,
             x.cols as i32,
@@ -150,27 +149,21 @@ impl CudaBackend {
     /// which the tile kernels' grids do not line up with; the numerics
     /// are the one-kernel form's (f32 sums, per-head norm and RoPE on
     /// them, one rounding).
-    #[allow(clippy::too_many_arguments)]
+    ///
+    /// `outs`: the device addresses of q, k, v (0: not written) and of the
+    /// key and value caches (0: none), as the one-kernel form takes them.
     fn fused_tc(
         &self,
         x: &CudaTensor,
         qkv: &CudaWeight,
-        q_norm: &CudaWeight,
-        k_norm: &CudaWeight,
+        (q_norm, k_norm): (&CudaWeight, &CudaWeight),
         dims: &AttnDims,
-        positions: &[usize],
-        q: &mut CudaTensor,
-        k_out: u64,
-        v_out: u64,
-        cache: Option<&CudaCache>,
+        pos: u64,
+        outs: [u64; 5],
     ) -> Result<()> {
-        let pos = self.positions(positions)?;
         let raw = self.buf(&self.pools.f32s, "fused projections", x.rows * qkv.rows)?;
         self.gemm_tc(x, qkv, TcProduct::Unrounded, self.ptr(&*raw))?;
-        let (kc, vc) = match cache {
-            Some(c) => (self.ptr(&c.k), self.ptr(&c.v)),
-            None => (0u64, 0u64),
-        };
+        let [q, k, v, kc, vc] = outs;
         let slots = dims.n_heads + 2 * dims.n_kv_heads;
         let (nh, nkv, hdi) = (
             dims.n_heads as i32,
@@ -196,12 +189,12 @@ impl CudaBackend {
                     &*raw,
                     &q_norm.data,
                     &k_norm.data,
-                    &*q.data,
-                    &k_out,
-                    &v_out,
+                    &q,
+                    &k,
+                    &v,
                     &kc,
                     &vc,
-                    &pos.ptr,
+                    &pos,
                     &nh,
                     &nkv,
                     &hdi,

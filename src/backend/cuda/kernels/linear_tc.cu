@@ -40,6 +40,56 @@ __device__ __forceinline__ void mma_chunk(float (&d)[4], uint4 lo, uint4 hi, uin
     mma_bf16(d, lo.z, hi.z, lo.w, hi.w, xv.z, xv.w);
 }
 
+// Lane (g, t)'s first 16-byte weight load in rows o = tile + g and o + 8
+// of each weight (clamped into m; loads past m are predicated off).
+template <int W>
+__device__ __forceinline__ void tc_rows(const uint4* (&w_lo)[W], const uint4* (&w_hi)[W], const bf16_t* w0, const bf16_t* w1, int o, int t, int k, int m) {
+#pragma unroll
+    for (int v = 0; v < W; v++) {
+        const bf16_t* wv = v == 1 ? w1 : w0;
+        w_lo[v] = (const uint4*)(wv + (size_t)min(o, m - 1) * k) + t;
+        w_hi[v] = (const uint4*)(wv + (size_t)min(o + 8, m - 1) * k) + t;
+    }
+}
+
+// Requests chunks c .. c + U - 1 of the warp's weight rows (g and g + 8 of
+// its tile, per weight), zeros past c1 or where the row is outside m.
+template <int W, int U>
+__device__ __forceinline__ void tc_load(uint4 (&lo)[W][U], uint4 (&hi)[W][U], const uint4* const (&w_lo)[W], const uint4* const (&w_hi)[W], int c, int c1, bool ok_lo, bool ok_hi) {
+#pragma unroll
+    for (int v = 0; v < W; v++)
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            lo[v][u] = ld_weight(w_lo[v] + (c + u) * 4, ok_lo && c + u < c1);
+            hi[v][u] = ld_weight(w_hi[v] + (c + u) * 4, ok_hi && c + u < c1);
+        }
+}
+
+// Stores a warp's finished sums: element i of batch tile j is weight row
+// g + 8 * (i / 2) of the tile, activation row j * 8 + 2t + i % 2; rounded
+// once (W = 2: gate and up rounded, then SwiGLU as swiglu_bf16), or left
+// in f32 (RAW).
+template <int NT, int W, bool RAW>
+__device__ __forceinline__ void tc_store(const float (&acc)[W][NT][4], void* y, int o, int t, int m, int r0, int nr) {
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int out = o + 8 * (i >> 1), col = j * 8 + 2 * t + (i & 1);
+            if (out >= m || col >= nr) continue;
+            float r = acc[0][j][i];
+            if (RAW) {
+                ((float*)y)[(size_t)(r0 + col) * m + out] = r;
+                continue;
+            }
+            if (W == 2) {
+                float gv = r16(acc[0][j][i]), uv = r16(acc[W - 1][j][i]);
+                r = r16(gv / (1.0f + expf(-gv))) * uv;
+            }
+            ((bf16_t*)y)[(size_t)(r0 + col) * m + out] = f2bf(r);
+        }
+}
+
 // NT batch tiles of 8 activation rows per block (grid.y walks groups of
 // 8 * NT rows); block = 8 warps = 8 / parts weight tiles x parts shares.
 // W weight matrices of one shape share every activation load: W = 1 for a
@@ -58,31 +108,14 @@ __device__ __forceinline__ void gemm_tc_body(const bf16_t* x, const bf16_t* w0, 
     bool live = base < m, ok_lo = o < m, ok_hi = o + 8 < m;
     const uint4* w_lo[W];
     const uint4* w_hi[W];
-#pragma unroll
-    for (int v = 0; v < W; v++) {
-        const bf16_t* wv = v == 1 ? w1 : w0;
-        w_lo[v] = (const uint4*)(wv + (size_t)min(o, m - 1) * k) + t;
-        w_hi[v] = (const uint4*)(wv + (size_t)min(o + 8, m - 1) * k) + t;
-    }
+    tc_rows<W>(w_lo, w_hi, w0, w1, o, t, k, m);
     const uint4* xr[NT];
 #pragma unroll
     for (int j = 0; j < NT; j++) xr[j] = (const uint4*)(x + (size_t)(r0 + min(j * 8 + g, nr - 1)) * k) + t;
-    float acc[W][NT][4];
-#pragma unroll
-    for (int v = 0; v < W; v++)
-#pragma unroll
-        for (int j = 0; j < NT; j++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) acc[v][j][i] = 0.0f;
+    float acc[W][NT][4] = {};
     int c = c0;
     uint4 lo[W][U], hi[W][U];
-#pragma unroll
-    for (int v = 0; v < W; v++)
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            lo[v][u] = ld_weight(w_lo[v] + (c + u) * 4, live && ok_lo && c + u < c1);
-            hi[v][u] = ld_weight(w_hi[v] + (c + u) * 4, live && ok_hi && c + u < c1);
-        }
+    tc_load<W, U>(lo, hi, w_lo, w_hi, c, c1, live && ok_lo, live && ok_hi);
     pdl_sync();
     while (live && c < c1) {
         uint4 xv[U][NT];
@@ -101,13 +134,7 @@ __device__ __forceinline__ void gemm_tc_body(const bf16_t* x, const bf16_t* w0, 
             }
         c += U;
         if (c >= c1) break;
-#pragma unroll
-        for (int v = 0; v < W; v++)
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                lo[v][u] = ld_weight(w_lo[v] + (c + u) * 4, ok_lo && c + u < c1);
-                hi[v][u] = ld_weight(w_hi[v] + (c + u) * 4, ok_hi && c + u < c1);
-            }
+        tc_load<W, U>(lo, hi, w_lo, w_hi, c, c1, ok_lo, ok_hi);
     }
     // Every warp's accumulators have the same layout: element i of batch
     // tile j is weight row g + 8 * (i / 2) of the tile, activation row
@@ -131,23 +158,7 @@ __device__ __forceinline__ void gemm_tc_body(const bf16_t* x, const bf16_t* w0, 
         __syncthreads();
     }
     if (!live || part > 0) return;
-#pragma unroll
-    for (int j = 0; j < NT; j++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            int out = o + 8 * (i >> 1), col = j * 8 + 2 * t + (i & 1);
-            if (out >= m || col >= nr) continue;
-            float r = acc[0][j][i];
-            if (RAW) {
-                ((float*)y)[(size_t)(r0 + col) * m + out] = r;
-                continue;
-            }
-            if (W == 2) {
-                float gv = r16(acc[0][j][i]), uv = r16(acc[W - 1][j][i]);
-                r = r16(gv / (1.0f + expf(-gv))) * uv;
-            }
-            ((bf16_t*)y)[(size_t)(r0 + col) * m + out] = f2bf(r);
-        }
+    tc_store<NT, W, RAW>(acc, y, o, t, m, r0, nr);
 }
 
 // Products, NT batch tiles per block (1, 2, 4 or 8): the fewer rows, the
@@ -299,27 +310,10 @@ __device__ __forceinline__ void gemm_tcs_body(const bf16_t* x, const bf16_t* w0,
     bool live = base < m, ok_lo = o < m, ok_hi = o + 8 < m;
     const uint4* w_lo[W];
     const uint4* w_hi[W];
-#pragma unroll
-    for (int v = 0; v < W; v++) {
-        const bf16_t* wv = v == 1 ? w1 : w0;
-        w_lo[v] = (const uint4*)(wv + (size_t)min(o, m - 1) * k) + t;
-        w_hi[v] = (const uint4*)(wv + (size_t)min(o + 8, m - 1) * k) + t;
-    }
-    float acc[W][NT][4];
-#pragma unroll
-    for (int v = 0; v < W; v++)
-#pragma unroll
-        for (int j = 0; j < NT; j++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) acc[v][j][i] = 0.0f;
+    tc_rows<W>(w_lo, w_hi, w0, w1, o, t, k, m);
+    float acc[W][NT][4] = {};
     uint4 lo[W][S], hi[W][S];
-#pragma unroll
-    for (int v = 0; v < W; v++)
-#pragma unroll
-        for (int s = 0; s < S; s++) {
-            lo[v][s] = ld_weight(w_lo[v] + (c0 + s) * 4, live && ok_lo && s < nc);
-            hi[v][s] = ld_weight(w_hi[v] + (c0 + s) * 4, live && ok_hi && s < nc);
-        }
+    tc_load<W, S>(lo, hi, w_lo, w_hi, c0, c1, live && ok_lo, live && ok_hi);
     pdl_sync();
     // Stage `st` of the share into buffer st & 1: for each row, its S
     // chunks are contiguous in memory (t fastest, then the chunk).
@@ -355,16 +349,7 @@ __device__ __forceinline__ void gemm_tcs_body(const bf16_t* x, const bf16_t* w0,
                         for (int v = 0; v < W; v++) mma_chunk(acc[v][j], lo[v][s], hi[v][s], xv);
                     }
             }
-        if (st + 1 < stages) {
-            int cn = c0 + (st + 1) * S;
-#pragma unroll
-            for (int v = 0; v < W; v++)
-#pragma unroll
-                for (int s = 0; s < S; s++) {
-                    lo[v][s] = ld_weight(w_lo[v] + (cn + s) * 4, live && ok_lo && cn + s < c1);
-                    hi[v][s] = ld_weight(w_hi[v] + (cn + s) * 4, live && ok_hi && cn + s < c1);
-                }
-        }
+        if (st + 1 < stages) tc_load<W, S>(lo, hi, w_lo, w_hi, c0 + (st + 1) * S, c1, live && ok_lo, live && ok_hi);
         __syncthreads();
     }
     // The parts meet as in gemm_tc_body: parts past the first leave each
@@ -389,23 +374,7 @@ __device__ __forceinline__ void gemm_tcs_body(const bf16_t* x, const bf16_t* w0,
         }
     }
     if (!live || part > 0) return;
-#pragma unroll
-    for (int j = 0; j < NT; j++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            int out = o + 8 * (i >> 1), col = j * 8 + 2 * t + (i & 1);
-            if (out >= m || col >= nr) continue;
-            float r = acc[0][j][i];
-            if (RAW) {
-                ((float*)y)[(size_t)(r0 + col) * m + out] = r;
-                continue;
-            }
-            if (W == 2) {
-                float gv = r16(acc[0][j][i]), uv = r16(acc[W - 1][j][i]);
-                r = r16(gv / (1.0f + expf(-gv))) * uv;
-            }
-            ((bf16_t*)y)[(size_t)(r0 + col) * m + out] = f2bf(r);
-        }
+    tc_store<NT, W, RAW>(acc, y, o, t, m, r0, nr);
 #else
     __trap();
 #endif
