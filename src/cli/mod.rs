@@ -15,6 +15,7 @@ mod info;
 mod parity;
 mod score;
 mod synth;
+mod tp;
 mod trace;
 mod verify;
 
@@ -59,6 +60,9 @@ pub enum Cmd {
     /// One sequence alone and in several batch compositions: the first
     /// step each composition changes, and the distinct logits per step.
     Batch(batch::Args),
+    /// The envelope tensor parallelism adds, simulated on the CPU
+    /// reference: each rank count and all-reduce order against one device.
+    Tp(tp::Args),
     /// Golden generations: check them (near-tie aware) or regenerate them.
     Golden {
         #[command(subcommand)]
@@ -93,6 +97,7 @@ pub fn run(cmd: Cmd) -> lockstep::error::Result<()> {
         Cmd::Parity(a) => parity::run(a),
         Cmd::Envelope(a) => envelope::run(a),
         Cmd::Batch(a) => batch::run(a),
+        Cmd::Tp(a) => tp::run(a),
         Cmd::Golden { action } => golden::run(action),
         Cmd::Info(a) => info::run(a),
         Cmd::CompareReference(a) => compare_reference::run(a),

@@ -16,6 +16,7 @@ pub mod layout;
 pub mod oracle;
 pub mod parity;
 pub mod score;
+pub mod tp;
 pub mod trace;
 pub mod verify;
 

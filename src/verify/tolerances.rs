@@ -42,10 +42,11 @@ pub enum Tol {
     MoeRoutingNearTieBf16,
     ContainmentQuantile,
     TruthVsTransformersF64LogitsRelRms,
+    TpSimF64VsOneDeviceLogitsRelRms,
 }
 
 impl Tol {
-    pub const ALL: [Tol; 16] = [
+    pub const ALL: [Tol; 17] = [
         Tol::FusedVsGraphRms,
         Tol::FusedVsGraphF64Rms,
         Tol::TruthVsTransformersF32LogitsRelRms,
@@ -62,6 +63,7 @@ impl Tol {
         Tol::MoeRoutingNearTieBf16,
         Tol::ContainmentQuantile,
         Tol::TruthVsTransformersF64LogitsRelRms,
+        Tol::TpSimF64VsOneDeviceLogitsRelRms,
     ];
 
     pub fn name(self) -> &'static str {
@@ -84,6 +86,7 @@ impl Tol {
             Tol::MoeRoutingNearTieBf16 => "moe_routing_near_tie_bf16",
             Tol::ContainmentQuantile => "containment_quantile",
             Tol::TruthVsTransformersF64LogitsRelRms => "truth_vs_transformers_f64_logits_rel_rms",
+            Tol::TpSimF64VsOneDeviceLogitsRelRms => "tp_sim_f64_vs_one_device_logits_rel_rms",
         }
     }
 

@@ -11,6 +11,7 @@
 
 mod math;
 mod ops;
+pub mod tp;
 
 use super::{AttnDims, Backend, DeviceInfo, MoeWeights};
 use crate::error::{Error, Result};
@@ -56,6 +57,9 @@ pub struct CpuWeight {
     pub data: std::sync::Arc<WeightData>,
     /// The first of this weight's rows in `data`.
     pub row0: usize,
+    /// How tensor parallelism divides it (from its checkpoint key); only a
+    /// simulated TP backend (`CpuBackend::tp`) acts on it.
+    pub split: tp::Split,
 }
 
 impl CpuWeight {
@@ -98,6 +102,9 @@ pub struct CpuBackend {
     pub numerics: Numerics,
     /// Planted bugs for negative controls; all off in normal use.
     pub faults: Faults,
+    /// Simulate tensor parallelism (`tp`): row-parallel products and MoE
+    /// combinations are summed per rank and all-reduced. None: one device.
+    pub tp: Option<tp::TpSim>,
 }
 
 /// Deliberate defects that negative-control tests plant to prove a check can fail.
@@ -136,11 +143,24 @@ impl CpuBackend {
         CpuBackend {
             numerics,
             faults: Faults::default(),
+            tp: None,
         }
     }
 
     pub fn with_faults(numerics: Numerics, faults: Faults) -> Self {
-        CpuBackend { numerics, faults }
+        CpuBackend {
+            numerics,
+            faults,
+            tp: None,
+        }
+    }
+
+    /// The reference as a simulated tensor-parallel engine (`tp`).
+    pub fn tensor_parallel(numerics: Numerics, sim: tp::TpSim) -> Self {
+        CpuBackend {
+            tp: Some(sim),
+            ..CpuBackend::new(numerics)
+        }
     }
 
     fn bf16(&self) -> bool {
@@ -187,6 +207,16 @@ impl Backend for CpuBackend {
         if self.faults != Faults::default() {
             details.insert("faults".into(), format!("{:?}", self.faults));
         }
+        if let Some(t) = &self.tp {
+            details.insert(
+                "tensor_parallel".into(),
+                format!(
+                    "{} ranks, {} all-reduce (simulated)",
+                    t.ranks,
+                    t.order.name()
+                ),
+            );
+        }
         DeviceInfo {
             backend: super::BackendKind::Cpu,
             device: super::host_cpu_name(),
@@ -223,6 +253,7 @@ impl Backend for CpuBackend {
             cols,
             data: std::sync::Arc::new(data),
             row0: 0,
+            split: tp::Split::of(name),
         })
     }
 
@@ -235,6 +266,7 @@ impl Backend for CpuBackend {
             cols: w.cols,
             data: w.data.clone(),
             row0: w.row0 + start,
+            split: tp::Split::of(name),
         })
     }
 
@@ -259,6 +291,9 @@ impl Backend for CpuBackend {
     }
 
     fn linear(&self, x: &CpuTensor, w: &CpuWeight) -> Result<CpuTensor> {
+        if let (Some(sim), tp::Split::Inputs) = (&self.tp, w.split) {
+            return tp::row_parallel_linear(self.numerics, sim, x, w);
+        }
         let mut y = ops::linear(self.numerics, x, w)?;
         if self.faults.batch_dependent_linear && y.rows > 1 && y.cols > 0 {
             let last = y.cols - 1;

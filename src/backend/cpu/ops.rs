@@ -453,16 +453,21 @@ pub fn moe(be: &CpuBackend, x: &CpuTensor, w: &MoeWeights<CpuWeight>) -> Result<
     use crate::backend::Backend;
     let num = be.numerics;
     let logits = be.linear(x, &w.router)?;
-    let mut out = vec![0f64; x.rows * x.cols];
+    // Under simulated expert parallelism each rank combines its own chosen
+    // experts (in routing order) and the ranks' combinations are
+    // all-reduced; one device is one rank.
+    let ranks = be.tp.map_or(1, |t| t.ranks);
+    let mut by_rank = vec![vec![0f64; x.rows * x.cols]; ranks];
     for r in 0..x.rows {
         let xr = be.rows(x, r, 1)?;
-        let o = &mut out[r * x.cols..(r + 1) * x.cols];
         for (e, p) in crate::backend::route(
             num == Numerics::Bf16,
             logits.row(r),
             w.top_k,
             w.norm_topk_prob,
         ) {
+            let rank = super::tp::expert_rank(e, w.experts.len(), ranks)?;
+            let o = &mut by_rank[rank][r * x.cols..(r + 1) * x.cols];
             let ex = &w.experts[e];
             let h = be.swiglu(&be.linear(&xr, &ex.gate)?, &be.linear(&xr, &ex.up)?)?;
             let y = be.linear(&h, &ex.down)?;
@@ -474,5 +479,9 @@ pub fn moe(be: &CpuBackend, x: &CpuTensor, w: &MoeWeights<CpuWeight>) -> Result<
             }
         }
     }
+    let out = match be.tp {
+        None => by_rank.pop().unwrap_or_default(),
+        Some(sim) => super::tp::all_reduce(num, &by_rank, sim.order),
+    };
     Ok(CpuTensor::new(x.rows, x.cols, out))
 }

@@ -1,0 +1,223 @@
+//! The envelope tensor parallelism adds, known before a GPU is touched: the
+//! CPU reference run as a simulated TP-N engine (`backend::cpu::tp`) for
+//! each rank count and all-reduce order, against the same reference on one
+//! device, in bf16 (where the orders round apart) and f64 (where only
+//! reassociation is left).
+
+use crate::backend::cpu::tp::{ReduceOrder, TpSim};
+use crate::backend::cpu::CpuBackend;
+use crate::backend::AttnPath;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::ident::Numerics;
+use crate::model::Model;
+use crate::verify::metrics::diff;
+use serde::Serialize;
+
+/// One simulated configuration against one device.
+#[derive(Debug, Clone, Serialize)]
+pub struct TpRow {
+    pub numerics: Numerics,
+    pub ranks: usize,
+    pub order: ReduceOrder,
+    /// Every logit bitwise the one-device run's.
+    pub bitwise: bool,
+    /// The worst row's relative RMS against one device.
+    pub worst_rel_rms: f64,
+    pub max_abs: f64,
+    /// Rows (positions) whose greedy token differs from one device's.
+    pub greedy_changed: usize,
+    /// bf16 only: this run's relative RMS error against f64 truth (one
+    /// device, all rows) over one bf16 device's: the truth-relative rule's
+    /// ratio (`truth_relative_factor`), which holds where routing flips
+    /// and noise floors make a plain distance meaningless.
+    pub truth_ratio: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TpEnvelope {
+    pub model: String,
+    pub path: AttnPath,
+    pub tokens: usize,
+    pub rows: Vec<TpRow>,
+    /// Per numerics: bitwise-distinct logits over one device and every
+    /// configuration.
+    pub distinct: Vec<(Numerics, usize)>,
+}
+
+/// Why `ranks` cannot shard `model`: the query heads, the MLP's inner
+/// width and the experts must divide evenly; key/value heads divide or are
+/// replicated (a rank count that is a multiple of theirs).
+pub fn check_shardable(e: &crate::model::Qwen3Config, ranks: usize) -> Result<()> {
+    let mut bad = vec![];
+    if ranks == 0 {
+        bad.push("0 ranks".to_string());
+    }
+    let ranks = ranks.max(1);
+    for (field, v) in [
+        ("num_attention_heads", e.num_attention_heads),
+        ("intermediate_size", e.intermediate_size),
+    ] {
+        if v % ranks != 0 {
+            bad.push(format!("{field} = {v}"));
+        }
+    }
+    // Fewer key/value heads than ranks are replicated (each rank keeps the
+    // one its query heads read), which changes no sum.
+    let kv = e.num_key_value_heads;
+    if kv % ranks != 0 && ranks % kv != 0 {
+        bad.push(format!("num_key_value_heads = {kv}"));
+    }
+    if let Some(m) = &e.moe {
+        if m.num_experts % ranks != 0 {
+            bad.push(format!("num_experts = {}", m.num_experts));
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "--ranks",
+            format!("{ranks} ranks do not divide {}", bad.join(", ")),
+        ))
+    }
+}
+
+/// Teacher-forced logits of `prompt` on the reference, on one device
+/// (`sim` None) or simulated tensor parallel.
+pub fn reference_logits(
+    model: &Model,
+    numerics: Numerics,
+    sim: Option<TpSim>,
+    prompt: &[u32],
+    path: AttnPath,
+) -> Result<Vec<Vec<f64>>> {
+    let backend = match sim {
+        None => CpuBackend::new(numerics),
+        Some(s) => {
+            check_shardable(&model.config, s.ranks)?;
+            CpuBackend::tensor_parallel(numerics, s)
+        }
+    };
+    let e = Engine::load(model, backend)?;
+    e.teacher_forced(prompt, path, &mut Default::default())
+}
+
+/// `got`'s relative RMS error against f64 truth over `one`'s (all rows).
+pub fn truth_ratio(got: &[Vec<f64>], one: &[Vec<f64>], truth: &[Vec<f64>]) -> f64 {
+    let (g, o, t) = (got.concat(), one.concat(), truth.concat());
+    diff(&g, &t).rel_rms / diff(&o, &t).rel_rms
+}
+
+/// Compares `got` with `one` (one device's logits) row by row; `truth`
+/// (f64, one device) for a bf16 run.
+pub fn compare(
+    numerics: Numerics,
+    sim: TpSim,
+    got: &[Vec<f64>],
+    one: &[Vec<f64>],
+    truth: Option<&[Vec<f64>]>,
+) -> TpRow {
+    let (mut worst, mut max_abs, mut changed) = (0.0f64, 0.0f64, 0);
+    for (g, o) in got.iter().zip(one) {
+        let d = diff(g, o);
+        worst = worst.max(d.rel_rms);
+        max_abs = max_abs.max(d.max_abs);
+        changed += usize::from(crate::logits::argmax(g) != crate::logits::argmax(o));
+    }
+    TpRow {
+        numerics,
+        ranks: sim.ranks,
+        order: sim.order,
+        bitwise: got == one,
+        worst_rel_rms: worst,
+        max_abs,
+        greedy_changed: changed,
+        truth_ratio: truth
+            .filter(|_| numerics == Numerics::Bf16)
+            .map(|t| truth_ratio(got, one, t)),
+    }
+}
+
+/// Every (numerics, ranks, order) of the request against one device.
+pub fn tp_envelope(
+    model: &Model,
+    prompt: &[u32],
+    ranks: &[usize],
+    orders: &[ReduceOrder],
+    numerics: &[Numerics],
+    path: AttnPath,
+) -> Result<TpEnvelope> {
+    let total = numerics.len() * (1 + ranks.len() * orders.len());
+    let mut bar = crate::progress::Progress::new("tensor-parallel runs", total);
+    let mut done = 0;
+    let (mut rows, mut distinct) = (vec![], vec![]);
+    let truth = if numerics.contains(&Numerics::Bf16) {
+        Some(reference_logits(model, Numerics::F64, None, prompt, path)?)
+    } else {
+        None
+    };
+    for &num in numerics {
+        let one = reference_logits(model, num, None, prompt, path)?;
+        done += 1;
+        bar.set(done);
+        let mut seen = vec![one.clone()];
+        for &n in ranks {
+            for &order in orders {
+                let sim = TpSim::new(n, order);
+                let got = reference_logits(model, num, Some(sim), prompt, path)?;
+                done += 1;
+                bar.set(done);
+                rows.push(compare(num, sim, &got, &one, truth.as_deref()));
+                if !seen.contains(&got) {
+                    seen.push(got);
+                }
+            }
+        }
+        distinct.push((num, seen.len()));
+    }
+    Ok(TpEnvelope {
+        model: model.name(),
+        path,
+        tokens: prompt.len(),
+        rows,
+        distinct,
+    })
+}
+
+impl TpEnvelope {
+    pub fn to_text(&self) -> String {
+        let mut s = format!(
+            "tensor parallel, simulated on the CPU reference: {} ({} path, {} tokens teacher-forced) against one device\n",
+            self.model,
+            self.path.name(),
+            self.tokens
+        );
+        s += "numerics  ranks  all-reduce  bitwise  worst rel RMS  max |diff|  greedy changed  vs truth (x one device's error)\n";
+        for r in &self.rows {
+            s += &format!(
+                "{:<8}  {:>5}  {:<10}  {:<7}  {:>13.3e}  {:>10.3e}  {:>14}\n",
+                format!("{:?}", r.numerics).to_lowercase(),
+                r.ranks,
+                r.order.name(),
+                if r.bitwise { "yes" } else { "no" },
+                r.worst_rel_rms,
+                r.max_abs,
+                format!("{}/{}", r.greedy_changed, self.tokens)
+            );
+            s.pop();
+            s += &match r.truth_ratio {
+                Some(x) => format!("  {x:>30.3}\n"),
+                None => format!("  {:>30}\n", "-"),
+            };
+        }
+        for (num, d) in &self.distinct {
+            s += &format!(
+                "{}: {d} bitwise-distinct logits over one device and {} configurations\n",
+                format!("{num:?}").to_lowercase(),
+                self.rows.iter().filter(|r| r.numerics == *num).count()
+            );
+        }
+        s
+    }
+}

@@ -1,0 +1,147 @@
+//! Tensor parallelism simulated on the CPU reference (`backend::cpu::tp`,
+//! `jobs::tp`): one rank is one device bit for bit; in f64 TP only
+//! reassociates; in bf16 it moves the logits (the envelope is not zero, and
+//! the all-reduce order matters) but stays as near f64 truth as one device
+//! (`truth_relative_factor`); a rank whose partial is lost is caught by
+//! both rules; a rank count the model cannot shard is refused.
+
+use lockstep::backend::cpu::tp::{ReduceOrder, TpSim};
+use lockstep::backend::AttnPath;
+use lockstep::ident::Numerics;
+use lockstep::jobs::tp::{compare, reference_logits, truth_ratio};
+use lockstep::model::Model;
+use lockstep::verify::tolerances::{tol, Tol};
+
+const PROMPT: [u32; 8] = [1, 17, 42, 99, 3, 250, 7, 8];
+
+fn logits(m: &Model, num: Numerics, sim: Option<TpSim>, path: AttnPath) -> Vec<Vec<f64>> {
+    reference_logits(m, num, sim, &PROMPT, path).unwrap()
+}
+
+#[test]
+fn one_rank_is_one_device_bit_for_bit() {
+    for preset in ["tiny", "tiny-moe"] {
+        let m = Model::open(&format!("synth:{preset}")).unwrap();
+        for num in [Numerics::Bf16, Numerics::F64] {
+            for path in AttnPath::ALL {
+                let one = logits(&m, num, None, path);
+                for order in ReduceOrder::ALL {
+                    let got = logits(&m, num, Some(TpSim::new(1, order)), path);
+                    assert!(got == one, "{preset} {num:?} {} {order:?}", path.name());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn f64_tensor_parallel_only_reassociates() {
+    for preset in ["tiny", "tiny-moe"] {
+        let m = Model::open(&format!("synth:{preset}")).unwrap();
+        for path in AttnPath::ALL {
+            let one = logits(&m, Numerics::F64, None, path);
+            for ranks in [2, 4] {
+                for order in ReduceOrder::ALL {
+                    let sim = TpSim::new(ranks, order);
+                    let got = logits(&m, Numerics::F64, Some(sim), path);
+                    let row = compare(Numerics::F64, sim, &got, &one, None);
+                    assert!(
+                        !row.bitwise,
+                        "{preset} {ranks} {order:?}: f64 TP bitwise one device: did it shard?"
+                    );
+                    assert!(
+                        row.worst_rel_rms < tol(Tol::TpSimF64VsOneDeviceLogitsRelRms),
+                        "{preset} {} {ranks} {order:?}: {:.3e}",
+                        path.name(),
+                        row.worst_rel_rms
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bf16_tensor_parallel_moves_the_logits_but_not_away_from_truth() {
+    for preset in ["tiny", "tiny-moe"] {
+        let m = Model::open(&format!("synth:{preset}")).unwrap();
+        for path in AttnPath::ALL {
+            let one = logits(&m, Numerics::Bf16, None, path);
+            let truth = logits(&m, Numerics::F64, None, path);
+            let mut at_four = vec![];
+            for ranks in [2, 4] {
+                for order in ReduceOrder::ALL {
+                    let sim = TpSim::new(ranks, order);
+                    let got = logits(&m, Numerics::Bf16, Some(sim), path);
+                    let row = compare(Numerics::Bf16, sim, &got, &one, Some(&truth));
+                    let ratio = row.truth_ratio.unwrap();
+                    println!(
+                        "{preset} {} TP-{ranks} {}: worst rel RMS {:.3e} vs one device, {ratio:.3}x its error vs truth",
+                        path.name(),
+                        order.name(),
+                        row.worst_rel_rms
+                    );
+                    assert!(
+                        !row.bitwise,
+                        "{preset} TP-{ranks}: bitwise one device in bf16"
+                    );
+                    assert!(ratio <= tol(Tol::TruthRelativeFactor), "{ratio}");
+                    if ranks == 4 {
+                        at_four.push(got);
+                    }
+                }
+            }
+            // Four ranks: the orders round apart (two ranks: a + b either way).
+            assert!(
+                at_four[0] != at_four[1] || at_four[1] != at_four[2],
+                "{preset} {}: every all-reduce order gave the same bits at 4 ranks",
+                path.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_lost_rank_is_caught() {
+    let m = Model::open("synth:tiny").unwrap();
+    let path = AttnPath::Graph;
+    let lost = TpSim {
+        drop_last_rank: true,
+        ..TpSim::new(2, ReduceOrder::Ring)
+    };
+    let one = logits(&m, Numerics::F64, None, path);
+    let got = logits(&m, Numerics::F64, Some(lost), path);
+    let row = compare(Numerics::F64, lost, &got, &one, None);
+    println!("lost rank, f64: worst rel RMS {:.3e}", row.worst_rel_rms);
+    assert!(row.worst_rel_rms > tol(Tol::TpSimF64VsOneDeviceLogitsRelRms));
+    let one = logits(&m, Numerics::Bf16, None, path);
+    let got = logits(&m, Numerics::Bf16, Some(lost), path);
+    let ratio = truth_ratio(&got, &one, &logits(&m, Numerics::F64, None, path));
+    println!("lost rank, bf16: {ratio:.3}x one device's error vs truth");
+    assert!(ratio > tol(Tol::TruthRelativeFactor), "{ratio}");
+}
+
+#[test]
+fn a_rank_count_the_model_cannot_shard_is_refused() {
+    let m = Model::open("synth:tiny").unwrap();
+    let err = reference_logits(
+        &m,
+        Numerics::Bf16,
+        Some(TpSim::new(3, ReduceOrder::Ring)),
+        &PROMPT,
+        AttnPath::Graph,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("num_attention_heads = 4"), "{err}");
+    let err = reference_logits(
+        &m,
+        Numerics::Bf16,
+        Some(TpSim::new(0, ReduceOrder::Tree)),
+        &PROMPT,
+        AttnPath::Graph,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("0 ranks"), "{err}");
+}
