@@ -212,10 +212,11 @@ impl TpEnvelope {
             };
         }
         for (num, d) in &self.distinct {
+            let n = self.rows.iter().filter(|r| r.numerics == *num).count();
             s += &format!(
-                "{}: {d} bitwise-distinct logits over one device and {} configurations\n",
+                "{}: {d} bitwise-distinct logits over one device and {n} configuration{}\n",
                 format!("{num:?}").to_lowercase(),
-                self.rows.iter().filter(|r| r.numerics == *num).count()
+                if n == 1 { "" } else { "s" }
             );
         }
         s
