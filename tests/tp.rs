@@ -145,3 +145,28 @@ fn a_rank_count_the_model_cannot_shard_is_refused() {
     .to_string();
     assert!(err.contains("0 ranks"), "{err}");
 }
+
+#[test]
+fn a_lost_rank_fails_its_verify_row() {
+    use lockstep::jobs::fixture::Fixture;
+    use lockstep::jobs::tp::{fixture_row, tp_case};
+    use lockstep::verify::checks::tp_row;
+    use lockstep::verify::summary::Status;
+    let fx = Fixture::preset("tiny").unwrap();
+    for numerics in [Numerics::Bf16, Numerics::F64] {
+        for lost in [false, true] {
+            let sim = TpSim {
+                drop_last_rank: lost,
+                ..TpSim::new(4, ReduceOrder::Tree)
+            };
+            let case = tp_case("tiny", numerics, AttnPath::Graph, fx.seq.len(), sim);
+            let row = tp_row(
+                case,
+                &fixture_row(&fx, numerics, sim, AttnPath::Graph).unwrap(),
+            );
+            println!("{}: {:?} {}", row.case.id(), row.status, row.detail);
+            let want = if lost { Status::Fail } else { Status::Pass };
+            assert_eq!(row.status, want, "{numerics:?}, lost rank {lost}");
+        }
+    }
+}

@@ -11,6 +11,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::ident::Numerics;
 use crate::model::Model;
+use crate::verify::case::{Case, Key, Op};
 use crate::verify::metrics::diff;
 use serde::Serialize;
 
@@ -221,4 +222,48 @@ impl TpEnvelope {
         }
         s
     }
+}
+
+/// `verify`'s tensor-parallel rows per fixture and numerics (graph path):
+/// two ranks (every order adds a + b alike, so one) and four in each order.
+pub const VERIFY_CONFIGS: [(usize, ReduceOrder); 4] = [
+    (2, ReduceOrder::Ring),
+    (4, ReduceOrder::Ring),
+    (4, ReduceOrder::Tree),
+    (4, ReduceOrder::OneShot),
+];
+
+/// The case of a tensor-parallel row.
+pub fn tp_case(
+    preset: &str,
+    numerics: Numerics,
+    path: AttnPath,
+    tokens: usize,
+    sim: TpSim,
+) -> Case {
+    Case::new(Op::TensorParallel, crate::ident::BackendKind::Cpu)
+        .preset(preset)
+        .numerics(numerics)
+        .path(path)
+        .tokens(tokens)
+        .with(Key::Ranks, sim.ranks)
+        .with(Key::AllReduce, sim.order.name())
+}
+
+/// One row's comparison on a fixture: `sim` against the fixture's own
+/// one-device reference (and its f64 truth) on its sequence.
+pub fn fixture_row(
+    fx: &super::fixture::Fixture,
+    numerics: Numerics,
+    sim: TpSim,
+    path: AttnPath,
+) -> Result<TpRow> {
+    let tf = |e: &Engine<CpuBackend>| e.teacher_forced(&fx.seq, path, &mut Default::default());
+    let one = tf(fx.cpu(numerics))?;
+    let truth = match numerics {
+        Numerics::Bf16 => Some(tf(&fx.truth)?),
+        Numerics::F64 => None,
+    };
+    let got = reference_logits(&fx.model, numerics, Some(sim), &fx.seq, path)?;
+    Ok(compare(numerics, sim, &got, &one, truth.as_deref()))
 }

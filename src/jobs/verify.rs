@@ -162,6 +162,16 @@ fn cpu_rows(fx: &Fixture, golden_root: &Path, rows: &mut Rows) -> Result<()> {
             ))
         })?;
     }
+    for numerics in Numerics::ALL {
+        for (ranks, order) in super::tp::VERIFY_CONFIGS {
+            let sim = crate::backend::cpu::tp::TpSim::new(ranks, order);
+            let case = super::tp::tp_case(fx.name(), numerics, AttnPath::Graph, seq.len(), sim);
+            rows.run(case, |case| {
+                let r = super::tp::fixture_row(fx, numerics, sim, AttnPath::Graph)?;
+                Ok(crate::verify::checks::tp_row(case, &r))
+            })?;
+        }
+    }
     // Decode steps of the bf16 reference: the same bits as its teacher-forced
     // rows (f64 runs keep f32 step logits, so are not compared bitwise).
     for path in AttnPath::ALL {

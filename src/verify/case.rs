@@ -34,10 +34,12 @@ pub enum Op {
     /// Each sequence's decode steps in a batch against the same sequence
     /// alone (batch invariance).
     Batch,
+    /// Simulated tensor parallelism's logits against one device's.
+    TensorParallel,
 }
 
 impl Op {
-    pub const ALL: [Op; 9] = [
+    pub const ALL: [Op; 10] = [
         Op::Qkv,
         Op::Layers,
         Op::Logits,
@@ -47,6 +49,7 @@ impl Op {
         Op::Transformers,
         Op::Layout,
         Op::Batch,
+        Op::TensorParallel,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +63,7 @@ impl Op {
             Op::Transformers => "transformers",
             Op::Layout => "layout",
             Op::Batch => "batch",
+            Op::TensorParallel => "tp",
         }
     }
 }
@@ -80,12 +84,16 @@ pub enum Key {
     Steps,
     /// Sequences decoded together.
     Batch,
+    /// Tensor-parallel ranks.
+    Ranks,
+    /// The all-reduce order of a tensor-parallel run.
+    AllReduce,
     /// The backend a result is compared with, when not truth.
     Vs,
 }
 
 impl Key {
-    pub const ALL: [Key; 10] = [
+    pub const ALL: [Key; 12] = [
         Key::Preset,
         Key::Dtype,
         Key::Numerics,
@@ -95,6 +103,8 @@ impl Key {
         Key::Position,
         Key::Steps,
         Key::Batch,
+        Key::Ranks,
+        Key::AllReduce,
         Key::Vs,
     ];
 
@@ -109,6 +119,8 @@ impl Key {
             Key::Position => "position",
             Key::Steps => "steps",
             Key::Batch => "batch",
+            Key::Ranks => "ranks",
+            Key::AllReduce => "allreduce",
             Key::Vs => "vs",
         }
     }

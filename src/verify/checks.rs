@@ -330,3 +330,41 @@ pub fn decode_row(r: &crate::verify::decode::DecodeReport) -> CheckResult {
         },
     }
 }
+
+/// Simulated tensor parallelism against one device: in f64 within
+/// `tp_sim_f64_vs_one_device_logits_rel_rms` (only reassociation), in bf16
+/// no farther from f64 truth than `truth_relative_factor` times one
+/// device's error (roundings drift a noise floor apart and flip routing).
+pub fn tp_row(case: Case, r: &crate::jobs::tp::TpRow) -> CheckResult {
+    let (metric, value, bound, name) = match r.truth_ratio {
+        Some(ratio) => (
+            "error vs f64 truth over one device's",
+            ratio,
+            tol(Tol::TruthRelativeFactor),
+            Tol::TruthRelativeFactor.name(),
+        ),
+        None => (
+            "worst-row rel RMS vs one device",
+            r.worst_rel_rms,
+            tol(Tol::TpSimF64VsOneDeviceLogitsRelRms),
+            Tol::TpSimF64VsOneDeviceLogitsRelRms.name(),
+        ),
+    };
+    CheckResult {
+        check: Check::TensorParallel,
+        case,
+        metric: metric.into(),
+        value: Some(value),
+        threshold: format!("<= {bound:e} ({name})"),
+        status: status(value.is_finite() && value <= bound),
+        detail: format!(
+            "{} ranks, {} all-reduce: worst-row rel RMS {:.3e} vs one device, max |diff| {:.3e}, {} greedy tokens changed{}",
+            r.ranks,
+            r.order.name(),
+            r.worst_rel_rms,
+            r.max_abs,
+            r.greedy_changed,
+            if r.bitwise { ", bitwise" } else { "" }
+        ),
+    }
+}

@@ -26,6 +26,8 @@ pub enum Check {
     Layout,
     /// A sequence's bits the same in a batch as alone.
     Batch,
+    /// Simulated tensor parallelism within its rule of one device.
+    TensorParallel,
     Golden,
 }
 
@@ -41,6 +43,7 @@ impl Check {
             Check::Decode => "decode",
             Check::Layout => "layout",
             Check::Batch => "batch",
+            Check::TensorParallel => "tp",
             Check::Golden => "golden",
         }
     }
