@@ -47,6 +47,10 @@ pub struct Args {
     path: Option<PathArg>,
     #[arg(long, value_delimiter = ',', default_value = "1,17,42,99,3,250,7,8")]
     prompt_ids: Vec<u32>,
+    /// Greedy tokens generated per run and compared with one device's
+    /// (where they part: a near-tie or a confident change); 0: none.
+    #[arg(long, default_value_t = 16)]
+    steps: usize,
     #[arg(long)]
     json: bool,
 }
@@ -60,7 +64,15 @@ pub fn run(a: Args) -> Result<()> {
         n.into_iter().map(Into::into).collect()
     });
     let path = a.path.map_or(AttnPath::Graph, Into::into);
-    let env = tp_envelope(&m, &a.prompt_ids, &a.ranks, &orders, &numerics, path)?;
+    let env = tp_envelope(
+        &m,
+        &a.prompt_ids,
+        &a.ranks,
+        &orders,
+        &numerics,
+        path,
+        a.steps,
+    )?;
     if a.json {
         print_json(&env);
     } else {

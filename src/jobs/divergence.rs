@@ -36,7 +36,7 @@ pub struct DivergenceReport {
 
 /// Each layer's output and attention inputs at the last row of `tokens`,
 /// teacher-forced.
-fn last_row_captures<B: Backend>(
+pub(crate) fn last_row_captures<B: Backend>(
     e: &Engine<B>,
     tokens: &[u32],
     path: AttnPath,

@@ -33,6 +33,21 @@ pub struct TpRow {
     /// ratio (`truth_relative_factor`), which holds where routing flips
     /// and noise floors make a plain distance meaningless.
     pub truth_ratio: Option<f64>,
+    /// With greedy steps requested: where this run's greedy generation
+    /// parts from one device's (None: the same tokens), classified as a
+    /// near-tie or a confident change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub greedy: Option<Greedy>,
+}
+
+/// A simulated run's greedy tokens against one device's.
+#[derive(Debug, Clone, Serialize)]
+pub struct Greedy {
+    pub steps: usize,
+    pub divergence: Option<crate::verify::divergence::Divergence>,
+    /// For a regression on an MoE model: the routing flip at that step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing_flip: Option<RoutingFlip>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -137,10 +152,128 @@ pub fn compare(
         truth_ratio: truth
             .filter(|_| numerics == Numerics::Bf16)
             .map(|t| truth_ratio(got, one, t)),
+        greedy: None,
     }
 }
 
-/// Every (numerics, ranks, order) of the request against one device.
+/// `steps` greedy tokens of `prompt` on the reference, one device or
+/// simulated tensor parallel.
+pub fn reference_greedy(
+    model: &Model,
+    numerics: Numerics,
+    sim: Option<TpSim>,
+    prompt: &[u32],
+    steps: usize,
+    path: AttnPath,
+) -> Result<crate::engine::record::RecordedRun> {
+    let backend = match sim {
+        None => CpuBackend::new(numerics),
+        Some(s) => {
+            check_shardable(&model.config, s.ranks)?;
+            CpuBackend::tensor_parallel(numerics, s)
+        }
+    };
+    let opts = crate::engine::generate::GenerateOptions {
+        max_tokens: steps,
+        path,
+        ..Default::default()
+    };
+    Engine::load(model, backend)?.generate(prompt, &opts, &mut |_| {})
+}
+
+/// Where `got` (greedy under `sim`) parts from `one` (one device, the same
+/// prompt): a near-tie by the numerics' margin, unless the layer-by-layer
+/// bisection of the two at that step (teacher-forced on the tokens before
+/// it) finds a layer outside tolerance, which makes it a regression. On an
+/// MoE model a regression is checked for a routing flip at that step: the
+/// first MoE layer whose chosen experts differ, and whether either side's
+/// choice there was a near-tie (`moe_routing_near_tie_bf16`).
+pub fn greedy_outcome(
+    model: &Model,
+    numerics: Numerics,
+    sim: TpSim,
+    prompt: &[u32],
+    path: AttnPath,
+    got: &crate::engine::record::RecordedRun,
+    one: &crate::engine::record::RecordedRun,
+) -> Result<Greedy> {
+    use crate::verify::divergence::{bisect, first_divergence, near_tie_threshold, Verdict};
+    use crate::verify::tolerances::{tol, Tol};
+    let tie = match numerics {
+        Numerics::Bf16 => Tol::NearTieMarginBf16,
+        Numerics::F64 => Tol::NearTieMarginF32,
+    };
+    let mut divergence = first_divergence(got, one, near_tie_threshold(tie, None));
+    let mut routing_flip = None;
+    if let Some(d) = divergence.as_mut() {
+        check_shardable(&model.config, sim.ranks)?;
+        let prefix: Vec<u32> = prompt
+            .iter()
+            .chain(&one.tokens[..d.step])
+            .copied()
+            .collect();
+        // Layer outputs only: TP changes no q, k or v by itself (they
+        // inherit the layer inputs' noise), so only a layer's output can
+        // show a change past rounding. The routing of the same pass is
+        // recorded on the way.
+        let caps = |backend: CpuBackend| -> Result<_> {
+            let e = Engine::load(model, backend)?;
+            e.backend.record_routing_here(true);
+            let mut c = super::divergence::last_row_captures(&e, &prefix, path)?;
+            for l in &mut c {
+                l.qkv = None;
+            }
+            let routing: Vec<_> = e
+                .backend
+                .take_routing_here()
+                .into_iter()
+                .map(|call| call.last().cloned())
+                .collect();
+            Ok((c, routing))
+        };
+        let (tp, tp_routing) = caps(CpuBackend::tensor_parallel(numerics, sim))?;
+        let (alone, one_routing) = caps(CpuBackend::new(numerics))?;
+        d.refine(&bisect(d.step, &tp, &alone));
+        if matches!(d.verdict, Verdict::Regression { .. }) {
+            routing_flip = tp_routing.iter().zip(&one_routing).enumerate().find_map(
+                |(layer, pair)| match pair {
+                    (Some(a), Some(b)) if a.experts != b.experts => Some(RoutingFlip {
+                        moe_layer: layer,
+                        experts_tp: a.experts.clone(),
+                        experts_one: b.experts.clone(),
+                        gap: a.boundary_gap.min(b.boundary_gap),
+                        near_tie: f64::from(a.boundary_gap.min(b.boundary_gap))
+                            <= tol(Tol::MoeRoutingNearTieBf16),
+                    }),
+                    _ => None,
+                },
+            );
+        }
+    }
+    Ok(Greedy {
+        steps: one.tokens.len(),
+        divergence,
+        routing_flip,
+    })
+}
+
+/// The first MoE layer (in call order) whose chosen experts for the
+/// divergent step's row differ between the simulated run and one device.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoutingFlip {
+    pub moe_layer: usize,
+    pub experts_tp: Vec<usize>,
+    pub experts_one: Vec<usize>,
+    /// The smaller of the two sides' relative router gaps there.
+    pub gap: f32,
+    /// The gap is within `moe_routing_near_tie_bf16`: a flip rounding can
+    /// cause.
+    pub near_tie: bool,
+}
+
+/// Every (numerics, ranks, order) of the request against one device:
+/// teacher-forced logits of `prompt`, and with `steps` > 0 the greedy
+/// generation from it.
 pub fn tp_envelope(
     model: &Model,
     prompt: &[u32],
@@ -148,6 +281,7 @@ pub fn tp_envelope(
     orders: &[ReduceOrder],
     numerics: &[Numerics],
     path: AttnPath,
+    steps: usize,
 ) -> Result<TpEnvelope> {
     let total = numerics.len() * (1 + ranks.len() * orders.len());
     let mut bar = crate::progress::Progress::new("tensor-parallel runs", total);
@@ -160,6 +294,10 @@ pub fn tp_envelope(
     };
     for &num in numerics {
         let one = reference_logits(model, num, None, prompt, path)?;
+        let one_greedy = match steps {
+            0 => None,
+            n => Some(reference_greedy(model, num, None, prompt, n, path)?),
+        };
         done += 1;
         bar.set(done);
         let mut seen = vec![one.clone()];
@@ -169,7 +307,12 @@ pub fn tp_envelope(
                 let got = reference_logits(model, num, Some(sim), prompt, path)?;
                 done += 1;
                 bar.set(done);
-                rows.push(compare(num, sim, &got, &one, truth.as_deref()));
+                let mut row = compare(num, sim, &got, &one, truth.as_deref());
+                if let Some(o) = &one_greedy {
+                    let g = reference_greedy(model, num, Some(sim), prompt, steps, path)?;
+                    row.greedy = Some(greedy_outcome(model, num, sim, prompt, path, &g, o)?);
+                }
+                rows.push(row);
                 if !seen.contains(&got) {
                     seen.push(got);
                 }
@@ -211,6 +354,37 @@ impl TpEnvelope {
                 Some(x) => format!("  {x:>30.3}\n"),
                 None => format!("  {:>30}\n", "-"),
             };
+            if let Some(g) = &r.greedy {
+                s += &match &g.divergence {
+                    None => format!("          greedy: the same {} tokens as one device\n", g.steps),
+                    Some(d) => format!(
+                        "          greedy: parts from one device at step {} of {} ({} vs {}): {}, {}\n",
+                        d.step,
+                        g.steps,
+                        d.token_a,
+                        d.token_b,
+                        match d.verdict {
+                            crate::verify::divergence::Verdict::NearTie { .. } => "near-tie",
+                            crate::verify::divergence::Verdict::Regression { .. } => "CONFIDENT CHANGE",
+                        },
+                        d.reason
+                    ),
+                };
+                if let Some(f) = &g.routing_flip {
+                    s += &format!(
+                        "          routing: MoE layer {} sends the row to experts {:?} (one device {:?}), router gap {:.2e}: {}\n",
+                        f.moe_layer,
+                        f.experts_tp,
+                        f.experts_one,
+                        f.gap,
+                        if f.near_tie {
+                            "a routing near-tie, which rounding can flip"
+                        } else {
+                            "not a near-tie: a bug until shown otherwise"
+                        }
+                    );
+                }
+            }
         }
         for (num, d) in &self.distinct {
             let n = self.rows.iter().filter(|r| r.numerics == *num).count();

@@ -13,6 +13,7 @@ mod math;
 mod ops;
 pub mod tp;
 
+use super::routing::RowRouting;
 use super::{AttnDims, Backend, DeviceInfo, MoeWeights};
 use crate::error::{Error, Result};
 use crate::model::safetensors::HostTensor;
@@ -105,6 +106,26 @@ pub struct CpuBackend {
     /// Simulate tensor parallelism (`tp`): row-parallel products and MoE
     /// combinations are summed per rank and all-reduced. None: one device.
     pub tp: Option<tp::TpSim>,
+    /// The routing of every `moe` call while recording
+    /// (`Backend::record_routing`).
+    routing: RoutingLog,
+}
+
+/// A backend's routing record; a clone starts without one (a record
+/// belongs to the run that asked for it).
+#[derive(Debug, Default)]
+struct RoutingLog(std::sync::Mutex<Option<Vec<Vec<RowRouting>>>>);
+
+impl Clone for RoutingLog {
+    fn clone(&self) -> Self {
+        RoutingLog::default()
+    }
+}
+
+impl RoutingLog {
+    fn with<T>(&self, f: impl FnOnce(&mut Option<Vec<Vec<RowRouting>>>) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 /// Deliberate defects that negative-control tests plant to prove a check can fail.
@@ -139,11 +160,38 @@ pub struct Faults {
 }
 
 impl CpuBackend {
+    /// Starts (or stops) recording the routing of every `moe` call, as
+    /// `Backend::record_routing` does on accelerators. Not that trait
+    /// method: the reference's own checks (decode steps against teacher-
+    /// forced rows) are bitwise and excuse no routing near-tie, so they
+    /// must see no record; an investigation asks for one here.
+    pub fn record_routing_here(&self, on: bool) {
+        self.routing.with(|log| *log = on.then(Vec::new));
+    }
+
+    /// The routing recorded since `record_routing_here(true)` or the last
+    /// take, one entry per `moe` call in call order.
+    pub fn take_routing_here(&self) -> Vec<Vec<RowRouting>> {
+        self.routing
+            .with(|log| log.as_mut().map(std::mem::take))
+            .unwrap_or_default()
+    }
+
+    /// Appends one `moe` call's routing while recording.
+    fn log_routing(&self, rows: impl FnOnce() -> Vec<RowRouting>) {
+        self.routing.with(|log| {
+            if let Some(l) = log.as_mut() {
+                l.push(rows());
+            }
+        });
+    }
+
     pub fn new(numerics: Numerics) -> Self {
         CpuBackend {
             numerics,
             faults: Faults::default(),
             tp: None,
+            routing: RoutingLog::default(),
         }
     }
 
@@ -152,6 +200,7 @@ impl CpuBackend {
             numerics,
             faults,
             tp: None,
+            routing: RoutingLog::default(),
         }
     }
 

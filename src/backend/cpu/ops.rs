@@ -453,6 +453,10 @@ pub fn moe(be: &CpuBackend, x: &CpuTensor, w: &MoeWeights<CpuWeight>) -> Result<
     use crate::backend::Backend;
     let num = be.numerics;
     let logits = be.linear(x, &w.router)?;
+    be.log_routing(|| {
+        let l32: Vec<f32> = logits.data.iter().map(|&v| v as f32).collect();
+        crate::backend::routing::routing_record(&l32, w.experts.len(), w.top_k)
+    });
     // Under simulated expert parallelism each rank combines its own chosen
     // experts (in routing order) and the ranks' combinations are
     // all-reduced; one device is one rank.
