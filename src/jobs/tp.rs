@@ -26,8 +26,8 @@ pub struct TpRow {
     /// The worst row's relative RMS against one device.
     pub worst_rel_rms: f64,
     pub max_abs: f64,
-    /// Rows (positions) whose greedy token differs from one device's.
-    pub greedy_changed: usize,
+    /// Teacher-forced rows whose argmax differs from one device's.
+    pub argmax_changed: usize,
     /// bf16 only: this run's relative RMS error against f64 truth (one
     /// device, all rows) over one bf16 device's: the truth-relative rule's
     /// ratio (`truth_relative_factor`), which holds where routing flips
@@ -148,7 +148,7 @@ pub fn compare(
         bitwise: got == one,
         worst_rel_rms: worst,
         max_abs,
-        greedy_changed: changed,
+        argmax_changed: changed,
         truth_ratio: truth
             .filter(|_| numerics == Numerics::Bf16)
             .map(|t| truth_ratio(got, one, t)),
@@ -337,7 +337,7 @@ impl TpEnvelope {
             self.path.name(),
             self.tokens
         );
-        s += "numerics  ranks  all-reduce  bitwise  worst rel RMS  max |diff|  greedy changed  vs truth (x one device's error)\n";
+        s += "numerics  ranks  all-reduce  bitwise  worst rel RMS  max |diff|  argmax changed  vs truth (x one device's error)\n";
         for r in &self.rows {
             s += &format!(
                 "{:<8}  {:>5}  {:<10}  {:<7}  {:>13.3e}  {:>10.3e}  {:>14}\n",
@@ -347,7 +347,7 @@ impl TpEnvelope {
                 if r.bitwise { "yes" } else { "no" },
                 r.worst_rel_rms,
                 r.max_abs,
-                format!("{}/{}", r.greedy_changed, self.tokens)
+                format!("{}/{}", r.argmax_changed, self.tokens)
             );
             s.pop();
             s += &match r.truth_ratio {

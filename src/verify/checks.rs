@@ -358,12 +358,12 @@ pub fn tp_row(case: Case, r: &crate::jobs::tp::TpRow) -> CheckResult {
         threshold: format!("<= {bound:e} ({name})"),
         status: status(value.is_finite() && value <= bound),
         detail: format!(
-            "{} ranks, {} all-reduce: worst-row rel RMS {:.3e} vs one device, max |diff| {:.3e}, {} greedy tokens changed{}",
+            "{} ranks, {} all-reduce: worst-row rel RMS {:.3e} vs one device, max |diff| {:.3e}, argmax changed in {} rows{}",
             r.ranks,
             r.order.name(),
             r.worst_rel_rms,
             r.max_abs,
-            r.greedy_changed,
+            r.argmax_changed,
             if r.bitwise { ", bitwise" } else { "" }
         ),
     }
