@@ -97,7 +97,8 @@ pub struct CpuCache {
     pub v: Vec<f64>,
 }
 
-/// The reference backend. `Clone` is cheap: it holds only settings.
+/// The reference backend. `Clone` is cheap: it holds settings, and a
+/// routing record that a clone starts without.
 #[derive(Debug, Clone)]
 pub struct CpuBackend {
     pub numerics: Numerics,
