@@ -124,46 +124,31 @@ fn a_lost_rank_is_caught() {
 #[test]
 fn a_rank_count_the_model_cannot_shard_is_refused() {
     let m = Model::open("synth:tiny").unwrap();
-    let err = reference_logits(
-        &m,
-        Numerics::Bf16,
-        Some(TpSim::new(3, ReduceOrder::Ring)),
-        &PROMPT,
-        AttnPath::Graph,
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("num_attention_heads = 4"), "{err}");
-    let err = reference_logits(
-        &m,
-        Numerics::Bf16,
-        Some(TpSim::new(0, ReduceOrder::Tree)),
-        &PROMPT,
-        AttnPath::Graph,
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("0 ranks"), "{err}");
+    for (ranks, named) in [(3, "num_attention_heads = 4"), (0, "0 ranks")] {
+        let sim = TpSim::new(ranks, ReduceOrder::Ring);
+        let err = reference_logits(&m, Numerics::Bf16, Some(sim), &PROMPT, AttnPath::Graph)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(named), "{ranks} ranks: {err}");
+    }
 }
 
 #[test]
 fn a_lost_rank_fails_its_verify_row() {
     use lockstep::jobs::fixture::Fixture;
-    use lockstep::jobs::tp::{fixture_row, tp_case};
+    use lockstep::jobs::tp::{fixture_row, tp_case, OneDevice};
     use lockstep::verify::checks::tp_row;
     use lockstep::verify::summary::Status;
     let fx = Fixture::preset("tiny").unwrap();
     for numerics in [Numerics::Bf16, Numerics::F64] {
+        let one = OneDevice::of(&fx, numerics, AttnPath::Graph).unwrap();
         for lost in [false, true] {
             let sim = TpSim {
                 drop_last_rank: lost,
                 ..TpSim::new(4, ReduceOrder::Tree)
             };
             let case = tp_case("tiny", numerics, AttnPath::Graph, fx.seq.len(), sim);
-            let row = tp_row(
-                case,
-                &fixture_row(&fx, numerics, sim, AttnPath::Graph).unwrap(),
-            );
+            let row = tp_row(case, &fixture_row(&fx, sim, AttnPath::Graph, &one).unwrap());
             println!("{}: {:?} {}", row.case.id(), row.status, row.detail);
             let want = if lost { Status::Fail } else { Status::Pass };
             assert_eq!(row.status, want, "{numerics:?}, lost rank {lost}");

@@ -424,20 +424,43 @@ pub fn tp_case(
         .with(Key::AllReduce, sim.order.name())
 }
 
+/// A fixture's one-device logits on its sequence, and (bf16) its f64
+/// truth: what every tensor-parallel row of one numerics is judged
+/// against, computed once for them.
+pub struct OneDevice {
+    pub numerics: Numerics,
+    pub logits: Vec<Vec<f64>>,
+    pub truth: Option<Vec<Vec<f64>>>,
+}
+
+impl OneDevice {
+    pub fn of(fx: &super::fixture::Fixture, numerics: Numerics, path: AttnPath) -> Result<Self> {
+        let tf = |e: &Engine<CpuBackend>| e.teacher_forced(&fx.seq, path, &mut Default::default());
+        Ok(OneDevice {
+            numerics,
+            logits: tf(fx.cpu(numerics))?,
+            truth: match numerics {
+                Numerics::Bf16 => Some(tf(&fx.truth)?),
+                Numerics::F64 => None,
+            },
+        })
+    }
+}
+
 /// One row's comparison on a fixture: `sim` against the fixture's own
 /// one-device reference (and its f64 truth) on its sequence.
 pub fn fixture_row(
     fx: &super::fixture::Fixture,
-    numerics: Numerics,
     sim: TpSim,
     path: AttnPath,
+    one: &OneDevice,
 ) -> Result<TpRow> {
-    let tf = |e: &Engine<CpuBackend>| e.teacher_forced(&fx.seq, path, &mut Default::default());
-    let one = tf(fx.cpu(numerics))?;
-    let truth = match numerics {
-        Numerics::Bf16 => Some(tf(&fx.truth)?),
-        Numerics::F64 => None,
-    };
-    let got = reference_logits(&fx.model, numerics, Some(sim), &fx.seq, path)?;
-    Ok(compare(numerics, sim, &got, &one, truth.as_deref()))
+    let got = reference_logits(&fx.model, one.numerics, Some(sim), &fx.seq, path)?;
+    Ok(compare(
+        one.numerics,
+        sim,
+        &got,
+        &one.logits,
+        one.truth.as_deref(),
+    ))
 }
