@@ -7,7 +7,8 @@
 # bench-batch (batched decode, det vs fast, and transformers at the same batch sizes),
 # bench-ab (builds in AB_DIRS, default .device and .device-b), verify (the main job with CUDA's rows),
 # batch-envelope (one sequence across batch compositions, per setting),
-# mma-probe (does an MMA output depend on its place in the tile), archive.
+# mma-probe (does an MMA output depend on its place in the tile), handover-probe (stage handover
+# costs: launches with PDL against a persistent kernel's grid barriers), archive.
 # Logs and JSON go to $OUT; one GPU, one thing at a time. The device tool brings back at most 8 files
 # from $OUT, so a call that writes more ends with `archive`: everything in one results.tgz, plus log.txt.
 set -uo pipefail
@@ -117,6 +118,12 @@ for stage in "$@"; do
       # it not doing so): random tiles, shifted, compared bit for bit.
       step nvcc -arch=sm_90 -O2 -o /tmp/mma_position_probe ci/mma_position_probe.cu
       step /tmp/mma_position_probe ;;
+    handover-probe)
+      # What handing a dependent stage to the next costs (a qwen3-0.6b-shaped
+      # chain of one-row products): CUDA-graph launches with and without PDL,
+      # a persistent kernel with grid barriers, and the bytes alone.
+      step nvcc -arch=sm_90 -O2 -o /tmp/handover_probe ci/handover_probe.cu
+      step /tmp/handover_probe ;;
     archive)
       archive_results ;;
     *) echo "unknown stage $stage"; rc=1 ;;

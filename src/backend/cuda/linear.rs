@@ -28,6 +28,88 @@ pub(super) enum TcProduct<'a> {
     Unrounded,
 }
 
+impl TcProduct<'_> {
+    /// The row of TC_PLAIN and TC_STAGED that holds this product's kernels.
+    fn index(self) -> usize {
+        match self {
+            TcProduct::Rounded => 0,
+            TcProduct::GateUp(_) => 1,
+            TcProduct::Unrounded => 2,
+        }
+    }
+}
+
+/// linear_tc.cu's per-warp entry points by product and batch tiles (1, 2,
+/// 4, 8): static names, so a launch builds no string. The two-weight pass
+/// has no 8-tile form.
+const TC_PLAIN: [[&str; 4]; 3] = [
+    [
+        "gemm_tc1_bf16",
+        "gemm_tc2_bf16",
+        "gemm_tc4_bf16",
+        "gemm_tc8_bf16",
+    ],
+    [
+        "gate_up_tc1_bf16",
+        "gate_up_tc2_bf16",
+        "gate_up_tc4_bf16",
+        "",
+    ],
+    [
+        "gemm_tc1_f32",
+        "gemm_tc2_f32",
+        "gemm_tc4_f32",
+        "gemm_tc8_f32",
+    ],
+];
+
+/// linear_tc.cu's staged entry points by product, batch tiles (4, 8) and
+/// k-shares (1, 2, 4, 8).
+const TC_STAGED: [[[&str; 4]; 2]; 3] = [
+    [
+        [
+            "gemm_tcs4_p1_bf16",
+            "gemm_tcs4_p2_bf16",
+            "gemm_tcs4_p4_bf16",
+            "gemm_tcs4_p8_bf16",
+        ],
+        [
+            "gemm_tcs8_p1_bf16",
+            "gemm_tcs8_p2_bf16",
+            "gemm_tcs8_p4_bf16",
+            "gemm_tcs8_p8_bf16",
+        ],
+    ],
+    [
+        [
+            "gate_up_tcs4_p1_bf16",
+            "gate_up_tcs4_p2_bf16",
+            "gate_up_tcs4_p4_bf16",
+            "gate_up_tcs4_p8_bf16",
+        ],
+        [
+            "gate_up_tcs8_p1_bf16",
+            "gate_up_tcs8_p2_bf16",
+            "gate_up_tcs8_p4_bf16",
+            "gate_up_tcs8_p8_bf16",
+        ],
+    ],
+    [
+        [
+            "gemm_tcs4_p1_f32",
+            "gemm_tcs4_p2_f32",
+            "gemm_tcs4_p4_f32",
+            "gemm_tcs4_p8_f32",
+        ],
+        [
+            "gemm_tcs8_p1_f32",
+            "gemm_tcs8_p2_f32",
+            "gemm_tcs8_p4_f32",
+            "gemm_tcs8_p8_f32",
+        ],
+    ],
+];
+
 /// Weight rows per warp group in gemv_many_bf16 (MANY_NW in linear.cu).
 const MANY_WEIGHT_ROWS: usize = 4;
 
@@ -82,16 +164,8 @@ impl CudaBackend {
     ) -> Result<()> {
         let (n, k, m) = (x.rows, x.cols, w.rows);
         let tiles = if n <= 32 { 4 } else { 8 };
-        let kind = match product {
-            TcProduct::Rounded => "gemm_tcs",
-            TcProduct::GateUp(_) => "gate_up_tcs",
-            TcProduct::Unrounded => "gemm_tcs",
-        };
-        let tail = match product {
-            TcProduct::Unrounded => "f32",
-            _ => "bf16",
-        };
-        let name = self.tc_name(&format!("{kind}{tiles}_p{parts}_{tail}"))?;
+        let name =
+            TC_STAGED[product.index()][usize::from(tiles == 8)][parts.trailing_zeros() as usize];
         let groups = n.div_ceil(8 * tiles);
         let (Ok(bx), Ok(bz)) = (u32::try_from(m.div_ceil(128)), u32::try_from(groups)) else {
             return Err(shape(
@@ -113,17 +187,6 @@ impl CudaBackend {
                 _ => self.launch(name, grid, &[&*x.data, &w.data, &out, &ni, &ki, &mi]),
             }
         }
-    }
-
-    /// The entry point of linear_tc.cu called `name`, as a static name.
-    fn tc_name(&self, name: &str) -> Result<&'static str> {
-        self.functions
-            .get_key_value(name)
-            .map(|(k, _)| *k)
-            .ok_or_else(|| Error::Backend {
-                backend: crate::ident::BackendKind::Cuda,
-                problem: format!("linear_tc.cu has no entry point {name}"),
-            })
     }
 
     /// x w^T on tensor cores into `out` (n x m, bf16 or, unrounded, f32),
@@ -150,18 +213,14 @@ impl CudaBackend {
         // Batch tiles of 8 rows per block: as few as cover the rows, at
         // most 8 (4 for the two-weight pass); which kernel runs changes no
         // row's order.
-        let tiles = match (n.div_ceil(8), product) {
+        let tiles: usize = match (n.div_ceil(8), product) {
             (1, _) => 1,
             (2, _) => 2,
             (_, TcProduct::GateUp(_)) => 4,
             (3 | 4, _) => 4,
             _ => 8,
         };
-        let name = self.tc_name(&match product {
-            TcProduct::Rounded => format!("gemm_tc{tiles}_bf16"),
-            TcProduct::GateUp(_) => format!("gate_up_tc{tiles}_bf16"),
-            TcProduct::Unrounded => format!("gemm_tc{tiles}_f32"),
-        })?;
+        let name = TC_PLAIN[product.index()][tiles.trailing_zeros() as usize];
         let blocks = m.div_ceil(16 * 8 / parts);
         let groups = n.div_ceil(8 * tiles);
         let (Ok(bx), Ok(by)) = (u32::try_from(blocks), u32::try_from(groups)) else {
@@ -397,5 +456,35 @@ impl CudaBackend {
             )
         }?;
         Ok(h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{TC_PLAIN, TC_STAGED};
+    use crate::backend::cuda::kernels::Kernel;
+
+    /// Every name a launch may take is an entry point linear_tc.cu exports.
+    #[test]
+    fn tensor_core_entry_point_tables_name_exported_kernels() {
+        let exported = Kernel::LinearTc.functions();
+        let named: Vec<&str> = TC_PLAIN
+            .iter()
+            .flatten()
+            .chain(TC_STAGED.iter().flatten().flatten())
+            .copied()
+            .collect();
+        for name in named.iter().filter(|n| !n.is_empty()) {
+            assert!(
+                exported.contains(name),
+                "{name} is not exported by linear_tc.cu"
+            );
+        }
+        let listed = named.iter().filter(|n| !n.is_empty()).count();
+        assert_eq!(
+            listed,
+            exported.len(),
+            "a linear_tc.cu entry point is missing from the tables"
+        );
     }
 }
