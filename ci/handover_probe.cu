@@ -24,6 +24,10 @@
 //                   before the barrier
 //   nobarrier-bN    the same kernel with the barriers left out: the bytes
 //                   alone (wrong results, a floor, not a design)
+//   staged-Kk-bN    graph-pdl with each block's weights copied (cp.async)
+//                   into K KiB of shared memory before the PDL wait, N
+//                   blocks per SM, so the next stage's bytes stream in while
+//                   the stage before runs
 //   empty-graph-pdl / barrier-bN: 198 handovers with no work, per handover
 // Run by `ci/device-cuda.sh handover-probe` (nvcc -arch=sm_90).
 #include <cstdio>
@@ -41,7 +45,26 @@ struct Stage {
   const uint4* x;   // k bf16
   __nv_bfloat16* y; // m bf16
   int m, k;
+  int idx;          // the stage's place in the chain (timeline stamps)
 };
+
+// The timeline: per stage, the first block's start, the first block past
+// its wait, the last block past its wait and the last block's end
+// (%globaltimer, ns). Null except in the timeline runs.
+__device__ unsigned long long* g_stamps;
+__device__ __forceinline__ unsigned long long gtime() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+__device__ __forceinline__ void stamp(int idx, int slot) {
+  unsigned long long* p = g_stamps;
+  if (p && threadIdx.x == 0) {
+    unsigned long long t = gtime();
+    if (slot == 0 || slot == 1) atomicMin(p + idx * 4 + slot, t);
+    else atomicMax(p + idx * 4 + slot, t);
+  }
+}
 
 __device__ __forceinline__ float dot8(uint4 a, uint4 b, float acc) {
   const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&a);
@@ -110,11 +133,80 @@ __device__ __forceinline__ void pdl_wait() {
 
 // One stage, one row per warp (8 warps a block).
 __global__ void __launch_bounds__(256) stage_kernel(Stage s) {
+  stamp(s.idx, 0);
   int row = blockIdx.x * 8 + (threadIdx.x >> 5);
   uint4 wv[U];
   if (row < s.m) row_first(s, row, wv);
   pdl_wait();
+  stamp(s.idx, 1);
+  stamp(s.idx, 2);
   if (row < s.m) row_rest(s, row, wv);
+  if (g_stamps) __syncthreads();
+  stamp(s.idx, 3);
+}
+
+// One stage with its weights staged in shared memory: a block of 8 warps
+// takes tiles of 8 rows (tile t of block b: rows (b + t G) * 8 + warp),
+// holding SLOTS tiles at a time. Every lane copies (cp.async) exactly the
+// chunks it will multiply, so no block barrier is needed; the first SLOTS
+// tiles are requested before the PDL wait, so with one block per SM a stage's
+// whole weight slice (when it fits) streams in while the stage before runs.
+// Same per-row order as stage_kernel: chunks lane, lane + 32, ... in turn.
+#define KC_MAX 12
+__device__ __forceinline__ void cp16(void* smem, const void* gmem) {
+  unsigned a = (unsigned)__cvta_generic_to_shared(smem);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(a), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
+
+template <int SLOTS>
+__global__ void __launch_bounds__(256) staged_kernel(Stage s) {
+  extern __shared__ uint4 slots[];  // SLOTS x 8 rows x chunks
+  stamp(s.idx, 0);
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, chunks = s.k >> 3, kc = chunks >> 5;
+  int tiles = (s.m + 7) >> 3, G = gridDim.x;
+  int mine = (tiles - (int)blockIdx.x + G - 1) / G;  // tiles of this block
+  auto row_of = [&](int t) { return ((int)blockIdx.x + t * G) * 8 + warp; };
+  auto request = [&](int t) {
+    if (t < mine) {
+      int row = row_of(t);
+      if (row < s.m) {
+        uint4* dst = slots + ((size_t)(t % SLOTS) * 8 + warp) * chunks;
+        const uint4* src = s.w + (size_t)row * chunks;
+        for (int u = 0; u < kc; u++) cp16(dst + lane + 32 * u, src + lane + 32 * u);
+      }
+    }
+    cp_commit();
+  };
+#pragma unroll
+  for (int t = 0; t < SLOTS; t++) request(t);
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  stamp(s.idx, 1);
+  stamp(s.idx, 2);
+  uint4 xv[KC_MAX];
+#pragma unroll
+  for (int u = 0; u < KC_MAX; u++) xv[u] = u < kc ? __ldcg(s.x + lane + 32 * u) : make_uint4(0, 0, 0, 0);
+  for (int t = 0; t < mine; t++) {
+    cp_wait<SLOTS - 1>();
+    int row = row_of(t);
+    if (row < s.m) {
+      const uint4* w = slots + ((size_t)(t % SLOTS) * 8 + warp) * chunks;
+      float acc = 0.0f;
+#pragma unroll
+      for (int u = 0; u < KC_MAX; u++)
+        if (u < kc) acc = dot8(xv[u], w[lane + 32 * u], acc);
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+      if (lane == 0) s.y[row] = __float2bfloat16(__sinf(acc));
+    }
+    __syncwarp();
+    request(t + SLOTS);
+  }
+  cp_wait<0>();
+  if (g_stamps) __syncthreads();
+  stamp(s.idx, 3);
 }
 
 __global__ void __launch_bounds__(256) empty_kernel(int* sink) {
@@ -248,7 +340,7 @@ int main() {
     CHECK(cudaMalloc(&w, len * 2));
     fill<<<1024, 256>>>(w, len / 8, 1000u + i);
     bytes += len * 2;
-    stages[i] = {w, (const uint4*)(act + i * act_len), act + (i + 1) * act_len, ms[i], ks[i]};
+    stages[i] = {w, (const uint4*)(act + i * act_len), act + (i + 1) * act_len, ms[i], ks[i], i};
   }
   CHECK(cudaDeviceSynchronize());
   Stage* dstages;
@@ -323,6 +415,137 @@ int main() {
   std::vector<uint16_t> ref(151936), got(151936);
   CHECK(cudaStreamSynchronize(st));
   CHECK(cudaMemcpy(ref.data(), act + n * act_len, 151936 * 2, cudaMemcpyDeviceToHost));
+  // A variant's result: the activations refilled as they began (so a stage
+  // that writes nothing leaves the fill, not the reference's values), one
+  // token, the head's output compared bit for bit.
+  auto check = [&](const char* name, void (*fn)(cudaStream_t, void*), void* ctx) {
+    fill<<<1024, 256, 0, st>>>((uint4*)act, (n + 1) * act_len * 2 / 16, 7u);
+    fn(st, ctx);
+    CHECK(cudaStreamSynchronize(st));
+    CHECK(cudaMemcpy(got.data(), act + n * act_len, 151936 * 2, cudaMemcpyDeviceToHost));
+    int diff = 0;
+    for (int j = 0; j < 151936; j++) diff += ref[j] != got[j];
+    printf("  %s head output: %d of 151936 differ from the launched chain's\n", name, diff);
+  };
+  // One token with stamps on: per kind of stage (the seven of a layer,
+  // averaged over the 28 layers, then the final norm and the head), the
+  // handover (first block past its wait minus the stage before's last end),
+  // the spread of the waits (last minus first block past its wait) and the
+  // work (last end minus first block past its wait), in us.
+  unsigned long long* dst;
+  CHECK(cudaMalloc(&dst, n * 4 * sizeof(unsigned long long)));
+  std::vector<unsigned long long> hst(n * 4);
+  auto timeline = [&](const char* name, void (*fn)(cudaStream_t, void*), void* ctx) {
+    fn(st, ctx);
+    CHECK(cudaStreamSynchronize(st));
+    for (int i = 0; i < n; i++) { hst[i * 4] = hst[i * 4 + 1] = ~0ull; hst[i * 4 + 2] = hst[i * 4 + 3] = 0; }
+    CHECK(cudaMemcpy(dst, hst.data(), n * 4 * 8, cudaMemcpyHostToDevice));
+    CHECK(cudaMemcpyToSymbol(g_stamps, &dst, sizeof dst));
+    CHECK(cudaDeviceSynchronize());
+    fn(st, ctx);
+    CHECK(cudaStreamSynchronize(st));
+    unsigned long long* none = nullptr;
+    CHECK(cudaMemcpyToSymbol(g_stamps, &none, sizeof none));
+    CHECK(cudaMemcpy(hst.data(), dst, n * 4 * 8, cudaMemcpyDeviceToHost));
+    const char* kinds[9] = {"norm", "qkv 4096x1024", "attn 16x8192", "o 1024x2048", "norm", "gate+up 6144x1024", "down 1024x3072", "final norm", "head 151936x1024"};
+    double hand[9] = {0}, spread[9] = {0}, work[9] = {0}, early[9] = {0};
+    int cnt[9] = {0};
+    for (int i = 1; i < n; i++) {
+      int kind = i < 196 ? i % 7 : 7 + (i - 196);
+      double wait0 = (double)hst[i * 4 + 1], wait1 = (double)hst[i * 4 + 2], end = (double)hst[i * 4 + 3];
+      double prev_end = (double)hst[(i - 1) * 4 + 3], start = (double)hst[i * 4];
+      hand[kind] += (wait0 - prev_end) / 1e3;
+      spread[kind] += (wait1 - wait0) / 1e3;
+      work[kind] += (end - wait0) / 1e3;
+      early[kind] += (prev_end - start) / 1e3;
+      cnt[kind]++;
+    }
+    double total = ((double)hst[(n - 1) * 4 + 3] - (double)hst[1]) / 1e3;
+    printf("timeline %s: %.1f us from stage 0's wait to the head's end\n", name, total);
+    printf("  %-18s %9s %9s %9s %12s %10s\n", "stage", "handover", "spread", "work", "started by", "us/token");
+    for (int k = 0; k < 9; k++) {
+      if (!cnt[k]) continue;
+      double c = cnt[k];
+      printf("  %-18s %9.2f %9.2f %9.2f %12.2f %10.1f\n", kinds[k], hand[k] / c, spread[k] / c, work[k] / c, early[k] / c, hand[k] + work[k]);
+    }
+  };
+
+  // Shared-memory staged stages (one block per SM, SLOTS tiles of 8 rows
+  // in flight), stages whose tile does not fit two slots in the budget
+  // launched as before. The bits must equal the launched chain's.
+  auto staged_graph = [&](int budget_kb, int bps) {
+    cudaGraph_t g;
+    CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < n; i++) {
+      cudaLaunchConfig_t lc = {};
+      lc.blockDim = dim3(256);
+      lc.stream = st;
+      cudaLaunchAttribute at[1];
+      at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      at[0].val.programmaticStreamSerializationAllowed = 1;
+      lc.attrs = at;
+      lc.numAttrs = 1;
+      size_t tile = (size_t)8 * stages[i].k * 2;
+      int slots = (int)((size_t)budget_kb * 1024 / tile);
+      int tiles = (stages[i].m + 7) / 8;
+      if (stages[i].m < 8 || stages[i].k > 256 * KC_MAX || slots < 2) {
+        lc.gridDim = dim3((stages[i].m + 7) / 8);
+        CHECK(cudaLaunchKernelEx(&lc, stage_kernel, stages[i]));
+        continue;
+      }
+      int G = tiles < sms * bps ? tiles : sms * bps;
+      lc.gridDim = dim3(G);
+      int per = (tiles + G - 1) / G;  // tiles a block takes
+      void (*k)(Stage) = nullptr;
+      int use = 0;
+      if (slots >= 6 && per >= 4) { k = staged_kernel<6>; use = 6; }
+      else if (slots >= 4 && per >= 3) { k = staged_kernel<4>; use = 4; }
+      else if (slots >= 3) { k = staged_kernel<3>; use = 3; }
+      else { k = staged_kernel<2>; use = 2; }
+      lc.dynamicSmemBytes = use * tile;
+      CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(use * tile)));
+      CHECK(cudaLaunchKernelEx(&lc, k, stages[i]));
+    }
+    CHECK(cudaStreamEndCapture(st, &g));
+    Ctx c = {};
+    CHECK(cudaGraphInstantiate(&c.graph, g, 0));
+    char name[40];
+    snprintf(name, sizeof name, "staged-%dk-b%d", budget_kb, bps);
+    report(name, time_ms(st, reps, run_graph, &c));
+    check(name, run_graph, &c);
+    if (budget_kb == 100) timeline(name, run_graph, &c);
+    CHECK(cudaGraphExecDestroy(c.graph));
+    CHECK(cudaGraphDestroy(g));
+  };
+  staged_graph(96, 1);
+  staged_graph(64, 1);
+  staged_graph(48, 2);
+  staged_graph(100, 2);
+  // The plain chain again, after the staged ones, for drift within the call.
+  {
+    cudaGraph_t g;
+    CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < n; i++) {
+      cudaLaunchConfig_t lc = {};
+      lc.gridDim = dim3((stages[i].m + 7) / 8);
+      lc.blockDim = dim3(256);
+      lc.stream = st;
+      cudaLaunchAttribute at[1];
+      at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      at[0].val.programmaticStreamSerializationAllowed = 1;
+      lc.attrs = at;
+      lc.numAttrs = 1;
+      CHECK(cudaLaunchKernelEx(&lc, stage_kernel, stages[i]));
+    }
+    CHECK(cudaStreamEndCapture(st, &g));
+    Ctx c = {};
+    CHECK(cudaGraphInstantiate(&c.graph, g, 0));
+    report("graph-pdl (again)", time_ms(st, reps, run_graph, &c));
+    check("graph-pdl", run_graph, &c);
+    timeline("graph-pdl", run_graph, &c);
+    CHECK(cudaGraphExecDestroy(c.graph));
+    CHECK(cudaGraphDestroy(g));
+  }
 
   // Empty handovers.
   {
@@ -366,17 +589,12 @@ int main() {
     c.barrier = true;
     snprintf(name, sizeof name, "persistent-b%d", bps);
     report(name, time_ms(st, reps, run_persistent, &c));
-    CHECK(cudaStreamSynchronize(st));
-    CHECK(cudaMemcpy(got.data(), act + n * act_len, 151936 * 2, cudaMemcpyDeviceToHost));
-    int diff = 0;
-    for (int i = 0; i < 151936; i++) diff += ref[i] != got[i];
-    printf("  persistent-b%d head output: %d of 151936 differ from the launched chain's\n", bps, diff);
+    check(name, run_persistent, &c);
     float ms_ = time_ms(st, reps, run_barriers, &c);
     snprintf(name, sizeof name, "barrier-b%d", bps);
     printf("%-20s %9.2f us per handover (%d barriers of %d blocks)\n", name, ms_ * 1e3 / n, n, c.blocks);
   }
-  // Negative control for the comparison above: the barrier-free kernel's
-  // result must differ (its stages read inputs not yet written).
+  // Negative control for the comparisons above.
   {
     Ctx c = {};
     c.dstages = dstages;
@@ -384,13 +602,8 @@ int main() {
     c.blocks = sms;
     c.count = sync;
     c.gen = sync + 16;
-    CHECK(cudaMemset(act + act_len, 0, n * act_len * 2));
-    run_persistent(st, &c);
-    CHECK(cudaStreamSynchronize(st));
-    CHECK(cudaMemcpy(got.data(), act + n * act_len, 151936 * 2, cudaMemcpyDeviceToHost));
-    int diff = 0;
-    for (int i = 0; i < 151936; i++) diff += ref[i] != got[i];
-    printf("control: nobarrier-b1 once from zeroed activations: %d of 151936 differ\n", diff);
+    printf("control (must differ: its stages read inputs not yet written):\n");
+    check("nobarrier-b1", run_persistent, &c);
   }
   return 0;
 }
