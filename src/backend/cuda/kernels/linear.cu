@@ -34,6 +34,114 @@ extern "C" __global__ void gate_up_swiglu_bf16(const bf16_t* x, const bf16_t* wg
     gate_up_swiglu_row<false>(x, wg, wu, h, k, m, parts);
 }
 
+// One-row products (decode, deterministic mode) with each block's weights
+// staged in shared memory, so that with programmatic dependent launch a
+// product's whole weight share streams in while the kernel before it runs.
+// The per-warp loads of gemv1_bf16 and gate_up_swiglu_bf16 fill registers,
+// one group per lane, and their grids take most of an SM, so the next
+// kernel's blocks find no room until this one's leave; here one block per
+// SM takes the old grid's blocks ("tiles") b, b + G, ..., holding S tiles'
+// weights at a time, and lets the next kernel launch first thing.
+// ci/handover_probe.cu measured the mechanism (docs/benchmark_results/
+// decode-profile-notes.md). Each lane copies exactly the chunks it will
+// multiply (chunk part * 32 + lane + j * 32 * parts, as warp_dot walks
+// them), and the sums are warp_dot's in the same order, combined over
+// parts in warp order: the bits of the unstaged kernels.
+#define STAGED_PER_LANE 8
+template <int NW, int S, class Finish>
+__device__ __forceinline__ void staged_rows(const bf16_t* x, const bf16_t* const (&w)[NW], int k, int m, int parts, Finish finish) {
+    extern __shared__ uint4 slots[];  // S x 8 warps x NW x per x 32 lanes
+    __shared__ float partial[2][NW][8];
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int rows_per_tile = 8 / parts, part = warp % parts;
+    int chunks = k >> 3, step = 32 * parts, per = (chunks + step - 1) / step;
+    int tiles = (m + rows_per_tile - 1) / rows_per_tile, G = gridDim.x;
+    int mine = (tiles - (int)blockIdx.x + G - 1) / G;
+    int c0 = part * 32 + lane;
+    auto row_of = [&](int t) { return ((int)blockIdx.x + t * G) * rows_per_tile + warp / parts; };
+    auto slot = [&](int t, int i, int j) { return slots + ((((size_t)(t % S) * 8 + warp) * NW + i) * per + j) * 32 + lane; };
+    auto request = [&](int t) {
+        int o = row_of(t);
+        if (t < mine && o < m)
+            for (int i = 0; i < NW; i++)
+                for (int j = 0; j < per; j++) {
+                    int c = c0 + j * step;
+                    if (c < chunks) cp_async16(slot(t, i, j), (const uint4*)(w[i] + (size_t)o * k) + c, true);
+                }
+        cp_async_commit();
+    };
+#pragma unroll
+    for (int t = 0; t < S; t++) request(t);
+    pdl_sync();
+    uint4 xv[STAGED_PER_LANE];
+#pragma unroll
+    for (int j = 0; j < STAGED_PER_LANE; j++) {
+        int c = c0 + j * step;
+        xv[j] = ld_act((const uint4*)x + c, j < per && c < chunks);
+    }
+    for (int t = 0; t < mine; t++) {
+        cp_async_wait<S - 1>();
+        int o = row_of(t);
+        float acc[NW];
+#pragma unroll
+        for (int i = 0; i < NW; i++) acc[i] = 0.0f;
+        if (o < m) {
+#pragma unroll
+            for (int j = 0; j < STAGED_PER_LANE; j++)
+                if (j < per && c0 + j * step < chunks)
+#pragma unroll
+                    for (int i = 0; i < NW; i++) acc[i] = dot8(xv[j], *slot(t, i, j), acc[i]);
+        }
+#pragma unroll
+        for (int i = 0; i < NW; i++) acc[i] = warp_sum(acc[i]);
+        if (lane == 0)
+#pragma unroll
+            for (int i = 0; i < NW; i++) partial[t & 1][i][warp] = acc[i];
+        __syncthreads();
+        if (o < m && part == 0 && lane == 0) {
+            float sum[NW];
+#pragma unroll
+            for (int i = 0; i < NW; i++) {
+                sum[i] = 0.0f;
+                for (int p = 0; p < parts; p++) sum[i] += partial[t & 1][i][warp + p];
+            }
+            finish(o, sum);
+        }
+        request(t + S);
+    }
+    cp_async_wait<0>();
+}
+
+template <int S>
+__device__ __forceinline__ void gemv1_staged(const bf16_t* x, const bf16_t* w, bf16_t* y, int k, int m, int parts) {
+    const bf16_t* ws[1] = {w};
+    staged_rows<1, S>(x, ws, k, m, parts, [&](int o, const float (&t)[1]) { y[o] = f2bf(t[0]); });
+}
+
+template <int S>
+__device__ __forceinline__ void gate_up_staged(const bf16_t* x, const bf16_t* wg, const bf16_t* wu, bf16_t* h, int k, int m, int parts) {
+    const bf16_t* ws[2] = {wg, wu};
+    staged_rows<2, S>(x, ws, k, m, parts, [&](int o, const float (&t)[2]) {
+        float gv = r16(t[0]), uv = r16(t[1]);
+        h[o] = f2bf(r16(gv / (1.0f + expf(-gv))) * uv);
+    });
+}
+
+#define STAGED_ENTRIES(S)                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(256) gemv1_staged##S##_bf16(const bf16_t* x, const bf16_t* w, bf16_t* y, int k, int m, int parts) { \
+        gemv1_staged<S>(x, w, y, k, m, parts);                                                                             \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) gate_up_staged##S##_bf16(const bf16_t* x, const bf16_t* wg, const bf16_t* wu, bf16_t* h, int k, int m, int parts) { \
+        gate_up_staged<S>(x, wg, wu, h, k, m, parts);                                                                      \
+    }
+STAGED_ENTRIES(1)
+STAGED_ENTRIES(2)
+STAGED_ENTRIES(3)
+STAGED_ENTRIES(4)
+
 // `fast` mode: each part adds its sum into an f32 output with an atomic, in
 // whatever order the warps finish (so results may differ run to run once
 // three or more parts meet); f32_to_bf16_reset rounds afterwards and
