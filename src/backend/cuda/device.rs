@@ -50,10 +50,6 @@ pub struct CudaBackend {
     /// LOCKSTEP_CUDA_TC_STAGED=0: the same bits, kept switchable so the
     /// two kernels can be timed against each other in one process).
     pub(super) tc_staged: bool,
-    /// One-row decode products stage their weights in shared memory
-    /// (compute capability 9.0 and later, with PDL, unless
-    /// LOCKSTEP_CUDA_SMEM_STAGED=0); the same bits either way.
-    pub(super) smem_staged: bool,
     pub(super) blas: Option<CudaBlas>,
     pub(super) pools: Pools,
     /// Block-completion counters of the last-block pattern; zero between
@@ -159,21 +155,6 @@ impl CudaBackend {
             "tc_staged".into(),
             if tc_staged { "on" } else { "off" }.into(),
         );
-        let smem_staged = pdl && std::env::var("LOCKSTEP_CUDA_SMEM_STAGED").as_deref() != Ok("0");
-        if smem_staged {
-            for name in super::linear::SMEM_STAGED.iter().flatten() {
-                loaded(&functions, name)?
-                    .set_attribute(
-                        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        super::linear::SMEM_STAGE_BYTES as i32,
-                    )
-                    .map_err(err(name))?;
-            }
-        }
-        details.insert(
-            "smem_staged".into(),
-            if smem_staged { "on" } else { "off" }.into(),
-        );
         if let Some(f) = fault {
             details.insert("planted_fault".into(), f.name().into());
         }
@@ -203,7 +184,6 @@ impl CudaBackend {
             qkv1_wave,
             pdl,
             tc_staged,
-            smem_staged,
             blas,
             pools: Pools::new(),
             counters,

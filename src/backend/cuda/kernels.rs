@@ -87,14 +87,6 @@ impl Kernel {
                 "linear_bf16",
                 "argmax_bf16",
                 "argmax_rows_bf16",
-                "gemv1_staged1_bf16",
-                "gemv1_staged2_bf16",
-                "gemv1_staged3_bf16",
-                "gemv1_staged4_bf16",
-                "gate_up_staged1_bf16",
-                "gate_up_staged2_bf16",
-                "gate_up_staged3_bf16",
-                "gate_up_staged4_bf16",
             ],
             Kernel::LinearTc => &[
                 "gemm_tc1_bf16",
@@ -241,16 +233,10 @@ fn fault_patches(fault: CudaFault) -> (Kernel, &'static [(&'static str, &'static
         ),
         CudaFault::DecodeGemvDropsTail => (
             Kernel::Linear,
-            &[
-                (
-                    "gemv_body<1>(x, w, y, n, k, m, parts, blockIdx.y, blockIdx.x);",
-                    "gemv_body<1>(x, w, y, n, k - 8, m, parts, blockIdx.y, blockIdx.x);",
-                ),
-                (
-                    "gemv1_staged<S>(x, w, y, k, m, parts);",
-                    "gemv1_staged<S>(x, w, y, k - 8, m, parts);",
-                ),
-            ],
+            &[(
+                "gemv_body<1>(x, w, y, n, k, m, parts, blockIdx.y, blockIdx.x);",
+                "gemv_body<1>(x, w, y, n, k - 8, m, parts, blockIdx.y, blockIdx.x);",
+            )],
         ),
         CudaFault::DecodeAttentionDropsNewest => (
             Kernel::Attention,

@@ -15,7 +15,6 @@ use super::{CudaBackend, Products, ReductionMode};
 use crate::backend::{check, Backend};
 use crate::error::{Error, Result};
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
-use cudarc::driver::LaunchConfig;
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 /// What a tensor-core product computes.
@@ -111,32 +110,6 @@ const TC_STAGED: [[[&str; 4]; 2]; 3] = [
     ],
 ];
 
-/// linear.cu's shared-memory staged one-row products by weights (the
-/// product, the gate + up pass) and tiles held at once (1 to 4).
-pub(super) const SMEM_STAGED: [[&str; 4]; 2] = [
-    [
-        "gemv1_staged1_bf16",
-        "gemv1_staged2_bf16",
-        "gemv1_staged3_bf16",
-        "gemv1_staged4_bf16",
-    ],
-    [
-        "gate_up_staged1_bf16",
-        "gate_up_staged2_bf16",
-        "gate_up_staged3_bf16",
-        "gate_up_staged4_bf16",
-    ],
-];
-
-/// The shared memory one staged block may hold: two blocks of two
-/// successive kernels fit one SM (228 KiB), so a product's weights stream
-/// in beside the kernel before it.
-pub(super) const SMEM_STAGE_BYTES: usize = 96 * 1024;
-
-/// The most 16-byte chunks of a row share one lane of a staged product
-/// holds (STAGED_PER_LANE in linear.cu).
-const STAGED_PER_LANE: usize = 8;
-
 /// Weight rows per warp group in gemv_many_bf16 (MANY_NW in linear.cu).
 const MANY_WEIGHT_ROWS: usize = 4;
 
@@ -171,42 +144,6 @@ impl CudaBackend {
             p *= 2;
         }
         p
-    }
-
-    /// The staged kernel (linear.cu's staged_rows) for a one-row product of
-    /// `weights` m x k matrices in deterministic mode, with its launch: one
-    /// block per SM or fewer, each holding as many of the unstaged grid's
-    /// blocks as fit SMEM_STAGE_BYTES. None where a lane's share exceeds
-    /// STAGED_PER_LANE chunks, a block's share would not fit, or the
-    /// product is so long (past 4 tiles a block, the head) that it streams
-    /// at bandwidth unstaged.
-    fn smem_stage(
-        &self,
-        weights: usize,
-        k: usize,
-        m: usize,
-        parts: usize,
-    ) -> Option<(&'static str, LaunchConfig)> {
-        if !self.smem_staged || self.options().mode != ReductionMode::Deterministic {
-            return None;
-        }
-        let per = (k / 8).div_ceil(32 * parts);
-        let tile_bytes = 8 * 32 * 16 * per * weights;
-        let tiles = m.div_ceil(8 / parts);
-        let blocks = tiles.min(self.sms);
-        let slots = tiles
-            .div_ceil(blocks)
-            .min(SMEM_STAGE_BYTES / tile_bytes)
-            .min(4);
-        if per > STAGED_PER_LANE || slots == 0 || tiles > 4 * self.sms {
-            return None;
-        }
-        let config = LaunchConfig {
-            grid_dim: (blocks as u32, 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: (slots * tile_bytes) as u32,
-        };
-        Some((SMEM_STAGED[weights - 1][slots - 1], config))
     }
 
     /// Whether `k`-input products go to the tensor-core kernel.
@@ -361,23 +298,6 @@ impl CudaBackend {
             (ReductionMode::Deterministic, _) => Some("gemv_bf16"),
             (ReductionMode::Fast, _) => None,
         };
-        if n == 1 {
-            if let Some((name, config)) = self.smem_stage(1, k, m, parts) {
-                // SAFETY: x is 1 x k, w m x k, out 1 x m, k % 8 == 0; the
-                // grid's blocks take every tile of rows; rows past m are
-                // neither read nor written; the shared memory is the
-                // slots staged_rows indexes (SMEM_STAGE_BYTES at most, the
-                // attribute set at load).
-                unsafe {
-                    self.launch(
-                        name,
-                        config,
-                        &[&*x.data, &w.data, &*out.data, &ki, &mi, &pi],
-                    )
-                }?;
-                return Ok(());
-            }
-        }
         if let Some(name) = one_launch {
             // SAFETY: x is n x k, w m x k, out n x m, k % 8 == 0 (16-byte
             // loads; cudarc allocations are 256-byte aligned); warps past m
@@ -522,17 +442,6 @@ impl CudaBackend {
         let parts = self.parts(m, k);
         let h = self.tensor("swiglu output", 1, m)?;
         let (ki, mi, pi) = (k as i32, m as i32, parts as i32);
-        if let Some((name, config)) = self.smem_stage(2, k, m, parts) {
-            // SAFETY: as below, with the launch smem_stage describes.
-            unsafe {
-                self.launch(
-                    name,
-                    config,
-                    &[&*x.data, &gate.data, &up.data, &*h.data, &ki, &mi, &pi],
-                )
-            }?;
-            return Ok(h);
-        }
         let name = match self.options().mode {
             ReductionMode::Deterministic => "gate_up_swiglu_bf16",
             ReductionMode::Fast => "gate_up_swiglu_fast_bf16",
@@ -552,7 +461,7 @@ impl CudaBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::{SMEM_STAGED, TC_PLAIN, TC_STAGED};
+    use super::{TC_PLAIN, TC_STAGED};
     use crate::backend::cuda::kernels::Kernel;
 
     /// Every name a launch may take is an entry point linear_tc.cu exports.
@@ -577,18 +486,5 @@ mod tests {
             exported.len(),
             "a linear_tc.cu entry point is missing from the tables"
         );
-    }
-
-    /// Every staged one-row product a launch may take is a linear.cu
-    /// entry point.
-    #[test]
-    fn staged_product_table_names_exported_kernels() {
-        let exported = Kernel::Linear.functions();
-        for name in SMEM_STAGED.iter().flatten() {
-            assert!(
-                exported.contains(name),
-                "{name} is not exported by linear.cu"
-            );
-        }
     }
 }

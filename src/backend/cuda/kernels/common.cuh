@@ -94,30 +94,6 @@ __device__ __forceinline__ void pdl_sync() {
 #endif
 }
 
-// Asynchronous 16-byte copies from global to shared memory (Ampere and
-// later; nothing below that, where no kernel that uses them is launched):
-// `ok` false fills zeros. Commit closes a group; wait<N> returns once at
-// most N of this thread's groups are still in flight.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    unsigned s = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src), "r"(ok ? 16 : 0) : "memory");
-#endif
-}
-
-__device__ __forceinline__ void cp_async_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;" ::: "memory");
-#endif
-}
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-#endif
-}
-
 // 16-byte loads issued when `ok` (predicated, not branched around, so a
 // run of them goes out before the first result is waited for); zeros
 // otherwise. Weights stream past L1; activations use the read-only path.

@@ -243,6 +243,26 @@ extern "C" __global__ void gate_up_tc4_bf16(const bf16_t* x, const bf16_t* wg, c
 #define TC_HOPPER 0
 #endif
 
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) {
+#if TC_HOPPER
+    unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src), "r"(ok ? 16 : 0) : "memory");
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#if TC_HOPPER
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if TC_HOPPER
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}
+
 // Every thread of every block of the cluster arrives; shared-memory writes
 // before it are visible to the cluster after it.
 __device__ __forceinline__ void cluster_sync() {
