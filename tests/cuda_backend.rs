@@ -20,7 +20,7 @@ mod common;
 
 use common::{open, sequence, PROMPT};
 use lockstep::backend::cpu::{CpuBackend, Numerics};
-use lockstep::backend::cuda::{CudaBackend, CudaOptions, ReductionMode};
+use lockstep::backend::cuda::{CudaBackend, CudaOptions, KernelFamily, ReductionMode};
 use lockstep::backend::{AttnPath, Backend};
 use lockstep::engine::generate::GenerateOptions;
 use lockstep::engine::Engine;
@@ -79,6 +79,50 @@ fn launches_per_token_are_counted_with_and_without_recorded_steps() {
             assert!(l >= least, "graphs {graphs}, {}: {l}", path.name());
         }
     }
+    e.backend.set_options(CudaOptions::default()).unwrap();
+}
+
+/// `bench --split`'s omission: a family left out of recorded steps takes
+/// its launches out of them and changes what they compute; op-by-op steps
+/// keep it; clearing the omission restores the step's launches and tokens.
+#[test]
+fn a_family_left_out_of_recorded_steps_leaves_them_alone() {
+    let Some((_g, be)) = open::<Cuda>(&t("a_family_left_out_of_recorded_steps_leaves_them_alone"))
+    else {
+        return;
+    };
+    let m = Model::open("synth:tiny").unwrap();
+    let e = Engine::load(&m, be).unwrap();
+    let run = |graphs: bool, omit: Option<KernelFamily>| {
+        e.backend
+            .set_options(CudaOptions {
+                graphs,
+                ..CudaOptions::default()
+            })
+            .unwrap();
+        e.backend.omit_from_recorded_steps(omit);
+        let r = lockstep::bench::time_once(&e, &PROMPT, AttnPath::Fused, 4, 16).unwrap();
+        (r.launches_per_token.unwrap(), r.tokens)
+    };
+    let (whole, tokens) = run(true, None);
+    let (whole_off, tokens_off) = run(false, None);
+    assert_eq!(tokens_off, tokens, "recorded and op-by-op steps");
+    for family in [KernelFamily::Norm, KernelFamily::Products] {
+        let (l, t) = run(true, Some(family));
+        println!("{}: {whole:.1} -> {l:.1} launches per token", family.name());
+        assert!(l < whole, "{}: {l} launches, {whole} whole", family.name());
+        assert_ne!(
+            t,
+            tokens,
+            "{}: left out, yet the same tokens",
+            family.name()
+        );
+        let (l_off, t_off) = run(false, Some(family));
+        assert_eq!(t_off, tokens, "{}: op-by-op steps lost it", family.name());
+        assert_eq!(l_off, whole_off, "{}: op-by-op launches", family.name());
+    }
+    assert_eq!(run(true, None), (whole, tokens), "clearing the omission");
+    e.backend.omit_from_recorded_steps(None);
     e.backend.set_options(CudaOptions::default()).unwrap();
 }
 

@@ -5,7 +5,7 @@
 
 pub mod batch;
 
-use crate::backend::cuda::{CudaOptions, Products, ReductionMode};
+use crate::backend::cuda::{CudaOptions, KernelFamily, Products, ReductionMode};
 use crate::backend::mlx::{MlxBackend, MlxFused, MlxMoeRouting};
 use crate::backend::{AttnPath, Backend};
 use crate::engine::record::Fingerprint;
@@ -82,6 +82,10 @@ pub struct BenchRow {
     pub launches_per_token: Option<f64>,
     pub tokens: Vec<u32>,
     pub fingerprint: Fingerprint,
+    /// CUDA rows of `--split`: the kernel family the recorded step left
+    /// out (its tokens are nonsense; only its speed and launches count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omitted: Option<KernelFamily>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -161,6 +165,9 @@ pub fn time_once<B: Backend>(
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RowConfig {
     Cuda(CudaOptions),
+    /// A CUDA configuration whose recorded steps leave one kernel family
+    /// out (`--split`).
+    CudaOmitting(CudaOptions, KernelFamily),
     /// `fused` is `None` on the graph path, which has no fused op.
     Mlx {
         fused: Option<MlxFused>,
@@ -198,8 +205,12 @@ pub fn row(
     let mut distinct = outputs.clone();
     distinct.sort();
     distinct.dedup();
+    let omitted = match config {
+        RowConfig::CudaOmitting(_, f) => Some(f),
+        _ => None,
+    };
     let (cuda, mlx_fused, mlx_pipelined, mlx_moe_routing) = match config {
-        RowConfig::Cuda(o) => (Some(o), None, None, None),
+        RowConfig::Cuda(o) | RowConfig::CudaOmitting(o, _) => (Some(o), None, None, None),
         RowConfig::Mlx {
             fused,
             pipelined,
@@ -223,6 +234,7 @@ pub fn row(
         launches_per_token,
         tokens: outputs.into_iter().next().unwrap_or_default(),
         fingerprint,
+        omitted,
     }
 }
 
@@ -352,22 +364,60 @@ fn load_cuda(
 }
 
 /// Times every configuration of `grid` on GPU 0 against the roofline of
-/// the measured device-to-device copy bandwidth.
-pub fn cuda_bench(model: &crate::model::Model, grid: &Grid, t: Timing) -> Result<BenchReport> {
+/// the measured device-to-device copy bandwidth. With `split`, every
+/// configuration that records its steps is timed again with each kernel
+/// family left out of the recorded step, in the same rounds (so drift falls
+/// on all alike); families the step does not launch are dropped after.
+pub fn cuda_bench(
+    model: &crate::model::Model,
+    grid: &Grid,
+    t: Timing,
+    split: bool,
+) -> Result<BenchReport> {
     let (e, load_s) = load_cuda(model)?;
     let bandwidth = e.backend.copy_bandwidth(1 << 30, 10)?;
-    let configs: Vec<_> = grid
+    let mut configs: Vec<_> = grid
         .configs()
         .into_iter()
         .map(|(p, o)| (p, RowConfig::Cuda(o)))
         .collect();
-    run_configs(model, &e, load_s, bandwidth, &configs, t, |b, c| match c {
-        RowConfig::Cuda(o) => b.set_options(o),
+    if split {
+        let recorded: Vec<_> = grid
+            .configs()
+            .into_iter()
+            .filter(|(_, o)| o.graphs)
+            .collect();
+        for (p, o) in recorded {
+            for f in KernelFamily::ALL {
+                configs.push((p, RowConfig::CudaOmitting(o, f)));
+            }
+        }
+    }
+    let mut report = run_configs(model, &e, load_s, bandwidth, &configs, t, |b, c| match c {
+        RowConfig::Cuda(o) => {
+            b.omit_from_recorded_steps(None);
+            b.set_options(o)
+        }
+        RowConfig::CudaOmitting(o, f) => {
+            b.omit_from_recorded_steps(Some(f));
+            b.set_options(o)
+        }
         RowConfig::Mlx { .. } => Err(crate::error::Error::invalid(
             "bench",
             "an MLX configuration on the CUDA backend",
         )),
-    })
+    });
+    e.backend.omit_from_recorded_steps(None);
+    if let Ok(r) = &mut report {
+        let whole = r.clone();
+        r.rows.retain(|row| {
+            row.omitted.is_none()
+                || whole
+                    .base_of(row)
+                    .is_some_and(|b| b.launches_per_token != row.launches_per_token)
+        });
+    }
+    report
 }
 
 /// Times MLX on `device`: the graph path, then the fused path with each of
@@ -435,7 +485,7 @@ pub fn mlx_bench(
             b.set_moe_routing(moe.unwrap_or(MlxMoeRouting::Host));
             fused.map_or(Ok(()), |f| b.set_fused(f))
         }
-        RowConfig::Cuda { .. } => Err(crate::error::Error::invalid(
+        RowConfig::Cuda(_) | RowConfig::CudaOmitting(..) => Err(crate::error::Error::invalid(
             "bench",
             "a CUDA configuration on the MLX backend",
         )),
@@ -462,7 +512,7 @@ impl BenchReport {
 
         );
         s += "path   config                           best tok/s  median tok/s  ms/token  % roofline  distinct  launches/token\n";
-        for r in &self.rows {
+        for r in self.rows.iter().filter(|r| r.omitted.is_none()) {
             let on_off = |b: bool| if b { "on" } else { "off" };
             let config = match (r.mode, r.cuda_graphs, r.mlx_fused, r.mlx_pipelined) {
                 (Some(m), Some(g), _, _) => format!(
@@ -496,8 +546,79 @@ impl BenchReport {
                     .map_or("-".to_string(), |l| format!("{l:.1}"))
             );
         }
+        for base in self.rows.iter().filter(|r| r.omitted.is_none()) {
+            let parts = self.split_of(base);
+            if parts.is_empty() {
+                continue;
+            }
+            s += &format!(
+                "\nin-step split, {} path, {} (best ms/token with each family left out of the recorded step):\n",
+                base.path.name(),
+                base.mode.map_or("-".to_string(), |m| m.to_string())
+            );
+            s += "family        launches/token  ms/token  share of step\n";
+            let mut sum = 0.0;
+            for p in &parts {
+                sum += p.ms_per_token;
+                s += &format!(
+                    "{:<13} {:>14.1} {:>9.3} {:>13.1}%\n",
+                    p.family.name(),
+                    p.launches_per_token,
+                    p.ms_per_token,
+                    100.0 * p.ms_per_token / base.best_ms_per_token
+                );
+            }
+            s += &format!(
+                "{:<13} {:>14} {:>9.3} {:>13.1}%  (the step less the families' sum)\n",
+                "rest",
+                "",
+                base.best_ms_per_token - sum,
+                100.0 * (base.best_ms_per_token - sum) / base.best_ms_per_token
+            );
+        }
         s
     }
+
+    /// The whole-step row an omitting row was timed against: the same
+    /// path and settings with nothing left out.
+    fn base_of(&self, row: &BenchRow) -> Option<&BenchRow> {
+        self.rows.iter().find(|b| {
+            b.omitted.is_none()
+                && b.path == row.path
+                && b.mode == row.mode
+                && b.cuda_graphs == row.cuda_graphs
+                && b.products == row.products
+        })
+    }
+
+    /// What each family left out of `base`'s recorded step cost it: the
+    /// launches and the best ms per token the step lost without them.
+    pub fn split_of(&self, base: &BenchRow) -> Vec<FamilyCost> {
+        self.rows
+            .iter()
+            .filter_map(|r| {
+                let family = r.omitted?;
+                let b = self.base_of(r)?;
+                if !std::ptr::eq(b, base) {
+                    return None;
+                }
+                Some(FamilyCost {
+                    family,
+                    launches_per_token: base.launches_per_token.unwrap_or(f64::NAN)
+                        - r.launches_per_token.unwrap_or(f64::NAN),
+                    ms_per_token: base.best_ms_per_token - r.best_ms_per_token,
+                })
+            })
+            .collect()
+    }
+}
+
+/// One kernel family's cost inside a recorded decode step (`--split`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FamilyCost {
+    pub family: KernelFamily,
+    pub launches_per_token: f64,
+    pub ms_per_token: f64,
 }
 
 #[cfg(test)]
@@ -516,6 +637,76 @@ mod tests {
         assert!((3000e9 / big as f64 - 198.0).abs() < 2.0, "{big}");
         let moe = weight_bytes_per_token(&preset_config("qwen3-30b-a3b").unwrap());
         assert!(moe < big / 2, "active weights only: {moe}");
+    }
+
+    /// `--split`'s table: each family's cost is the whole step's best
+    /// ms/token less the step's without it, rows are matched to the whole
+    /// step of their own path, and what the families leave is the rest.
+    #[test]
+    fn split_costs_are_differences_from_the_whole_step() {
+        let info = crate::backend::DeviceInfo {
+            backend: crate::ident::BackendKind::Cuda,
+            device: "test".into(),
+            numerics: crate::ident::Numerics::Bf16,
+            details: Default::default(),
+        };
+        let mk = |path: AttnPath, ms: f64, launches: f64, omitted: Option<KernelFamily>| {
+            let mut r = row(
+                path,
+                match omitted {
+                    Some(f) => RowConfig::CudaOmitting(CudaOptions::default(), f),
+                    None => RowConfig::Cuda(CudaOptions::default()),
+                },
+                Timed {
+                    speeds: vec![1e3 / ms],
+                    outputs: vec![vec![1]],
+                    launches_per_token: Some(launches),
+                },
+                1e4,
+                Fingerprint::new(info.clone(), path, "synth:tiny", "h"),
+            );
+            r.best_ms_per_token = ms;
+            r
+        };
+        let report = BenchReport {
+            model: "synth:tiny".into(),
+            model_hash: "h".into(),
+            device: "test".into(),
+            copy_bandwidth_gb_s: 1.0,
+            weight_bytes_per_token: 1,
+            roofline_tok_s: 1.0,
+            prompt_tokens: 1,
+            warmup_tokens: 1,
+            measured_tokens: 1,
+            repeats: 1,
+            load_s: None,
+            rows: vec![
+                mk(AttnPath::Fused, 1.0, 200.0, None),
+                mk(AttnPath::Graph, 2.0, 400.0, None),
+                mk(AttnPath::Fused, 0.75, 145.0, Some(KernelFamily::Norm)),
+                mk(AttnPath::Graph, 1.5, 340.0, Some(KernelFamily::Norm)),
+                mk(AttnPath::Fused, 0.5, 110.0, Some(KernelFamily::Products)),
+            ],
+        };
+        let fused = report.split_of(&report.rows[0]);
+        assert_eq!(fused.len(), 2);
+        assert_eq!(
+            (fused[0].family, fused[0].launches_per_token),
+            (KernelFamily::Norm, 55.0)
+        );
+        assert!((fused[0].ms_per_token - 0.25).abs() < 1e-12);
+        assert!((fused[1].ms_per_token - 0.5).abs() < 1e-12);
+        let graph = report.split_of(&report.rows[1]);
+        assert_eq!(graph.len(), 1);
+        assert!((graph[0].ms_per_token - 0.5).abs() < 1e-12);
+        let text = report.to_text();
+        assert!(text.contains("in-step split, fused path"), "{text}");
+        assert!(text.contains("rest"), "{text}");
+        assert_eq!(
+            text.matches("\nfused  ").count(),
+            1,
+            "omitting rows stay out of the main table:\n{text}"
+        );
     }
 
     /// Fast mode is timed once with its own products whatever deterministic

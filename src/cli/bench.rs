@@ -57,6 +57,11 @@ pub struct Args {
     repeats: usize,
     #[arg(long)]
     json: bool,
+    /// Also time each CUDA configuration that records its steps with each
+    /// kernel family left out of the recorded step, and report what each
+    /// family costs inside the step (launch gaps included).
+    #[arg(long)]
+    split: bool,
     /// Also write the JSON report to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -78,6 +83,22 @@ pub fn run(a: Args) -> Result<()> {
     let products: Vec<Products> = a.products.map_or(vec![Products::CudaCores], |p| {
         p.into_iter().map(Into::into).collect()
     });
+    if a.split && (!matches!(a.backend, BackendArg::Cuda) || a.batch.is_some()) {
+        return Err(Error::invalid(
+            "--split",
+            "leaves kernel families out of the CUDA backend's recorded batch-1 decode step",
+        ));
+    }
+    if a.split
+        && a.graphs
+            .as_ref()
+            .is_some_and(|g| g.iter().all(|&g| !bool::from(g)))
+    {
+        return Err(Error::invalid(
+            "--split",
+            "needs recorded steps (--graphs on)",
+        ));
+    }
     if let Some(batches) = a.batch {
         if !matches!(a.backend, BackendArg::Cuda) || a.graphs.is_some() {
             return Err(Error::invalid(
@@ -106,7 +127,7 @@ pub fn run(a: Args) -> Result<()> {
                     .graphs
                     .map_or(vec![true], |g| g.into_iter().map(Into::into).collect()),
             };
-            cuda_bench(&model, &grid, timing)?
+            cuda_bench(&model, &grid, timing, a.split)?
         }
         BackendArg::Mlx | BackendArg::MlxGpu => {
             if cuda_settings_given {

@@ -30,7 +30,7 @@ use crate::model::safetensors::HostTensor;
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub struct CudaBackend {
@@ -50,6 +50,9 @@ pub struct CudaBackend {
     /// LOCKSTEP_CUDA_TC_STAGED=0: the same bits, kept switchable so the
     /// two kernels can be timed against each other in one process).
     pub(super) tc_staged: bool,
+    /// The kernel family a recorded step leaves out (1 + its place in
+    /// KernelFamily::ALL; 0: none): `omit_from_recorded_steps`.
+    pub(super) omit: AtomicU8,
     pub(super) blas: Option<CudaBlas>,
     pub(super) pools: Pools,
     /// Block-completion counters of the last-block pattern; zero between
@@ -184,6 +187,7 @@ impl CudaBackend {
             qkv1_wave,
             pdl,
             tc_staged,
+            omit: AtomicU8::new(0),
             blas,
             pools: Pools::new(),
             counters,

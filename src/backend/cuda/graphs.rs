@@ -7,7 +7,7 @@
 
 use super::launch::err;
 use super::pool::Frozen;
-use super::CudaBackend;
+use super::{CudaBackend, KernelFamily};
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaGraph, CudaSlice};
 use std::sync::atomic::Ordering;
@@ -52,6 +52,27 @@ impl CudaBackend {
             });
         }
         Ok(())
+    }
+
+    /// Leaves `family`'s launches out of every decode step recorded from
+    /// now on (None: none), for `lockstep bench --split`: the step's time
+    /// without them is what they cost inside it. Such a step computes
+    /// nonsense; nothing but a timing may use it. Steps that run op by op
+    /// (the warm-up step, prefill) are left whole.
+    pub fn omit_from_recorded_steps(&self, family: Option<KernelFamily>) {
+        let code = family.map_or(0, |f| {
+            1 + KernelFamily::ALL.iter().position(|&g| g == f).unwrap_or(0) as u8
+        });
+        self.omit.store(code, Ordering::Relaxed);
+    }
+
+    /// Whether launching `name` now is left out (recording, and its
+    /// family is the one omitted).
+    pub(super) fn omitted(&self, name: &str) -> bool {
+        let code = self.omit.load(Ordering::Relaxed);
+        code != 0
+            && self.recording()
+            && super::kernels::family_of(name) == KernelFamily::ALL.get(code as usize - 1).copied()
     }
 
     pub(super) fn staged(&self) -> Option<(u32, usize)> {

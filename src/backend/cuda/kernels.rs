@@ -40,6 +40,24 @@ impl Kernel {
         Kernel::Cache,
     ];
 
+    /// The family of this file's entry point `name` (argmax has its own,
+    /// though it lives in linear.cu).
+    pub fn family(self, name: &str) -> super::KernelFamily {
+        use super::KernelFamily as F;
+        match self {
+            Kernel::Embed => F::Embed,
+            Kernel::RmsNorm => F::Norm,
+            Kernel::Linear if name.starts_with("argmax") => F::Argmax,
+            Kernel::Linear | Kernel::LinearTc => F::Products,
+            Kernel::Rope => F::Rope,
+            Kernel::QkvFused => F::QkvFused,
+            Kernel::Attention => F::Attention,
+            Kernel::Elementwise => F::Elementwise,
+            Kernel::Moe => F::Moe,
+            Kernel::Cache => F::Cache,
+        }
+    }
+
     pub fn file(self) -> &'static str {
         match self {
             Kernel::Embed => "embed.cu",
@@ -168,6 +186,14 @@ pub fn compile_options(arch: &'static str) -> CompileOptions {
         use_fast_math: Some(false),
         ..Default::default()
     }
+}
+
+/// The family of entry point `name`, if a file exports it.
+pub fn family_of(name: &str) -> Option<super::KernelFamily> {
+    Kernel::ALL
+        .into_iter()
+        .find(|k| k.functions().contains(&name))
+        .map(|k| k.family(name))
 }
 
 /// Compiles one file to PTX; errors carry the file and NVRTC's log.
@@ -370,4 +396,26 @@ pub fn load_all(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{family_of, Kernel};
+    use crate::backend::cuda::KernelFamily;
+
+    /// Every entry point has a family (`bench --split` can leave any out),
+    /// argmax its own.
+    #[test]
+    fn every_entry_point_has_a_family() {
+        for k in Kernel::ALL {
+            for f in k.functions() {
+                assert!(family_of(f).is_some(), "{f}");
+            }
+        }
+        assert_eq!(family_of("argmax_bf16"), Some(KernelFamily::Argmax));
+        assert_eq!(family_of("gemv1_bf16"), Some(KernelFamily::Products));
+        assert_eq!(family_of("gemm_tc8_bf16"), Some(KernelFamily::Products));
+        assert_eq!(family_of("add_rms_norm_bf16"), Some(KernelFamily::Norm));
+        assert_eq!(family_of("no_such_kernel"), None);
+    }
 }

@@ -94,6 +94,68 @@ impl Products {
     }
 }
 
+/// The kernel families of a decode step. `lockstep bench --split` times a
+/// recorded step with one family left out (`omit_from_recorded_steps`) to
+/// measure what that family costs inside the step, launch gaps and overlap
+/// included, which Nsight Compute, timing kernels one at a time, cannot.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum KernelFamily {
+    /// The token's embedding row (embed.cu).
+    Embed,
+    /// RMSNorm and the residual add + RMSNorm (rms_norm.cu).
+    Norm,
+    /// Products with a weight, the gate + up + SwiGLU pass among them
+    /// (linear.cu, linear_tc.cu).
+    Products,
+    /// The fused path's QKV op (qkv_fused.cu).
+    QkvFused,
+    /// The graph path's rotation (rope.cu).
+    Rope,
+    /// The graph path's KV-cache append (cache.cu).
+    Cache,
+    /// Attention over the cache (attention.cu).
+    Attention,
+    /// The greedy pick (argmax in linear.cu).
+    Argmax,
+    /// Elementwise adds and SwiGLU (elementwise.cu).
+    Elementwise,
+    /// MoE routing and experts (moe.cu).
+    Moe,
+}
+
+impl KernelFamily {
+    pub const ALL: [KernelFamily; 10] = [
+        KernelFamily::Embed,
+        KernelFamily::Norm,
+        KernelFamily::Products,
+        KernelFamily::QkvFused,
+        KernelFamily::Rope,
+        KernelFamily::Cache,
+        KernelFamily::Attention,
+        KernelFamily::Argmax,
+        KernelFamily::Elementwise,
+        KernelFamily::Moe,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            KernelFamily::Embed => "embed",
+            KernelFamily::Norm => "norm",
+            KernelFamily::Products => "products",
+            KernelFamily::QkvFused => "qkv-fused",
+            KernelFamily::Rope => "rope",
+            KernelFamily::Cache => "cache",
+            KernelFamily::Attention => "attention",
+            KernelFamily::Argmax => "argmax",
+            KernelFamily::Elementwise => "elementwise",
+            KernelFamily::Moe => "moe",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CudaOptions {
     pub mode: ReductionMode,
@@ -230,6 +292,10 @@ mod stub {
         }
 
         pub fn copy_bandwidth(&self, _bytes: usize, _reps: usize) -> Result<f64> {
+            match self.never {}
+        }
+
+        pub fn omit_from_recorded_steps(&self, _family: Option<super::KernelFamily>) {
             match self.never {}
         }
     }
