@@ -21,6 +21,11 @@ const ATTN_CHUNK: usize = 64;
 /// contexts are split over the GPU in three launches.
 const DECODE_ONE_LAUNCH_KEYS: usize = 2048;
 
+/// Blocks per head of attn_decode_cluster_bf16 (ATTN_CLUSTER in
+/// attention.cu); with ATTN_CLUSTER_SLOTS = 4 chunks of 64 keys each they
+/// cover DECODE_ONE_LAUNCH_KEYS.
+const ATTN_CLUSTER: u32 = 8;
+
 /// A batched decode step takes one attention launch (attn_decode_batch_bf16)
 /// while its longest sequence covers at most this many keys: the scores sit
 /// in shared memory, 4 * (keys + keys / 32 + 1) bytes, under the 48 KiB a
@@ -339,6 +344,30 @@ impl CudaBackend {
             keys as i32,
         );
         let scale = (dims.head_dim as f64).powf(-0.5) as f32;
+        if self.attn_cluster {
+            let grid = LaunchConfig {
+                grid_dim: (ATTN_CLUSTER, dims.n_heads as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: one cluster of ATTN_CLUSTER blocks per head (the
+            // kernel's __cluster_dims__), each taking at most
+            // ATTN_CLUSTER_SLOTS chunks of 64 keys: 2048 keys, which
+            // DECODE_ONE_LAUNCH_KEYS bounds `keys` by; the step attends to
+            // at most `keys` positions (below the cache length, checked by
+            // the caller); head_dim is a multiple of 8 up to 256 (checked by
+            // the caller).
+            unsafe {
+                self.launch(
+                    "attn_decode_cluster_bf16",
+                    grid,
+                    &[
+                        &*q.data, &cache.k, &cache.v, &*out.data, &pos.ptr, &nh, &nkv, &hdi, &scale,
+                    ],
+                )
+            }?;
+            return Ok(out);
+        }
         let grid = LaunchConfig {
             grid_dim: (dims.n_heads as u32, 1, 1),
             block_dim: (512, 1, 1),

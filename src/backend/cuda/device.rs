@@ -50,6 +50,11 @@ pub struct CudaBackend {
     /// LOCKSTEP_CUDA_TC_STAGED=0: the same bits, kept switchable so the
     /// two kernels can be timed against each other in one process).
     pub(super) tc_staged: bool,
+    /// One-row decode attention spreads each head over a thread-block
+    /// cluster (attn_decode_cluster_bf16; compute capability 9.0 and
+    /// later, with LOCKSTEP_CUDA_ATTN_CLUSTER=1): meant to give the bits of
+    /// the one-block kernel. Off by default until it has run on a GPU.
+    pub(super) attn_cluster: bool,
     /// The kernel family a recorded step leaves out (1 + its place in
     /// KernelFamily::ALL; 0: none): `omit_from_recorded_steps`.
     pub(super) omit: AtomicU8,
@@ -158,6 +163,12 @@ impl CudaBackend {
             "tc_staged".into(),
             if tc_staged { "on" } else { "off" }.into(),
         );
+        let attn_cluster =
+            major >= 9 && std::env::var("LOCKSTEP_CUDA_ATTN_CLUSTER").as_deref() == Ok("1");
+        details.insert(
+            "attn_cluster".into(),
+            if attn_cluster { "on" } else { "off" }.into(),
+        );
         if let Some(f) = fault {
             details.insert("planted_fault".into(), f.name().into());
         }
@@ -187,6 +198,7 @@ impl CudaBackend {
             qkv1_wave,
             pdl,
             tc_staged,
+            attn_cluster,
             omit: AtomicU8::new(0),
             blas,
             pools: Pools::new(),

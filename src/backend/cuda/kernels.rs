@@ -155,6 +155,7 @@ impl Kernel {
                 "attn_exp_bf16",
                 "attn_out_bf16",
                 "attn_decode_bf16",
+                "attn_decode_cluster_bf16",
                 "attn_decode_batch_bf16",
             ],
             Kernel::Elementwise => &["add_bf16", "swiglu_bf16"],
@@ -266,10 +267,16 @@ fn fault_patches(fault: CudaFault) -> (Kernel, &'static [(&'static str, &'static
         ),
         CudaFault::DecodeAttentionDropsNewest => (
             Kernel::Attention,
-            &[(
-                "int len = at + 1, nch = chunks_of(len)",
-                "int len = max(at, 1), nch = chunks_of(len)",
-            )],
+            &[
+                (
+                    "int len = at + 1, nch = chunks_of(len)",
+                    "int len = max(at, 1), nch = chunks_of(len)",
+                ),
+                (
+                    "int len = pos[0] + 1, nch = chunks_of(len);",
+                    "int len = max(pos[0], 1), nch = chunks_of(len);",
+                ),
+            ],
         ),
         CudaFault::RopePositionOffset => (
             Kernel::Rope,

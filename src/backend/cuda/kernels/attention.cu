@@ -227,6 +227,111 @@ extern "C" __global__ void attn_decode_bf16(
     attn_decode_row(q, kc, vc, out, pos[0], blockIdx.x, n_heads, n_kv, head_dim, stride, scale);
 }
 
+// A decode step's attention spread over a thread-block cluster per head
+// (Hopper and later): attn_decode_bf16 runs a head in one block, so a
+// qwen3-0.6b step's attention keeps 16 of 132 SMs busy and costs a third of
+// the step (docs/benchmark_results/small-model-decode-nvidia-h200.md).
+// Block `rank` of head h's cluster of ATTN_CLUSTER takes chunks rank,
+// rank + ATTN_CLUSTER, ... (ATTN_CLUSTER_SLOTS at most), and the blocks
+// meet through distributed shared memory where a row-wide value is formed:
+// the max (exact in any order), the sum of the half-chunk sums (read from
+// their owners in chunk order), and the chunk outputs, which rank 0 adds in
+// chunk order. Every value is the same sequence of operations as in
+// attn_decode_row and the three passes, so the bits are theirs. Block =
+// 256 threads: four 64-key chunk slots while scoring, then one chunk at a
+// time over 256 / head_dim key groups, as attn_decode_row's halves.
+#define ATTN_CLUSTER 8
+#define ATTN_CLUSTER_SLOTS 4
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define ATTN_CLUSTER_DIMS __cluster_dims__(ATTN_CLUSTER, 1, 1)
+#else
+#define ATTN_CLUSTER_DIMS
+#endif
+extern "C" __global__ void __launch_bounds__(256) ATTN_CLUSTER_DIMS attn_decode_cluster_bf16(
+    const bf16_t* q, const bf16_t* kc, const bf16_t* vc, bf16_t* out, const int* pos,
+    int n_heads, int n_kv, int head_dim, float scale) {
+    __shared__ float qs[256];
+    __shared__ float scratch[32];
+    __shared__ float S[ATTN_CLUSTER_SLOTS][ATTN_CHUNK];
+    __shared__ float H[2 * ATTN_CLUSTER_SLOTS];
+    __shared__ float T[ATTN_CLUSTER_SLOTS][256];
+    __shared__ float part[256];
+    __shared__ float row_max, row_sum;
+    pdl_sync();
+    int rank = (int)cluster_rank(), h = blockIdx.y, tid = threadIdx.x;
+    int lane = tid & 31, warp = tid >> 5;
+    int len = pos[0] + 1, nch = chunks_of(len);
+    int kvh = h / (n_heads / n_kv), kd = n_kv * head_dim;
+    for (int d = tid; d < head_dim; d += blockDim.x) qs[d] = bf2f(q[(size_t)h * head_dim + d]);
+    __syncthreads();
+    // Scores: thread tid takes key tid % 64 of slot tid / 64.
+    int slot = tid / ATTN_CHUNK, c = rank + ATTN_CLUSTER * slot, j = c * ATTN_CHUNK + tid % ATTN_CHUNK;
+    bool mine = c < nch && j < len;
+    float m = NEG_INF;
+    if (mine) {
+        float sc = key_score(qs, kc + (size_t)j * kd + (size_t)kvh * head_dim, head_dim, scale);
+        S[slot][tid % ATTN_CHUNK] = sc;
+        m = sc;
+    }
+    m = block_max(m, scratch);
+    if (tid == 0) row_max = m;
+    cluster_sync();
+    if (tid == 0) {
+        float r = NEG_INF;
+        for (int b = 0; b < ATTN_CLUSTER; b++) r = fmaxf(r, ld_cluster(&row_max, b));
+        scratch[0] = r;
+    }
+    __syncthreads();
+    m = scratch[0];
+    // Exponentials; warp w's butterfly covers half chunk w % 2 of slot w / 2.
+    float e = 0.0f;
+    if (mine) {
+        e = expf(S[slot][tid % ATTN_CHUNK] - m);
+        S[slot][tid % ATTN_CHUNK] = e;
+    }
+    e = warp_sum(e);
+    if (lane == 0 && c < nch && c * ATTN_CHUNK + 32 * (warp & 1) < len) H[warp] = e;
+    cluster_sync();
+    // The row's sum: chunk sums (two halves added) in chunk order.
+    if (tid == 0) {
+        float sum = 0.0f;
+        for (int cc = 0; cc < nch; cc++) {
+            int owner = cc % ATTN_CLUSTER, at = 2 * (cc / ATTN_CLUSTER);
+            bool second = cc * ATTN_CHUNK + 32 < len;
+            sum += ld_cluster(&H[at], owner) + (second ? ld_cluster(&H[at + 1], owner) : 0.0f);
+        }
+        row_sum = sum;
+    }
+    __syncthreads();
+    if (mine) S[slot][tid % ATTN_CHUNK] = r16(S[slot][tid % ATTN_CHUNK] / row_sum);
+    __syncthreads();
+    // Each chunk's output over 256 / head_dim key groups, as a half of
+    // attn_decode_row's block takes it.
+    int groups = 256 / head_dim, g = tid / head_dim, d = tid % head_dim;
+    for (int s = 0; s < ATTN_CLUSTER_SLOTS; s++) {
+        int cs = rank + ATTN_CLUSTER * s;
+        if (cs >= nch) break;
+        int n = min(len, (cs + 1) * ATTN_CHUNK) - cs * ATTN_CHUNK;
+        const bf16_t* vb = vc + (size_t)cs * ATTN_CHUNK * kd + (size_t)kvh * head_dim + d;
+        part[tid] = chunk_values(S[s], vb, n, kd, g, groups);
+        __syncthreads();
+        if (g == 0) {
+            float t = 0.0f;
+            for (int i = 0; i < groups; i++) t += part[i * head_dim + d];
+            T[s][d] = t;
+        }
+        __syncthreads();
+    }
+    cluster_sync();
+    if (rank == 0 && g == 0) {
+        float total = 0.0f;
+        for (int cc = 0; cc < nch; cc++) total += ld_cluster(&T[cc / ATTN_CLUSTER][d], cc % ATTN_CLUSTER);
+        out[(size_t)h * head_dim + d] = f2bf(total);
+    }
+    // Peers' shared memory must outlive rank 0's reads.
+    cluster_sync();
+}
+
 // A batched decode step: row r of q is sequence r's query at position
 // pos[r] over its own cache, whose key and value addresses are caches[r]
 // and caches[batch + r]. Block (h, r) runs attn_decode_row; `stride` (the

@@ -263,33 +263,6 @@ __device__ __forceinline__ void cp_async_wait() {
 #endif
 }
 
-// Every thread of every block of the cluster arrives; shared-memory writes
-// before it are visible to the cluster after it.
-__device__ __forceinline__ void cluster_sync() {
-#if TC_HOPPER
-    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ unsigned cluster_rank() {
-    unsigned r = 0;
-#if TC_HOPPER
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-#endif
-    return r;
-}
-
-// `p` (this block's shared memory) as it sits in block `rank` of the cluster.
-__device__ __forceinline__ float ld_cluster(const float* p, unsigned rank) {
-    float v = 0.0f;
-#if TC_HOPPER
-    unsigned a = (unsigned)__cvta_generic_to_shared(p), r;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
-    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(r) : "memory");
-#endif
-    return v;
-}
-
 template <int NT, int S, int W, int P, bool RAW = false>
 __device__ __forceinline__ void gemm_tcs_body(const bf16_t* x, const bf16_t* w0, const bf16_t* w1, void* y, int n, int k, int m) {
 #if TC_HOPPER
